@@ -1,0 +1,347 @@
+"""The pipeline's configuration: defaults from the seed stack, validated with AWS's own limits.
+
+Validation happens here, before any AWS call, so a typo in `config/prod.toml` or a bad
+`--env` never leaves half an environment behind. Every rule below is a limit AWS enforces
+(or a choice iotpipe makes for safety, said so where it applies).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from iotpipe.errors import ConfigError
+
+DEFAULT_REGION = "ap-southeast-1"  # the seed's region, used when nothing else sets one
+PLACEHOLDER_ACCOUNT = "123456789012"  # account ids are always 12 digits: names are checked with one
+
+# CloudWatch Logs accepts only these retention periods (PutRetentionPolicy).
+LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+    2922, 3288, 3653,
+)
+# Python runtimes Lambda still accepts for new functions; the handler needs Python >= 3.10.
+LAMBDA_RUNTIMES = ("python3.10", "python3.11", "python3.12", "python3.13")
+METRICS = ("temperature", "vibration", "pressure")
+TAG_PREFIX = "iotpipe:"
+
+_ENV_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,22}[a-z0-9])?$")
+_REGION_RE = re.compile(r"^[a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_RE = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+
+
+def bucket_name_problem(name: str) -> str | None:
+    """Why S3 would reject ``name`` as a general-purpose bucket name, or None."""
+    if not 3 <= len(name) <= 63:
+        return "must be 3-63 characters"
+    if not _BUCKET_RE.match(name):
+        return "may hold only lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+    if ".." in name or ".-" in name or "-." in name:
+        return "must not contain '..', '.-' or '-.'"
+    if _IP_RE.match(name):
+        return "must not look like an IP address"
+    for prefix in ("xn--", "sthree-", "amzn-s3-demo-"):
+        if name.startswith(prefix):
+            return f"must not start with {prefix!r}"
+    for suffix in ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"):
+        if name.endswith(suffix):
+            return f"must not end with {suffix!r}"
+    return None
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class KmsConfig(_Section):
+    deletion_window_days: int = Field(30, ge=7, le=30)
+
+
+class StorageConfig(_Section):
+    sensor_bucket_name: str | None = None  # default iot-sensor-data-{env}-{account}
+    glacier_transition_days: int = Field(90, ge=1, le=36500)
+    point_in_time_recovery: bool = True
+    # AWS honours a TLS-only Deny; moto applies Deny statements but ignores their Condition, so
+    # every object call would fail on the emulator. config/local.toml turns it off there only.
+    enforce_tls: bool = True
+
+    @field_validator("sensor_bucket_name")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        if value is not None and (problem := bucket_name_problem(value)):
+            raise ValueError(f"bucket name {value!r} {problem}")
+        return value
+
+
+class StreamConfig(_Section):
+    retention_hours: int = Field(24, ge=24, le=8760)
+
+
+class LogsConfig(_Section):
+    retention_days: int = 30
+
+    @field_validator("retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(f"must be one of CloudWatch's values {', '.join(map(str, LOG_RETENTION_DAYS))}")
+        return value
+
+
+class LambdaConfig(_Section):
+    runtime: Literal["python3.10", "python3.11", "python3.12", "python3.13"] = "python3.11"
+    memory_mb: int = Field(256, ge=128, le=10240)
+    timeout_s: int = Field(60, ge=1, le=900)
+    batch_size: int = Field(100, ge=1, le=10000)
+    batch_window_s: int = Field(10, ge=0, le=300)
+    starting_position: Literal["LATEST", "TRIM_HORIZON"] = "LATEST"
+    # Bounded on purpose: AWS also allows -1 (retry until the record expires), which blocks a
+    # shard behind one poison batch for up to the stream's retention.
+    max_retry_attempts: int = Field(5, ge=0, le=10000)
+    max_record_age_s: int = Field(3600, ge=60, le=604800)
+    bisect_on_error: bool = True
+    parallelization_factor: int = Field(1, ge=1, le=10)
+
+
+class Threshold(_Section):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Threshold:
+        for bound in (self.min, self.max):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError("thresholds must be finite numbers")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+def _default_thresholds() -> dict[str, Threshold]:
+    return {"temperature": Threshold(max=100), "vibration": Threshold(max=50), "pressure": Threshold()}
+
+
+class TrailConfig(_Section):
+    bucket_name: str | None = None  # default iot-cloudtrail-logs-{env}-{account}
+    insights: bool = True
+    log_file_validation: bool = True
+
+    @field_validator("bucket_name")
+    @classmethod
+    def _bucket(cls, value: str | None) -> str | None:
+        if value is not None and (problem := bucket_name_problem(value)):
+            raise ValueError(f"bucket name {value!r} {problem}")
+        return value
+
+
+class PipelineConfig(_Section):
+    """Everything `up` needs besides the account; the defaults are the seed's values."""
+
+    env: str
+    region: str = DEFAULT_REGION
+    tags: dict[str, str] = Field(default_factory=dict)
+    kms: KmsConfig = KmsConfig()
+    storage: StorageConfig = StorageConfig()
+    stream: StreamConfig = StreamConfig()
+    logs: LogsConfig = LogsConfig()
+    lambda_: LambdaConfig = Field(LambdaConfig(), alias="lambda")
+    anomaly: dict[str, Threshold] = Field(default_factory=_default_thresholds)
+    trail: TrailConfig = TrailConfig()
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: str) -> str:
+        if not _ENV_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid env name: use 1-24 lowercase letters, digits and inner "
+                "hyphens (it becomes part of S3 bucket and IoT rule names)"
+            )
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        if not _REGION_RE.match(value):
+            raise ValueError(f"{value!r} is not an AWS region name (e.g. ap-southeast-1)")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, tags: dict[str, str]) -> dict[str, str]:
+        if len(tags) > 40:
+            raise ValueError("at most 40 tags (AWS allows 50 and iotpipe adds its own)")
+        for key, value in tags.items():
+            if not 1 <= len(key) <= 128 or len(value) > 256:
+                raise ValueError(f"tag {key!r}: keys are 1-128 characters, values at most 256")
+            if key.lower().startswith("aws:") or key.startswith(TAG_PREFIX) or key == "managed-by":
+                raise ValueError(f"tag {key!r} is reserved")
+            if not re.fullmatch(r"[\w\s.:/=+\-@]*", key + value):
+                raise ValueError(f"tag {key!r} holds characters AWS does not accept in tags")
+        return tags
+
+    @field_validator("anomaly")
+    @classmethod
+    def _metrics(cls, anomaly: dict[str, Threshold]) -> dict[str, Threshold]:
+        unknown = sorted(set(anomaly) - set(METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+        return anomaly
+
+    @model_validator(mode="after")
+    def _names_fit(self) -> PipelineConfig:
+        Names.derive(self, PLACEHOLDER_ACCOUNT).check()
+        return self
+
+    def thresholds_json(self) -> str:
+        """The ANOMALY_THRESHOLDS variable the handler reads."""
+        import json
+
+        merged = {m: {} for m in METRICS}
+        for metric, bound in self.anomaly.items():
+            merged[metric] = {k: v for k, v in (("min", bound.min), ("max", bound.max)) if v is not None}
+        return json.dumps(merged, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Names:
+    """Every physical name, derived from env (and account for global S3 names).
+
+    Deterministic names are how iotpipe finds its resources without a state file.
+    """
+
+    kms_alias: str
+    sensor_bucket: str
+    trail_bucket: str
+    metrics_table: str
+    stream: str
+    lambda_log_group: str
+    iot_log_group: str
+    iot_rule_role: str
+    lambda_role: str
+    function: str
+    dlq: str
+    thing_type: str
+    topic_rule: str
+    device_policy: str
+    trail: str
+
+    @classmethod
+    def derive(cls, config: PipelineConfig, account: str) -> Names:
+        env = config.env
+        return cls(
+            kms_alias=f"alias/iot-manufacturing-{env}",
+            sensor_bucket=config.storage.sensor_bucket_name or f"iot-sensor-data-{env}-{account}",
+            trail_bucket=config.trail.bucket_name or f"iot-cloudtrail-logs-{env}-{account}",
+            metrics_table=f"sensor-metrics-{env}",
+            stream=f"iot-sensor-stream-{env}",
+            lambda_log_group=f"/aws/lambda/iot-processor-{env}",
+            iot_log_group=f"/aws/iot/iot-rules-{env}",
+            iot_rule_role=f"iot-rule-role-{env}",
+            lambda_role=f"iot-lambda-role-{env}",
+            function=f"iot-processor-{env}",
+            dlq=f"iot-processor-dlq-{env}",
+            thing_type=f"manufacturing-sensor-{env}",
+            topic_rule=f"sensor_data_rule_{env.replace('-', '_')}",
+            device_policy=f"iot-sensor-device-policy-{env}",
+            trail=f"iot-audit-trail-{env}",
+        )
+
+    def check(self) -> None:
+        """Raise ValueError naming the first derived name AWS would reject."""
+        if problem := bucket_name_problem(self.sensor_bucket):
+            raise ValueError(f"env: sensor bucket name {self.sensor_bucket!r} {problem}")
+        if problem := bucket_name_problem(self.trail_bucket):
+            raise ValueError(f"env: trail bucket name {self.trail_bucket!r} {problem}")
+        limits = {  # name: max length (AWS limits for each resource type)
+            self.function: 64,
+            self.iot_rule_role: 64,
+            self.lambda_role: 64,
+            self.dlq: 80,
+            self.thing_type: 128,
+            self.topic_rule: 128,
+            self.trail: 128,
+            self.stream: 128,
+            self.metrics_table: 255,
+        }
+        for name, limit in limits.items():
+            if len(name) > limit:
+                raise ValueError(f"env: derived name {name!r} is longer than {limit} characters")
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {loc + ': ' if loc else ''}{msg}{more}"
+
+
+def parse_assignment(text: str) -> tuple[list[str], Any]:
+    """Parse a `--set section.key=value` flag; the value is read as TOML, else as a string."""
+    key, sep, raw = text.partition("=")
+    path = [p.strip() for p in key.split(".")]
+    if not sep or not all(path):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. lambda.memory_mb=512")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return path, value
+
+
+def load_config(
+    env: str,
+    path: Path | None = None,
+    *,
+    region: str | None = None,
+    fallback_region: str | None = None,
+    assignments: tuple[str, ...] = (),
+) -> PipelineConfig:
+    """Read ``config/<env>.toml`` (or ``path``), apply flags, validate; raise ConfigError.
+
+    Precedence, highest first: ``--region``/``--set`` flags, the file, ``fallback_region``
+    (the AWS environment or profile), then the seed's defaults.
+    """
+    source = "defaults"
+    data: dict[str, Any] = {}
+    if path is None:
+        candidate = Path("config") / f"{env}.toml"
+        path = candidate if candidate.is_file() else None
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{source}: cannot read config file: {err}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{source}: invalid TOML: {err}") from None
+    if "env" in data and data["env"] != env:
+        raise ConfigError(f"{source}: env: file is for env {data['env']!r}, not {env!r}")
+    data["env"] = env
+    for assignment in assignments:
+        keys, value = parse_assignment(assignment)
+        target = data
+        for key in keys[:-1]:
+            nxt = target.setdefault(key, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {assignment!r}: {key} is not a section")
+            target = nxt
+        target[keys[-1]] = value
+        source = "config" if source == "defaults" else source
+    if region:
+        data["region"] = region
+    elif "region" not in data and fallback_region:
+        data["region"] = fallback_region
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None

@@ -1,0 +1,301 @@
+"""plan / up / status / destroy over the ordered resources, reporting through events.
+
+The engine owns order, state bookkeeping, ownership checks and locking; resources own the
+AWS calls. It knows nothing of the terminal: each resource's start and result go to an
+``on_event`` callback that `render` turns into progress lines or JSON.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from iotpipe.aws import translate
+from iotpipe.errors import IotpipeError, OwnershipError
+from iotpipe.state import StateStore
+from iotpipe.steps.base import Change, Current, DeletionPending, Resource, StepContext
+
+Action = Literal["create", "update", "unchanged", "delete", "absent", "skipped", "pending", "read"]
+Health = Literal["ok", "missing", "drifted", "foreign", "deleted", "pending", ""]
+
+# The seed's outputs, under the seed's keys: logical id and which id of it.
+OUTPUT_KEYS: dict[str, tuple[str, str]] = {
+    "sensor_data_bucket_name": ("storage.sensor_bucket", "name"),
+    "sensor_metrics_table_name": ("storage.metrics_table", "name"),
+    "kinesis_stream_name": ("stream.sensor_stream", "name"),
+    "lambda_function_name": ("lambda.function", "name"),
+    "iot_thing_type_name": ("iot.thing_type", "name"),
+    "cloudtrail_name": ("trail.trail", "name"),
+    "kms_key_id": ("kms.key", "id"),
+    "kms_key_arn": ("kms.key", "arn"),
+    "sensor_data_bucket_arn": ("storage.sensor_bucket", "arn"),
+    "sensor_metrics_table_arn": ("storage.metrics_table", "arn"),
+    "kinesis_stream_arn": ("stream.sensor_stream", "arn"),
+    "lambda_function_arn": ("lambda.function", "arn"),
+    "dead_letter_queue_url": ("lambda.dlq", "url"),
+    "iot_topic_rule_name": ("iot.topic_rule", "name"),
+    "iot_device_policy_name": ("iot.device_policy", "name"),
+    "cloudtrail_bucket_name": ("trail.bucket", "name"),
+}
+
+
+@dataclass
+class ResourceResult:
+    logical_id: str
+    resource_type: str
+    name: str
+    action: Action
+    health: Health = ""
+    changes: list[Change] = field(default_factory=list)
+    ids: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "logical_id": self.logical_id, "type": self.resource_type, "name": self.name,
+            "action": self.action, "status": self.health or None,
+            "changes": [c.as_dict() for c in self.changes], "ids": self.ids,
+            "message": self.message or None,
+        }
+
+
+@dataclass
+class RunResult:
+    command: str
+    env: str
+    region: str
+    account: str
+    resources: list[ResourceResult] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def count(self, attr: str = "action") -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.resources:
+            key = getattr(r, attr)
+            if key:
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    @property
+    def in_sync(self) -> bool:
+        return all(r.action in ("unchanged", "read") and r.health in ("", "ok") for r in self.resources)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "command": self.command, "env": self.env, "region": self.region, "account": self.account,
+            "elapsed_s": round(self.elapsed_s, 3), "counts": self.count(),
+            "status_counts": self.count("health"),
+            "resources": [r.as_dict() for r in self.resources],
+            "outputs": self.outputs,
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: Literal["start", "done"]
+    logical_id: str
+    verb: str = ""
+    result: ResourceResult | None = None
+
+
+EventSink = Callable[[Event], None]
+
+
+class Engine:
+    def __init__(
+        self,
+        ctx: StepContext,
+        store: StateStore,
+        resources: Sequence[Resource],
+        *,
+        on_event: EventSink | None = None,
+        lock_timeout: float = 0.0,
+    ) -> None:
+        self.ctx = ctx
+        self.store = store
+        self.resources = list(resources)
+        self.on_event = on_event or (lambda _e: None)
+        self.lock_timeout = lock_timeout
+        ctx.recorded = lambda lid: dict(rec.ids) if (rec := store.get(lid)) else {}
+
+    # -- commands ------------------------------------------------------------------------------
+    def plan(self) -> RunResult:
+        return self._run("plan", self._plan_one, reverse=False, lock=False)
+
+    def status(self) -> RunResult:
+        return self._run("status", self._status_one, reverse=False, lock=False)
+
+    def up(self) -> RunResult:
+        return self._run("up", self._up_one, reverse=False, lock=True)
+
+    def destroy(self) -> RunResult:
+        result = self._run("destroy", self._destroy_one, reverse=True, lock=True)
+        if all(r.action in ("delete", "absent") for r in result.resources):
+            self.store.remove_if_empty()
+        return result
+
+    def outputs(self) -> RunResult:
+        return self._run("outputs", self._status_one, reverse=False, lock=False)
+
+    # -- per resource --------------------------------------------------------------------------
+    def _plan_one(self, res: Resource) -> ResourceResult:
+        desired = res.desired(self.ctx)
+        current = res.read(self.ctx)
+        if current is None:
+            return self._result(res, "create", changes=_creation(desired))
+        self._check_owned(res, current)
+        self.ctx.refs[res.logical_id] = current.ids
+        changes = res.diff(current.spec, desired)
+        return self._result(res, "update" if changes else "unchanged", changes=changes, ids=current.ids)
+
+    def _status_one(self, res: Resource) -> ResourceResult:
+        current = res.read(self.ctx)
+        if current is None:
+            return self._result(res, "read", health="missing")
+        self.ctx.refs[res.logical_id] = current.ids
+        if not self._is_ours(res, current):
+            return self._result(res, "read", health="foreign", ids=current.ids,
+                                message="exists but is not managed by iotpipe for this env")
+        changes = res.diff(current.spec, res.desired(self.ctx))
+        return self._result(res, "read", health="drifted" if changes else "ok",
+                            changes=changes, ids=current.ids)
+
+    def _up_one(self, res: Resource) -> ResourceResult:
+        desired = res.desired(self.ctx)
+        current = res.read(self.ctx)
+        name = res.name(self.ctx)
+        if current is None:
+            self.store.intend(res.logical_id, res.resource_type, name)
+            ids = res.create(self.ctx, desired)
+            self.store.record(res.logical_id, res.resource_type, name, ids)
+            self.ctx.refs[res.logical_id] = ids
+            return self._result(res, "create", ids=ids)
+        self._check_owned(res, current)
+        self.store.record(res.logical_id, res.resource_type, name, current.ids)
+        self.ctx.refs[res.logical_id] = current.ids
+        changes = res.diff(current.spec, desired)
+        if not changes:
+            return self._result(res, "unchanged", ids=current.ids)
+        res.update(self.ctx, current, desired, changes)
+        return self._result(res, "update", changes=changes, ids=current.ids)
+
+    def _destroy_one(self, res: Resource) -> ResourceResult:
+        current = res.read(self.ctx)
+        if current is None:
+            self.store.forget(res.logical_id)
+            return self._result(res, "absent")
+        if not self._is_ours(res, current):
+            return self._result(res, "skipped", health="foreign", ids=current.ids,
+                                message="exists but is not managed by iotpipe for this env: left alone")
+        try:
+            res.delete(self.ctx, current)
+        except DeletionPending as pending:
+            return self._result(res, "pending", health="pending", ids=current.ids, message=str(pending))
+        self.store.forget(res.logical_id)
+        return self._result(res, "delete", health="deleted", ids=current.ids)
+
+    # -- plumbing --------------------------------------------------------------------------------
+    def _run(self, command: str, one: Callable[[Resource], ResourceResult], *, reverse: bool,
+             lock: bool) -> RunResult:
+        started = time.monotonic()
+        account = self._account()
+        result = RunResult(command, self.ctx.env, self.ctx.region, account)
+        with self._maybe_lock(command, lock):
+            if lock:
+                self.store.set_account(account)
+            order = reversed(self.resources) if reverse else self.resources
+            for res in order:
+                self.on_event(Event("start", res.logical_id, verb=command))
+                item = self._guarded(res, one)
+                result.resources.append(item)
+                self.on_event(Event("done", res.logical_id, result=item))
+        result.outputs = self._outputs()
+        result.elapsed_s = time.monotonic() - started
+        return result
+
+    def _account(self) -> str:
+        self.store.load()  # a corrupt or foreign state file stops us before any AWS call
+        account = self.ctx.account
+        self.store.check_account(account)
+        return account
+
+    @contextmanager
+    def _maybe_lock(self, command: str, lock: bool) -> Iterator[None]:
+        if not lock:
+            yield
+            return
+        with self.store.lock(command, timeout=self.lock_timeout):
+            self.store._data = None  # re-read: another run may have written while we waited
+            self.store.load()
+            yield
+
+    def _guarded(self, res: Resource, one: Callable[[Resource], ResourceResult]) -> ResourceResult:
+        try:
+            return one(res)
+        except IotpipeError:
+            raise
+        except (ClientError, BotoCoreError) as err:
+            typed = translate(err)
+            if isinstance(typed, IotpipeError):
+                raise type(typed)(f"{res.logical_id} ({res.name(self.ctx)}): {typed}") from err
+            raise
+
+    def _is_ours(self, res: Resource, current: Current) -> bool:
+        if current.managed:
+            return True
+        record = self.store.get(res.logical_id)
+        # Written ahead before our create call: a resource we made but did not get to tag.
+        return bool(record and record.status == "creating" and record.name == res.name(self.ctx))
+
+    def _check_owned(self, res: Resource, current: Current) -> None:
+        if not self._is_ours(res, current):
+            raise OwnershipError(
+                f"{res.resource_type} {res.name(self.ctx)!r} ({res.logical_id}) exists but is not "
+                f"managed by iotpipe for env {self.ctx.env!r} (no iotpipe:env tag): rename, adopt by "
+                "tagging it, or remove it")
+
+    def _result(self, res: Resource, action: Action, **kwargs: Any) -> ResourceResult:
+        return ResourceResult(res.logical_id, res.resource_type, res.name(self.ctx), action, **kwargs)
+
+    def _outputs(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for key, (lid, attr) in OUTPUT_KEYS.items():
+            value = self.ctx.refs.get(lid, {}).get(attr)
+            if value:
+                out[key] = value
+        return out
+
+
+def _creation(desired: dict[str, Any]) -> list[Change]:
+    return [Change(k, None, v) for k, v in desired.items()]
+
+
+def make_engine(
+    config: Any,
+    aws: Any,
+    state_root: Any,
+    *,
+    on_event: EventSink | None = None,
+    lock_timeout: float = 0.0,
+    resources: Sequence[Resource] | None = None,
+) -> Engine:
+    """Wire config, AWS context, state store and the ordered resources into an Engine.
+
+    Names need the account (S3 bucket names carry it), so the first AWS call, STS
+    GetCallerIdentity, happens here; it is also the credentials check.
+    """
+    from iotpipe.config import Names
+    from iotpipe.steps import all_resources
+
+    store = StateStore(state_root, config.env, config.region)
+    store.load()  # a bad state file is refused before any AWS call
+    names = Names.derive(config, aws.account_id)
+    ctx = StepContext(aws=aws, config=config, names=names)
+    return Engine(ctx, store, resources if resources is not None else all_resources(),
+                  on_event=on_event, lock_timeout=lock_timeout)

@@ -1,0 +1,276 @@
+"""The per-env state file and lock.
+
+The state file is a write-ahead record, not the source of truth: AWS is. Before a create
+iotpipe writes the intent ("creating", with the name); right after it, the ids. Each write is
+atomic (temp file, fsync, rename), so an interrupted run leaves either the old or the new
+file, and the intent proves that a half-made resource without tags is ours to finish.
+
+The lock follows Terraform's lock info (ID, Operation, Who, Created) and is taken with
+``O_CREAT | O_EXCL``, which the filesystem makes atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from iotpipe.errors import LockHeldError, StateError
+
+SCHEMA_VERSION = 1
+
+Status = Literal["creating", "present"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ResourceRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    name: str
+    status: Status
+    ids: dict[str, str] = Field(default_factory=dict)  # arn, id, ... as the resource reports them
+    created_at: str
+    updated_at: str
+
+
+class StateFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int
+    env: str
+    region: str
+    account: str | None = None
+    resources: dict[str, ResourceRecord] = Field(default_factory=dict)
+
+
+class StateStore:
+    """``<root>/state/<env>.json`` and ``<root>/locks/<env>.lock``."""
+
+    def __init__(self, root: Path, env: str, region: str) -> None:
+        self.root = Path(root)
+        self.env = env
+        self.region = region
+        self.path = self.root / "state" / f"{env}.json"
+        self.lock_path = self.root / "locks" / f"{env}.lock"
+        self._data: StateFile | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+    def load(self) -> StateFile:
+        """Read and check the file; a missing file is an empty state, anything odd an error."""
+        if self._data is not None:
+            return self._data
+        if not self.path.exists():
+            self._data = StateFile(schema_version=SCHEMA_VERSION, env=self.env, region=self.region)
+            return self._data
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise StateError(f"state file {self.path} is unreadable or corrupt ({err.__class__.__name__}): "
+                             "move it aside to rebuild it from AWS") from None
+        if not isinstance(raw, dict):
+            raise StateError(f"state file {self.path} is not a JSON object: move it aside to rebuild it from AWS")
+        version = raw.get("schema_version")
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise StateError(f"state file {self.path} has schema version {version}, newer than this "
+                             f"iotpipe understands ({SCHEMA_VERSION}): upgrade iotpipe")
+        try:
+            data = StateFile.model_validate(raw)
+        except ValidationError as err:
+            loc = ".".join(str(p) for p in err.errors()[0]["loc"])
+            raise StateError(f"state file {self.path} is invalid at {loc or 'top level'}: "
+                             "move it aside to rebuild it from AWS") from None
+        if data.env != self.env or data.region != self.region:
+            raise StateError(f"state file {self.path} belongs to env {data.env!r} in {data.region}, "
+                             f"not env {self.env!r} in {self.region}")
+        self._data = data
+        return data
+
+    def check_account(self, account: str) -> None:
+        data = self.load()
+        if data.account and data.account != account:
+            raise StateError(f"state file {self.path} belongs to account {data.account}, "
+                             f"but the credentials are for account {account}")
+
+    def get(self, logical_id: str) -> ResourceRecord | None:
+        return self.load().resources.get(logical_id)
+
+    # -- writing (each call is one atomic replace) ------------------------------------------
+    def set_account(self, account: str) -> None:
+        data = self.load()
+        if data.account != account:
+            data.account = account
+            self._save()
+
+    def intend(self, logical_id: str, type_: str, name: str) -> None:
+        """Write ahead: we are about to create ``name``."""
+        now = _now()
+        data = self.load()
+        previous = data.resources.get(logical_id)
+        data.resources[logical_id] = ResourceRecord(
+            type=type_, name=name, status="creating", ids=previous.ids if previous else {},
+            created_at=previous.created_at if previous else now, updated_at=now)
+        self._save()
+
+    def record(self, logical_id: str, type_: str, name: str, ids: dict[str, str]) -> None:
+        """The resource exists: store its ids (skipped when nothing changed, to keep reads free)."""
+        now = _now()
+        data = self.load()
+        previous = data.resources.get(logical_id)
+        clean = {k: str(v) for k, v in ids.items() if v is not None}
+        if previous and previous.status == "present" and previous.ids == clean and previous.name == name:
+            return
+        data.resources[logical_id] = ResourceRecord(
+            type=type_, name=name, status="present", ids=clean,
+            created_at=previous.created_at if previous else now, updated_at=now)
+        self._save()
+
+    def forget(self, logical_id: str) -> None:
+        data = self.load()
+        if data.resources.pop(logical_id, None) is not None:
+            self._save()
+
+    def remove_if_empty(self) -> None:
+        data = self.load()
+        if not data.resources and self.path.exists():
+            self.path.unlink()
+
+    def _save(self) -> None:
+        assert self._data is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = self._data.model_dump_json(indent=2) + "\n"
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.env}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dir_fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    # -- locking ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(
+        self,
+        operation: str,
+        *,
+        timeout: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> Iterator[dict[str, Any]]:
+        """Hold the env's lock for the duration of ``operation``.
+
+        A lock whose holder was a process on this host that no longer runs is taken over;
+        anything else waits up to ``timeout`` seconds, then fails naming the holder.
+        """
+        info = {
+            "ID": str(uuid.uuid4()),
+            "Operation": operation,
+            "Who": f"{_user()}@{socket.gethostname()}",
+            "Host": socket.gethostname(),
+            "Pid": os.getpid(),
+            "Created": _now(),
+        }
+        deadline = clock() + timeout
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        while not self._try_create_lock(info):
+            holder = self.read_lock()
+            if holder is not None and _is_stale(holder):
+                self._remove_lock_if(holder)
+                continue
+            if clock() >= deadline:
+                raise LockHeldError(f"env {self.env!r} is locked by {describe_lock(holder)}; "
+                                    f"wait, pass --lock-timeout, or run `iotpipe unlock --env {self.env}` "
+                                    "if that run is gone")
+            sleep(min(0.5, max(0.0, deadline - clock())))  # no AWS waiter for a local file
+        try:
+            yield info
+        finally:
+            self._remove_lock_if(info)
+
+    def read_lock(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.lock_path.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # being written right now, or damaged: treated as held by someone unknown
+
+    def force_unlock(self) -> dict[str, Any] | None:
+        holder = self.read_lock()
+        with contextlib.suppress(FileNotFoundError):
+            self.lock_path.unlink()
+        return holder
+
+    def _try_create_lock(self, info: dict[str, Any]) -> bool:
+        try:
+            fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(info, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+
+    def _remove_lock_if(self, info: dict[str, Any]) -> None:
+        current = self.read_lock()
+        if current is not None and current.get("ID") == info.get("ID"):
+            with contextlib.suppress(FileNotFoundError):
+                self.lock_path.unlink()
+
+
+def describe_lock(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "an unknown holder (lock file unreadable)"
+    return (f"pid {holder.get('Pid')} on {holder.get('Host')} ({holder.get('Who')}), "
+            f"operation {holder.get('Operation')}, since {holder.get('Created')}")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        return str(os.getuid())
+
+
+def _is_stale(holder: dict[str, Any]) -> bool:
+    """True when the holder ran on this host and its process is gone."""
+    if holder.get("Host") != socket.gethostname():
+        return False
+    pid = holder.get("Pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
