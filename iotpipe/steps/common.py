@@ -1,0 +1,232 @@
+"""Resource kinds used by more than one step: an encrypted log group and a least-privilege role.
+
+Each step instantiates them with its own logical id, name and policy; the kind itself knows
+nothing of the step that uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from iotpipe.aws import is_not_found
+from iotpipe.config import Names
+from iotpipe.steps.base import (
+    Change,
+    Current,
+    Resource,
+    Spec,
+    StepContext,
+    changed_fields,
+    filter_tags,
+    ignore_not_found,
+    paginate,
+    policy_json,
+    same,
+    tag_changes,
+    tag_dict,
+    tag_list,
+)
+
+PolicyFn = Callable[[StepContext], dict[str, Any]]
+
+
+class LogGroup(Resource):
+    """A CloudWatch log group encrypted with the pipeline key, with the configured retention."""
+
+    resource_type = "AWS::Logs::LogGroup"
+    depends_on = ("kms.key",)
+
+    def __init__(self, logical_id: str, name_of: Callable[[Names], str]) -> None:
+        self.logical_id = logical_id
+        self._name_of = name_of
+
+    def name(self, ctx: StepContext) -> str:
+        return self._name_of(ctx.names)
+
+    def _arn(self, ctx: StepContext) -> str:
+        return ctx.aws.arn("logs", f"log-group:{self.name(ctx)}")
+
+    def desired(self, ctx: StepContext) -> Spec:
+        return {
+            "retention_days": ctx.config.logs.retention_days,
+            "kms_key_id": ctx.ref("kms.key", "arn"),
+            "tags": ctx.tags(self.logical_id),
+        }
+
+    def read(self, ctx: StepContext) -> Current | None:
+        logs = ctx.client("logs")
+        name = self.name(ctx)
+        group = next((g for g in paginate(logs, "describe_log_groups", "logGroups", logGroupNamePrefix=name)
+                      if g["logGroupName"] == name), None)
+        if group is None:
+            return None
+        tags = logs.list_tags_for_resource(resourceArn=self._arn(ctx)).get("tags", {})
+        spec = {
+            "retention_days": group.get("retentionInDays"),
+            "kms_key_id": group.get("kmsKeyId"),
+            "tags": filter_tags(ctx, self.logical_id, tags),
+        }
+        return Current(spec, {"name": name, "arn": self._arn(ctx)}, managed=ctx.owns(tags))
+
+    def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+        logs = ctx.client("logs")
+        logs.create_log_group(logGroupName=self.name(ctx), kmsKeyId=desired["kms_key_id"],
+                              tags=desired["tags"])
+        logs.put_retention_policy(logGroupName=self.name(ctx), retentionInDays=desired["retention_days"])
+        return {"name": self.name(ctx), "arn": self._arn(ctx)}
+
+    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+        logs = ctx.client("logs")
+        fields = changed_fields(changes)
+        if "retention_days" in fields:
+            logs.put_retention_policy(logGroupName=self.name(ctx), retentionInDays=desired["retention_days"])
+        if "kms_key_id" in fields:
+            logs.associate_kms_key(logGroupName=self.name(ctx), kmsKeyId=desired["kms_key_id"])
+        if "tags" in fields:
+            to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
+            if to_set:
+                logs.tag_resource(resourceArn=self._arn(ctx), tags=to_set)
+            if to_remove:
+                logs.untag_resource(resourceArn=self._arn(ctx), tagKeys=to_remove)
+
+    def delete(self, ctx: StepContext, current: Current) -> None:
+        with ignore_not_found():
+            ctx.client("logs").delete_log_group(logGroupName=self.name(ctx))
+
+
+class Role(Resource):
+    """An IAM role for one AWS service with inline policies only.
+
+    Attached managed policies are drift: a least-privilege role that someone attached
+    AdministratorAccess to is reported, and `up` detaches it.
+    """
+
+    resource_type = "AWS::IAM::Role"
+
+    def __init__(
+        self,
+        logical_id: str,
+        name_of: Callable[[Names], str],
+        *,
+        trust: PolicyFn,
+        policies: dict[str, PolicyFn],
+        description: str,
+        depends_on: tuple[str, ...] = (),
+    ) -> None:
+        self.logical_id = logical_id
+        self._name_of = name_of
+        self._trust = trust
+        self._policies = policies
+        self._description = description
+        self.depends_on = depends_on
+
+    def name(self, ctx: StepContext) -> str:
+        return self._name_of(ctx.names)
+
+    def desired(self, ctx: StepContext) -> Spec:
+        return {
+            "description": self._description,
+            "assume_role_policy": self._trust(ctx),
+            "inline_policies": {name: fn(ctx) for name, fn in self._policies.items()},
+            "managed_policies": [],
+            "tags": ctx.tags(self.logical_id),
+        }
+
+    def read(self, ctx: StepContext) -> Current | None:
+        iam = ctx.client("iam")
+        name = self.name(ctx)
+        try:
+            role = iam.get_role(RoleName=name)["Role"]
+        except Exception as err:
+            if is_not_found(err):
+                return None
+            raise
+        inline = {
+            policy: iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+            for policy in paginate(iam, "list_role_policies", "PolicyNames", RoleName=name)
+        }
+        attached = [p["PolicyArn"] for p in
+                    paginate(iam, "list_attached_role_policies", "AttachedPolicies", RoleName=name)]
+        tags = tag_dict(paginate(iam, "list_role_tags", "Tags", RoleName=name))
+        spec = {
+            "description": role.get("Description", ""),
+            "assume_role_policy": role.get("AssumeRolePolicyDocument"),
+            "inline_policies": inline,
+            "managed_policies": attached,
+            "tags": filter_tags(ctx, self.logical_id, tags),
+        }
+        return Current(spec, {"name": name, "arn": role["Arn"]}, managed=ctx.owns(tags))
+
+    def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+        iam = ctx.client("iam")
+        name = self.name(ctx)
+        role = iam.create_role(
+            RoleName=name,
+            Description=desired["description"],
+            AssumeRolePolicyDocument=policy_json(desired["assume_role_policy"]),
+            Tags=tag_list(desired["tags"]),
+        )["Role"]
+        for policy, document in desired["inline_policies"].items():
+            iam.put_role_policy(RoleName=name, PolicyName=policy, PolicyDocument=policy_json(document))
+        return {"name": name, "arn": role["Arn"]}
+
+    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+        iam = ctx.client("iam")
+        name = self.name(ctx)
+        fields = changed_fields(changes)
+        if "description" in fields:
+            iam.update_role(RoleName=name, Description=desired["description"])
+        if "assume_role_policy" in fields:
+            iam.update_assume_role_policy(RoleName=name,
+                                          PolicyDocument=policy_json(desired["assume_role_policy"]))
+        if "inline_policies" in fields:
+            have, want = current.spec["inline_policies"], desired["inline_policies"]
+            for policy, document in want.items():
+                if not same(have.get(policy), document):
+                    iam.put_role_policy(RoleName=name, PolicyName=policy, PolicyDocument=policy_json(document))
+            for policy in set(have) - set(want):
+                iam.delete_role_policy(RoleName=name, PolicyName=policy)
+        if "managed_policies" in fields:
+            for arn in current.spec["managed_policies"]:
+                iam.detach_role_policy(RoleName=name, PolicyArn=arn)
+        if "tags" in fields:
+            to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
+            if to_set:
+                iam.tag_role(RoleName=name, Tags=tag_list(to_set))
+            if to_remove:
+                iam.untag_role(RoleName=name, TagKeys=to_remove)
+
+    def delete(self, ctx: StepContext, current: Current) -> None:
+        iam = ctx.client("iam")
+        name = self.name(ctx)
+        with ignore_not_found():
+            for arn in current.spec.get("managed_policies", []):
+                iam.detach_role_policy(RoleName=name, PolicyArn=arn)
+            for policy in current.spec.get("inline_policies", {}):
+                iam.delete_role_policy(RoleName=name, PolicyName=policy)
+            iam.delete_role(RoleName=name)
+
+
+def service_trust(service: str, *, pin_account: bool = True,
+                  source_arn: Callable[[StepContext], str] | None = None) -> PolicyFn:
+    """A trust policy for ``service``, pinned to our account (and ARN) against confused deputies.
+
+    Lambda execution roles are not pinned: Lambda sends no aws:SourceAccount when it assumes
+    an execution role, so the condition would lock the function out.
+    """
+
+    def trust(ctx: StepContext) -> dict[str, Any]:
+        statement: dict[str, Any] = {
+            "Effect": "Allow",
+            "Principal": {"Service": service},
+            "Action": "sts:AssumeRole",
+        }
+        if pin_account:
+            statement["Condition"] = {"StringEquals": {"aws:SourceAccount": ctx.account}}
+        if source_arn is not None:
+            statement.setdefault("Condition", {})
+            statement["Condition"]["ArnLike"] = {"aws:SourceArn": source_arn(ctx)}
+        return {"Version": "2012-10-17", "Statement": [statement]}
+
+    return trust
