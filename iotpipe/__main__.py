@@ -1,0 +1,5 @@
+import sys
+
+from iotpipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,300 @@
+"""The `iotpipe` command: thin click adapters over the engine; output through `render`.
+
+Heavy imports (boto3, pydantic, rich) happen inside the commands, so `iotpipe --help`
+starts fast and never loads boto3.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from iotpipe import __version__
+from iotpipe.errors import AbortedError, ExitCode, IotpipeError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@dataclass
+class Options:
+    env: str
+    config: Path | None
+    region: str | None
+    profile: str | None
+    endpoint_url: str | None
+    state_dir: Path
+    sets: tuple[str, ...]
+
+
+def common_options(func: Any) -> Any:
+    """The options every command takes (see README "Options")."""
+
+    @click.option("--env", "-e", default="dev", show_default=True, help="Environment name (part of every resource name).")
+    @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
+                  help="Config file [default: config/<env>.toml when it exists, else built-in defaults].")
+    @click.option("--region", help="AWS region [default: AWS_REGION, AWS_DEFAULT_REGION, the profile, the config file, ap-southeast-1].")
+    @click.option("--profile", envvar="AWS_PROFILE", help="AWS profile name [env: AWS_PROFILE].")
+    @click.option("--endpoint-url", help="AWS endpoint, e.g. an emulator [env: AWS_ENDPOINT_URL, read by boto3].")
+    @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), envvar="IOTPIPE_STATE_DIR",
+                  default=Path(".iotpipe"), show_default=True, help="Where state and lock files live [env: IOTPIPE_STATE_DIR].")
+    @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                  help="Override a config key, e.g. --set lambda.memory_mb=512 (repeatable).")
+    @wraps(func)
+    def wrapper(env, config_path, region, profile, endpoint_url, state_dir, sets, **kwargs):
+        opts = Options(env, config_path, region, profile, endpoint_url, state_dir, tuple(sets))
+        return func(opts, **kwargs)
+
+    return wrapper
+
+
+def json_option(func: Any) -> Any:
+    return click.option("--json", "json_mode", is_flag=True, help="Print the result as JSON.")(func)
+
+
+def lock_option(func: Any) -> Any:
+    return click.option("--lock-timeout", type=click.FloatRange(min=0), default=0, show_default=True,
+                        metavar="SECONDS", help="Wait this long for another run's lock instead of failing.")(func)
+
+
+def _build(opts: Options, renderer: Any, lock_timeout: float = 0.0) -> Any:
+    from iotpipe.aws import AwsContext, default_region
+    from iotpipe.config import load_config
+    from iotpipe.engine import make_engine
+
+    fallback = None if opts.region else default_region(opts.profile)
+    config = load_config(opts.env, opts.config, region=opts.region, fallback_region=fallback,
+                         assignments=opts.sets)
+    aws = AwsContext(config.region, profile=opts.profile, endpoint_url=opts.endpoint_url)
+    return make_engine(config, aws, opts.state_dir, on_event=renderer.progress, lock_timeout=lock_timeout)
+
+
+def _renderer(json_mode: bool = False) -> Any:
+    from iotpipe.render import Renderer
+
+    return Renderer(json_mode=json_mode)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "--version", "-V", prog_name="iotpipe")
+def cli() -> None:
+    """Provision a manufacturing IoT sensor pipeline on AWS: IoT Core -> Kinesis -> Lambda ->
+    DynamoDB + S3, one KMS key, CloudWatch Logs, least-privilege IAM and CloudTrail.
+
+    \b
+    Examples:
+      iotpipe plan --env dev           what `up` would change (exit 2 when something would)
+      iotpipe up --env dev             create or repair the environment
+      iotpipe status --env dev         what exists, and what drifted
+      iotpipe outputs --env dev --json names and ARNs for scripts
+      iotpipe destroy --env dev --yes  remove everything
+      iotpipe demo                     all of the above on an embedded AWS emulator
+    """
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@common_options
+@json_option
+@lock_option
+def up(opts: Options, json_mode: bool, lock_timeout: float) -> None:
+    """Converge the environment: kms, storage, stream, iot, lambda, trail.
+
+    Safe to repeat: an environment already in shape costs read calls only.
+
+    \b
+    Examples:
+      iotpipe up --env dev
+      iotpipe up --env prod --config config/prod.toml --lock-timeout 120
+      iotpipe up --env dev --set lambda.memory_mb=512 --json
+    """
+    renderer = _renderer(json_mode)
+    result = _build(opts, renderer, lock_timeout).up()
+    renderer.run_summary(result)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@common_options
+@json_option
+def plan(opts: Options, json_mode: bool) -> None:
+    """Show what `up` would do, field by field, without changing anything.
+
+    Exit 0 when nothing would change, 2 when changes are pending, another code on error.
+
+    \b
+    Examples:
+      iotpipe plan --env dev
+      iotpipe plan --env prod --json | jq '.resources[] | select(.action != "unchanged")'
+    """
+    renderer = _renderer(json_mode)
+    result = _build(opts, renderer).plan()
+    renderer.plan(result)
+    if not result.in_sync:
+        raise SystemExit(ExitCode.CHANGES_PENDING)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@common_options
+@json_option
+def status(opts: Options, json_mode: bool) -> None:
+    """List every resource of the env as ok, missing, drifted (with the fields) or foreign.
+
+    Exit 0 when everything is ok, 2 when anything is missing, drifted or foreign.
+
+    \b
+    Examples:
+      iotpipe status --env dev
+      iotpipe status --env dev --json
+    """
+    renderer = _renderer(json_mode)
+    result = _build(opts, renderer).status()
+    renderer.status(result)
+    if not result.in_sync:
+        raise SystemExit(ExitCode.CHANGES_PENDING)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@common_options
+@json_option
+def outputs(opts: Options, json_mode: bool) -> None:
+    """Print the pipeline's names and ARNs (the seed's outputs and more), read live from AWS.
+
+    \b
+    Examples:
+      iotpipe outputs --env dev
+      iotpipe outputs --env dev --json | jq -r .kinesis_stream_name
+    """
+    renderer = _renderer(json_mode)
+    result = _build(opts, renderer).outputs()
+    renderer.outputs(result.outputs)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@common_options
+@json_option
+@lock_option
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
+@click.option("--wait", is_flag=True, help="Wait (up to 6 minutes) for AWS's 5-minute rule on deprecated IoT thing types instead of finishing on the next run.")
+def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait: bool) -> None:
+    """Remove every resource of the env, in reverse order; a second run is a quiet success.
+
+    Buckets are emptied (every version and delete marker), the KMS key is scheduled for
+    deletion (kms.deletion_window_days), and resources iotpipe does not own are left alone.
+    AWS deletes an IoT thing type only 5 minutes after it was deprecated: destroy reports it
+    as pending (exit 3) and the next run finishes it, or use --wait.
+
+    \b
+    Examples:
+      iotpipe destroy --env dev
+      iotpipe destroy --env ci-1234 --yes --wait
+    """
+    if not yes:
+        if not sys.stdin.isatty():
+            raise AbortedError("refusing to destroy without --yes: stdin is not a terminal")
+        if not click.confirm(f"Destroy every iotpipe resource of env {opts.env!r}?", default=False):
+            raise AbortedError("destroy cancelled")
+    renderer = _renderer(json_mode)
+    engine = _build(opts, renderer, lock_timeout)
+    result = engine.destroy()
+    deadline_polls = 36 if wait else 0
+    while deadline_polls and any(r.action == "pending" for r in result.resources):
+        renderer.message("waiting 10s for AWS to allow deleting the deprecated thing type…")
+        engine.ctx.aws.sleep(10)  # no AWS waiter exists for the thing-type deprecation window
+        deadline_polls -= 1
+        result = engine.destroy()
+    renderer.run_summary(result)
+    if any(r.action == "pending" for r in result.resources):
+        raise SystemExit(ExitCode.INCOMPLETE)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--env", "-e", default="dev", show_default=True, help="Environment name.")
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), envvar="IOTPIPE_STATE_DIR",
+              default=Path(".iotpipe"), show_default=True, help="Where state and lock files live.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def unlock(env: str, state_dir: Path, yes: bool) -> None:
+    """Remove an env's lock left behind by a run that is gone (on another host, say).
+
+    A lock left by a dead process on this host is taken over automatically; use this for
+    the rest, after making sure the holder is not running.
+
+    \b
+    Example:
+      iotpipe unlock --env dev
+    """
+    from iotpipe.state import StateStore, describe_lock
+
+    renderer = _renderer()
+    store = StateStore(state_dir, env, region="")
+    holder = store.read_lock()
+    if holder is None:
+        renderer.message(f"env {env!r} is not locked")
+        return
+    renderer.lock_holder(f"env {env!r} is locked by {describe_lock(holder)}")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise AbortedError("refusing to unlock without --yes: stdin is not a terminal")
+        if not click.confirm("Remove this lock? Only do this if that run is no longer running", default=False):
+            raise AbortedError("unlock cancelled")
+    store.force_unlock()
+    renderer.message(f"lock of env {env!r} removed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line and a documented exit code for every expected failure."""
+    renderer = None
+    try:
+        cli.main(args=argv, prog_name="iotpipe", standalone_mode=False)
+        return ExitCode.OK
+    except SystemExit as exit_:
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else ExitCode.ERROR
+    except click.exceptions.Abort:
+        _error(renderer, "aborted")
+        return ExitCode.ABORTED
+    except click.UsageError as err:
+        _error(renderer, err.format_message() + (f" (see `{err.ctx.command_path} --help`)" if err.ctx else ""))
+        return ExitCode.USAGE
+    except click.ClickException as err:
+        _error(renderer, err.format_message())
+        return ExitCode.USAGE
+    except IotpipeError as err:
+        _error(renderer, str(err))
+        return err.exit_code
+    except KeyboardInterrupt:
+        _error(renderer, "interrupted: re-run the same command to continue where it stopped")
+        return ExitCode.INTERRUPTED
+    except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
+        typed = _translate(err)
+        if isinstance(typed, IotpipeError):
+            _error(renderer, str(typed))
+            return typed.exit_code
+        if os.environ.get("IOTPIPE_DEBUG"):
+            raise
+        _error(renderer, f"internal error: {err.__class__.__name__}: {err} "
+                         "(set IOTPIPE_DEBUG=1 for the traceback and please report it)")
+        return ExitCode.ERROR
+
+
+def _translate(err: Exception) -> Exception:
+    module = type(err).__module__
+    if module.startswith(("botocore", "boto3")):
+        from iotpipe.aws import translate
+
+        return translate(err)
+    return err
+
+
+def _error(renderer: Any, text: str) -> None:
+    try:
+        from iotpipe.render import Renderer
+
+        (renderer or Renderer()).error(text)
+    except Exception:  # noqa: BLE001 - even rich failing must not hide the message
+        sys.stderr.write(f"error: {text}\n")
+
+
+

@@ -1,0 +1,142 @@
+"""Everything iotpipe shows: live progress, tables, summaries, JSON and error lines.
+
+The only module that prints. Commands hand it result objects from the engine; in ``--json``
+mode the same objects are dumped as one JSON document on stdout and progress is silent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from iotpipe.engine import Event, ResourceResult, RunResult
+
+ACTION_STYLE = {
+    "create": ("+", "green", "created"),
+    "update": ("~", "yellow", "updated"),
+    "unchanged": ("=", "dim", "unchanged"),
+    "delete": ("-", "red", "deleted"),
+    "absent": (" ", "dim", "absent"),
+    "skipped": ("!", "magenta", "skipped"),
+    "pending": ("…", "yellow", "pending"),
+}
+PLAN_WORDS = {"create": "will be created", "update": "will be updated", "unchanged": "no changes"}
+HEALTH_STYLE = {"ok": "green", "missing": "red", "drifted": "yellow", "foreign": "magenta"}
+
+
+def _short(value: Any, limit: int = 70) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Renderer:
+    def __init__(self, *, json_mode: bool = False, console: Console | None = None) -> None:
+        self.json_mode = json_mode
+        self.out = console or Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self._status: Any = None
+
+    # -- live progress -------------------------------------------------------------------------
+    def progress(self, event: Event) -> None:
+        """Engine callback: a spinner while a resource is worked on, one line when it is done."""
+        if self.json_mode:
+            return
+        if event.kind == "start":
+            if self.out.is_terminal:
+                self._stop_spinner()
+                self._status = self.out.status(f"{event.verb}: {event.logical_id}")
+                self._status.start()
+            return
+        self._stop_spinner()
+        if event.result is not None and event.result.action in ACTION_STYLE:
+            self._resource_line(event.result)
+
+    def _stop_spinner(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+    def _resource_line(self, r: ResourceResult) -> None:
+        mark, style, word = ACTION_STYLE[r.action]
+        line = f"[{style}]{mark} {word:<9}[/] {r.logical_id:<30} [dim]{escape(r.name)}[/]"
+        if r.message:
+            line += f"  [{style}]{escape(r.message)}[/]"
+        self.out.print(line)
+        for change in r.changes if r.action == "update" else ():
+            self.out.print(f"      [yellow]{change.field}[/]: {escape(_short(change.current))} → "
+                           f"{escape(_short(change.desired))}")
+
+    # -- final results -------------------------------------------------------------------------
+    def run_summary(self, result: RunResult) -> None:
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        counts = result.count()
+        parts = [f"{n} {ACTION_STYLE[a][2]}" for a, n in counts.items() if a in ACTION_STYLE]
+        self.out.print(f"\n[bold]{result.command}[/] env [bold]{result.env}[/] "
+                       f"({result.region}, account {result.account}): {', '.join(parts) or 'nothing to do'} "
+                       f"in {result.elapsed_s:.1f}s")
+
+    def plan(self, result: RunResult) -> None:
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        pending = [r for r in result.resources if r.action != "unchanged"]
+        for r in result.resources:
+            mark, style, _ = ACTION_STYLE[r.action]
+            self.out.print(f"[{style}]{mark} {r.logical_id:<30}[/] [dim]{escape(r.name)}[/] "
+                           f"{PLAN_WORDS.get(r.action, r.action)}")
+            if r.action == "update":
+                for c in r.changes:
+                    self.out.print(f"      [yellow]{c.field}[/]: {escape(_short(c.current))} → "
+                                   f"{escape(_short(c.desired))}")
+        self.out.print(f"\nPlan: {sum(r.action == 'create' for r in pending)} to create, "
+                       f"{sum(r.action == 'update' for r in pending)} to update, "
+                       f"{len(result.resources) - len(pending)} unchanged.")
+
+    def status(self, result: RunResult) -> None:
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        table = Table(title=f"env {result.env} ({result.region}, account {result.account})")
+        for column in ("resource", "type", "name", "arn / id", "status"):
+            table.add_column(column, overflow="fold")
+        for r in result.resources:
+            style = HEALTH_STYLE.get(r.health, "")
+            health = r.health
+            if r.changes:
+                health += ": " + ", ".join(c.field for c in r.changes)
+            table.add_row(r.logical_id, r.resource_type, r.name,
+                          r.ids.get("arn") or r.ids.get("id") or r.ids.get("uuid") or "",
+                          f"[{style}]{escape(health)}[/]")
+        self.out.print(table)
+        counts = result.count("health")
+        self.out.print(", ".join(f"{n} {h}" for h, n in counts.items()))
+
+    def outputs(self, outputs: dict[str, str]) -> None:
+        if self.json_mode:
+            self.json(outputs)
+            return
+        width = max((len(k) for k in outputs), default=0)
+        for key, value in outputs.items():
+            self.out.print(f"{key:<{width}} = {escape(value)}")
+
+    def lock_holder(self, text: str) -> None:
+        self.out.print(text)
+
+    def message(self, text: str) -> None:
+        if not self.json_mode:
+            self.out.print(text)
+
+    def json(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        sys.stdout.flush()
+
+    def error(self, text: str) -> None:
+        self._stop_spinner()
+        self.err.print(f"[red]error:[/] {escape(text)}")
