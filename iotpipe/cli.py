@@ -244,6 +244,69 @@ def unlock(env: str, state_dir: Path, yes: bool) -> None:
     renderer.message(f"lock of env {env!r} removed")
 
 
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--readings", type=click.IntRange(1, 100000), default=1000, show_default=True,
+              help="How many sensor readings to push through the pipeline.")
+@click.option("--keep", is_flag=True, help="Skip the final destroy (the emulator still stops on exit).")
+@json_option
+def demo(readings: int, keep: bool, json_mode: bool) -> None:
+    """Run the whole job on an embedded AWS emulator: no account needed.
+
+    Starts moto on 127.0.0.1, runs `up` for env "local", shows `status`, pushes sensor
+    readings (and a few invalid ones) through Kinesis and the real handler, counts what
+    landed in DynamoDB and S3, then `destroy`s. Needs `pip install 'iotpipe[local]'`.
+
+    \b
+    Example:
+      iotpipe demo --readings 5000
+    """
+    import tempfile
+
+    from iotpipe.local.demo import exercise
+    from iotpipe.local.emulator import embedded_emulator
+
+    renderer = _renderer(json_mode)
+    for var, value in (("AWS_ACCESS_KEY_ID", "emulator"), ("AWS_SECRET_ACCESS_KEY", "emulator")):
+        os.environ.setdefault(var, value)  # moto accepts any credentials
+    with embedded_emulator() as url, tempfile.TemporaryDirectory(prefix="iotpipe-demo-") as state_dir:
+        renderer.message(f"embedded AWS emulator at {url}")
+        opts = Options("local", None, "us-east-1", None, url, Path(state_dir),
+                       ("storage.enforce_tls=false",))
+        engine = _build(opts, renderer)
+        results = {"up": engine.up(), "status": engine.status()}
+        report = exercise(engine.ctx, readings)
+        if not keep:
+            results["destroy"] = engine.destroy()
+    if json_mode:
+        renderer.json({**{k: v.as_dict() for k, v in results.items()}, "pipeline": report.__dict__})
+        return
+    renderer.run_summary(results["up"])
+    renderer.status(results["status"])
+    renderer.demo_report(report)
+    if "destroy" in results:
+        renderer.run_summary(results["destroy"])
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True)
+def emulator(port: int) -> None:
+    """Run the embedded AWS emulator in the foreground until Ctrl-C.
+
+    \b
+    Example:
+      iotpipe emulator --port 5000 &
+      iotpipe up --env local --endpoint-url http://127.0.0.1:5000
+    """
+    import threading
+
+    from iotpipe.local.emulator import embedded_emulator
+
+    renderer = _renderer()
+    with embedded_emulator(port) as url:
+        renderer.message(f"AWS emulator listening at {url} (Ctrl-C to stop; state is in memory)")
+        threading.Event().wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and a documented exit code for every expected failure."""
     renderer = None

@@ -126,6 +126,18 @@ class Renderer:
         for key, value in outputs.items():
             self.out.print(f"{key:<{width}} = {escape(value)}")
 
+    def demo_report(self, report: Any) -> None:
+        if self.json_mode:
+            self.json(report.__dict__)
+            return
+        r = report
+        self.out.print(
+            f"\n[bold]Readings[/]: {r.readings_sent} valid + {r.invalid_sent} invalid published to Kinesis; "
+            f"{r.batches} handler batches ({r.redeliveries} re-deliveries, {r.undelivered} undelivered)\n"
+            f"[bold]DynamoDB[/]: {r.items_stored} metric items, {r.anomalous_items} flagged as anomalies\n"
+            f"[bold]S3[/]: {r.archive_objects} raw archive objects (one per batch), "
+            f"{r.rejected_objects} quarantine objects under rejected/\n")
+
     def lock_holder(self, text: str) -> None:
         self.out.print(text)
 

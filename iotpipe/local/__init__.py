@@ -1,0 +1,1 @@
+"""Running iotpipe without an AWS account: the embedded emulator and a sensor simulator."""

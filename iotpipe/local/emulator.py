@@ -1,0 +1,54 @@
+"""The embedded AWS emulator: a moto server on 127.0.0.1, set up the way iotpipe needs it.
+
+moto is an optional dependency (`pip install 'iotpipe[local]'`), imported only here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from iotpipe.errors import ConfigError
+
+
+def configure(url: str) -> None:
+    """Switch Lambda to moto's docker-free backend before anything exists.
+
+    Without it moto tries to run Docker on every Kinesis put once an event source mapping
+    exists; functions created before the switch would disappear (MOTO-NOTES.md).
+    """
+    request = urllib.request.Request(
+        f"{url}/moto-api/config", data=json.dumps({"lambda": {"use_docker": False}}).encode(),
+        headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+        response.read()
+
+
+def reset(url: str) -> None:
+    """Wipe every resource in the emulator (and re-apply our settings)."""
+    request = urllib.request.Request(f"{url}/moto-api/reset", data=b"", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+        response.read()
+    configure(url)
+
+
+@contextmanager
+def embedded_emulator(port: int = 0) -> Iterator[str]:
+    """Run a moto server on 127.0.0.1 for the duration of the block; yield its URL."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        raise ConfigError("the embedded emulator needs moto: pip install 'iotpipe[local]'") from None
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        host, bound = server.get_host_and_port()
+        url = f"http://{host}:{bound}"
+        configure(url)
+        yield url
+    finally:
+        server.stop()
