@@ -273,18 +273,21 @@ def demo(readings: int, keep: bool, json_mode: bool) -> None:
         opts = Options("local", None, "us-east-1", None, url, Path(state_dir),
                        ("storage.enforce_tls=false",))
         engine = _build(opts, renderer)
-        results = {"up": engine.up(), "status": engine.status()}
-        report = exercise(engine.ctx, readings)
+        results: dict[str, Any] = {}
+
+        def phase(name: str, run: Any, show: Any) -> Any:
+            results[name] = run()
+            if not json_mode:  # in JSON mode everything is printed once, at the end
+                show(results[name])
+            return results[name]
+
+        phase("up", engine.up, renderer.run_summary)
+        phase("status", engine.status, renderer.status)
+        phase("pipeline", lambda: exercise(engine.ctx, readings), renderer.demo_report)
         if not keep:
-            results["destroy"] = engine.destroy()
+            phase("destroy", engine.destroy, renderer.run_summary)
     if json_mode:
-        renderer.json({**{k: v.as_dict() for k, v in results.items()}, "pipeline": report.__dict__})
-        return
-    renderer.run_summary(results["up"])
-    renderer.status(results["status"])
-    renderer.demo_report(report)
-    if "destroy" in results:
-        renderer.run_summary(results["destroy"])
+        renderer.json({k: v.as_dict() if hasattr(v, "as_dict") else v.__dict__ for k, v in results.items()})
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
