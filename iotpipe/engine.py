@@ -214,7 +214,7 @@ class Engine:
                 self.on_event(Event("start", res.logical_id, verb=command))
                 item = self._guarded(res, one)
                 result.resources.append(item)
-                self.on_event(Event("done", res.logical_id, result=item))
+                self.on_event(Event("done", res.logical_id, verb=command, result=item))
         result.outputs = self._outputs()
         result.elapsed_s = time.monotonic() - started
         return result

@@ -53,7 +53,8 @@ class Renderer:
                 self._status.start()
             return
         self._stop_spinner()
-        if event.result is not None and event.result.action in ACTION_STYLE:
+        # plan, status and outputs show their results as a whole at the end instead
+        if event.verb in ("up", "destroy") and event.result is not None and event.result.action in ACTION_STYLE:
             self._resource_line(event.result)
 
     def _stop_spinner(self) -> None:
