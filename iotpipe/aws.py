@@ -39,7 +39,7 @@ NOT_FOUND_CODES = frozenset({
     "NoSuchBucketPolicy", "NoSuchLifecycleConfiguration", "NoSuchTagSet", "NoSuchTagSetError",
     "ServerSideEncryptionConfigurationNotFoundError", "NoSuchPublicAccessBlockConfiguration",
     "OwnershipControlsNotFoundError", "TrailNotFoundException", "AWS.SimpleQueueService.NonExistentQueue",
-    "QueueDoesNotExist", "NotFound", "404", "NoSuchKey",
+    "QueueDoesNotExist", "NotFound", "404", "NoSuchKey", "TableNotFoundException",
 })
 ACCESS_DENIED_CODES = frozenset({
     "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClientException",
