@@ -1,0 +1,622 @@
+"""The processing step: log group, execution role, dead-letter queue, function, Kinesis mapping.
+
+Order matters and is the tuple's order: the log group exists before the function so that Lambda
+never creates an unencrypted one itself (the role is not even allowed to); the role exists
+before the function (CreateFunction needs it); the DLQ exists before the mapping names it as
+its on-failure destination; the mapping comes last because Lambda checks, when it is created,
+that the function's role can read the stream and send to the queue.
+
+Other steps' resources (table, bucket, stream) are referenced by their deterministic names and
+ARNs (``ctx.names`` + ``ctx.aws.arn``), so this step does not need their state to plan.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from iotpipe.aws import is_not_found
+from iotpipe.errors import AwsCallError
+from iotpipe.package import build_handler_zip, code_sha256
+from iotpipe.steps.base import (
+    Change,
+    Current,
+    Resource,
+    Spec,
+    StepContext,
+    changed_fields,
+    diff_specs,
+    filter_tags,
+    ignore_not_found,
+    paginate,
+    tag_changes,
+)
+from iotpipe.steps.common import LogGroup, Role, service_trust
+
+HANDLER = "index.lambda_handler"
+# arm64 (Graviton2): Lambda bills arm64 about 20% less per GB-second than x86_64, and the
+# handler is pure Python (stdlib + the runtime's boto3, no native wheels), so nothing in the
+# package depends on the CPU architecture.
+ARCHITECTURE = "arm64"
+DLQ_RETENTION_S = 1_209_600  # 14 days, SQS's maximum: time to inspect and replay failed batches
+DLQ_DATA_KEY_REUSE_S = 300  # SQS's default; fewer KMS calls than shorter periods, bounded exposure
+REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
+
+
+# --------------------------------------------------------------------------------------------
+# ARNs of this and other steps' resources, derived from the deterministic names
+# --------------------------------------------------------------------------------------------
+def stream_arn(ctx: StepContext) -> str:
+    return ctx.aws.arn("kinesis", f"stream/{ctx.names.stream}")
+
+
+def table_arn(ctx: StepContext) -> str:
+    return ctx.aws.arn("dynamodb", f"table/{ctx.names.metrics_table}")
+
+
+def bucket_arn(ctx: StepContext) -> str:
+    return ctx.aws.arn("s3", ctx.names.sensor_bucket, region=False, account=False)
+
+
+def log_group_arn(ctx: StepContext) -> str:
+    return ctx.aws.arn("logs", f"log-group:{ctx.names.lambda_log_group}")
+
+
+def dlq_arn(ctx: StepContext) -> str:
+    return ctx.aws.arn("sqs", ctx.names.dlq)
+
+
+def function_arn(ctx: StepContext) -> str:
+    return ctx.aws.arn("lambda", f"function:{ctx.names.function}")
+
+
+# --------------------------------------------------------------------------------------------
+# lambda.log_group and lambda.role
+# --------------------------------------------------------------------------------------------
+def lambda_policy(ctx: StepContext) -> dict[str, Any]:
+    """Exactly what the handler and its event source mapping use, each on one resource.
+
+    Narrower than the seed's: no ``s3:PutObjectAcl`` (the bucket enforces owner ACLs; a
+    function that can set ACLs can make objects public), S3 writes only under the two
+    prefixes the handler writes to (``raw/``, ``rejected/``), no ``dynamodb:UpdateItem`` and no
+    ``logs:CreateLogGroup`` (iotpipe creates the log group, encrypted). Kinesis: the actions
+    Lambda's docs list for a standard-iterator mapping, on the stream only. ``ListStreams`` is
+    left out (it takes no resource, so it would need ``"*"``, and the poller does not call it
+    for a known stream ARN), and so is ``SubscribeToShard`` (only enhanced fan-out consumers
+    use it; its resource is a consumer ARN, and this pipeline registers none).
+    ``sqs:SendMessage`` is there because Lambda sends the mapping's on-failure records with the
+    function's role; KMS because the stream, table, bucket and queue are encrypted with the
+    pipeline key.
+    """
+    bucket = bucket_arn(ctx)
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadSensorStream",
+                "Effect": "Allow",
+                "Action": ["kinesis:DescribeStream", "kinesis:DescribeStreamSummary",
+                           "kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:ListShards"],
+                "Resource": stream_arn(ctx),
+            },
+            {
+                "Sid": "WriteMetrics",
+                "Effect": "Allow",
+                "Action": ["dynamodb:BatchWriteItem", "dynamodb:PutItem"],
+                "Resource": table_arn(ctx),
+            },
+            {
+                "Sid": "ArchiveReadings",
+                "Effect": "Allow",
+                "Action": "s3:PutObject",
+                "Resource": [f"{bucket}/raw/*", f"{bucket}/rejected/*"],
+            },
+            {
+                "Sid": "WriteOwnLogs",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                "Resource": f"{log_group_arn(ctx)}:*",
+            },
+            {
+                "Sid": "UsePipelineKey",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": ctx.ref("kms.key", "arn"),
+            },
+            {
+                "Sid": "SendFailedBatchesToDlq",
+                "Effect": "Allow",
+                "Action": "sqs:SendMessage",
+                "Resource": dlq_arn(ctx),
+            },
+        ],
+    }
+
+
+LAMBDA_LOG_GROUP = LogGroup("lambda.log_group", lambda n: n.lambda_log_group)
+LAMBDA_ROLE = Role(
+    "lambda.role",
+    lambda n: n.lambda_role,
+    trust=service_trust("lambda.amazonaws.com", pin_account=False),
+    policies={"lambda-permissions": lambda_policy},
+    description="iotpipe: execution role of the sensor processor function",
+    depends_on=("kms.key",),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# lambda.dlq
+# --------------------------------------------------------------------------------------------
+class DeadLetterQueue(Resource):
+    """Where the mapping sends a batch's metadata once retries or record age are exhausted.
+
+    The seed has no dead-letter path at all: a batch that keeps failing just expires from the
+    stream. Encrypted with the pipeline key (the metadata names shards and sequence numbers),
+    kept for SQS's maximum of 14 days. Attributes and tags are set in CreateQueue itself, so a
+    queue is never half-made; one changed out of band is reported and set back.
+
+    Deleting a queue blocks re-creating the same name for 60 seconds (QueueDeletedRecently):
+    an ``up`` right after a ``destroy`` may have to be repeated a minute later.
+    """
+
+    logical_id = "lambda.dlq"
+    resource_type = "AWS::SQS::Queue"
+    depends_on = ("kms.key",)
+
+    def name(self, ctx: StepContext) -> str:
+        return ctx.names.dlq
+
+    def desired(self, ctx: StepContext) -> Spec:
+        return {
+            "kms_master_key_id": ctx.ref("kms.key", "arn"),
+            "kms_data_key_reuse_period_s": DLQ_DATA_KEY_REUSE_S,
+            "message_retention_s": DLQ_RETENTION_S,
+            "tags": ctx.tags(self.logical_id),
+        }
+
+    def read(self, ctx: StepContext) -> Current | None:
+        sqs = ctx.client("sqs")
+        try:
+            url = sqs.get_queue_url(QueueName=self.name(ctx))["QueueUrl"]
+            attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            tags = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
+        except Exception as err:
+            if is_not_found(err):
+                return None
+            raise
+        spec = {
+            "kms_master_key_id": attrs.get("KmsMasterKeyId"),
+            "kms_data_key_reuse_period_s": _int(attrs.get("KmsDataKeyReusePeriodSeconds")),
+            "message_retention_s": _int(attrs.get("MessageRetentionPeriod")),
+            "tags": filter_tags(ctx, self.logical_id, tags),
+        }
+        ids = {"name": self.name(ctx), "arn": attrs.get("QueueArn", dlq_arn(ctx)), "url": url}
+        return Current(spec, ids, managed=ctx.owns(tags))
+
+    @staticmethod
+    def _attributes(desired: Spec, fields: set[str] | None = None) -> dict[str, str]:
+        names = {
+            "kms_master_key_id": "KmsMasterKeyId",
+            "kms_data_key_reuse_period_s": "KmsDataKeyReusePeriodSeconds",
+            "message_retention_s": "MessageRetentionPeriod",
+        }
+        return {attr: str(desired[key]) for key, attr in names.items()
+                if fields is None or key in fields}
+
+    def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+        sqs = ctx.client("sqs")
+        url = sqs.create_queue(QueueName=self.name(ctx), Attributes=self._attributes(desired),
+                               tags=desired["tags"])["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        return {"name": self.name(ctx), "arn": arn, "url": url}
+
+    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+        sqs = ctx.client("sqs")
+        url = current.ids["url"]
+        fields = changed_fields(changes)
+        attributes = self._attributes(desired, fields)
+        if "kms_master_key_id" in fields:
+            # A queue switched to SSE-SQS out of band: SQS takes one kind of encryption at a time.
+            attributes["SqsManagedSseEnabled"] = "false"
+        if attributes:
+            sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+        if "tags" in fields:
+            to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
+            if to_set:
+                sqs.tag_queue(QueueUrl=url, Tags=to_set)
+            if to_remove:
+                sqs.untag_queue(QueueUrl=url, TagKeys=to_remove)
+
+    def delete(self, ctx: StepContext, current: Current) -> None:
+        with ignore_not_found():
+            ctx.client("sqs").delete_queue(QueueUrl=current.ids["url"])
+
+
+# --------------------------------------------------------------------------------------------
+# lambda.function
+# --------------------------------------------------------------------------------------------
+class Unreported(str):
+    """A value the service did not report, so it cannot be compared (see Function.read)."""
+
+    __slots__ = ()
+
+
+# spec field -> UpdateFunctionConfiguration parameter
+_CONFIG_PARAMS = {
+    "runtime": "Runtime",
+    "handler": "Handler",
+    "role": "Role",
+    "memory_mb": "MemorySize",
+    "timeout_s": "Timeout",
+    "description": "Description",
+    "kms_key_arn": "KMSKeyArn",
+}
+
+
+class Function(Resource):
+    """The sensor processor, shipped from ``iotpipe/handler`` by ``iotpipe.package``.
+
+    Code is uploaded only when base64(sha256(zip)) differs from the function's ``CodeSha256``
+    (the zip is built repeatably, so an unchanged handler never re-uploads). Every change to a
+    function is followed by the ``function_updated_v2`` waiter before the next one: Lambda
+    refuses a second update while one is in progress (ResourceConflictException).
+
+    ``Architectures`` is ``arm64`` (see ARCHITECTURE): cheaper per GB-second, and the handler is
+    pure Python. Changing it back requires new code, so it travels with UpdateFunctionCode.
+    """
+
+    logical_id = "lambda.function"
+    resource_type = "AWS::Lambda::Function"
+    depends_on = ("lambda.role", "kms.key", "lambda.log_group")
+
+    def name(self, ctx: StepContext) -> str:
+        return ctx.names.function
+
+    def environment(self, ctx: StepContext) -> dict[str, str]:
+        """The seed's three variables plus the anomaly thresholds from the config."""
+        return {
+            "DYNAMODB_TABLE": ctx.names.metrics_table,
+            "S3_BUCKET": ctx.names.sensor_bucket,
+            "ENVIRONMENT_SUFFIX": ctx.env,
+            "ANOMALY_THRESHOLDS": ctx.config.thresholds_json(),
+        }
+
+    def desired(self, ctx: StepContext) -> Spec:
+        cfg = ctx.config.lambda_
+        return {
+            "runtime": cfg.runtime,
+            "handler": HANDLER,
+            "role": ctx.ref("lambda.role", "arn"),
+            "memory_mb": cfg.memory_mb,
+            "timeout_s": cfg.timeout_s,
+            "description": f"iotpipe: Kinesis sensor readings to DynamoDB and S3 ({ctx.env})",
+            "architectures": [ARCHITECTURE],
+            "environment": self.environment(ctx),
+            # Environment variables at rest under the pipeline key, not Lambda's AWS-managed key.
+            "kms_key_arn": ctx.ref("kms.key", "arn"),
+            "code_sha256": code_sha256(build_handler_zip()),
+            "tags": ctx.tags(self.logical_id),
+        }
+
+    def read(self, ctx: StepContext) -> Current | None:
+        try:
+            found = ctx.client("lambda").get_function(FunctionName=self.name(ctx))
+        except Exception as err:
+            if is_not_found(err):
+                return None
+            raise
+        cfg = found["Configuration"]
+        tags = found.get("Tags", {})
+        if "KMSKeyArn" in cfg or "RevisionId" in cfg:
+            # Lambda omits KMSKeyArn when no customer key is set, and always sends RevisionId.
+            kms_key_arn: Any = cfg.get("KMSKeyArn")
+        else:
+            # An emulator that models neither (moto): the key cannot be read back, so it is
+            # not compared rather than reported as drift on every run.
+            kms_key_arn = Unreported("(not reported by this endpoint)")
+        spec = {
+            "runtime": cfg.get("Runtime"),
+            "handler": cfg.get("Handler"),
+            "role": cfg.get("Role"),
+            "memory_mb": cfg.get("MemorySize"),
+            "timeout_s": cfg.get("Timeout"),
+            "description": cfg.get("Description", ""),
+            "architectures": cfg.get("Architectures") or ["x86_64"],
+            "environment": (cfg.get("Environment") or {}).get("Variables", {}),
+            "kms_key_arn": kms_key_arn,
+            "code_sha256": cfg.get("CodeSha256"),
+            "tags": filter_tags(ctx, self.logical_id, tags),
+            # Not compared (not in desired): lets update wait for an unfinished previous change.
+            "state": cfg.get("State"),
+            "last_update_status": cfg.get("LastUpdateStatus"),
+        }
+        return Current(spec, {"name": cfg["FunctionName"], "arn": cfg["FunctionArn"]},
+                       managed=ctx.owns(tags))
+
+    def diff(self, current: Spec, desired: Spec) -> list[Change]:
+        return [c for c in diff_specs(current, desired) if not isinstance(c.current, Unreported)]
+
+    def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+        lam = ctx.client("lambda")
+        name = self.name(ctx)
+        params = {
+            "FunctionName": name,
+            "Runtime": desired["runtime"],
+            "Role": desired["role"],
+            "Handler": desired["handler"],
+            "Code": {"ZipFile": build_handler_zip()},
+            "Description": desired["description"],
+            "Timeout": desired["timeout_s"],
+            "MemorySize": desired["memory_mb"],
+            "Environment": {"Variables": desired["environment"]},
+            "KMSKeyArn": desired["kms_key_arn"],
+            "Architectures": desired["architectures"],
+            "PackageType": "Zip",
+            "Publish": False,
+            "Tags": desired["tags"],  # in the create call: a function is never untagged
+        }
+        # A role made seconds ago is not assumable by Lambda yet (IAM is eventually consistent).
+        created = ctx.aws.retry_while_role_propagates(lambda: lam.create_function(**params))
+        lam.get_waiter("function_active_v2").wait(FunctionName=name)
+        return {"name": name, "arn": created["FunctionArn"]}
+
+    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+        lam = ctx.client("lambda")
+        name = self.name(ctx)
+        fields = changed_fields(changes)
+        self._wait_until_idle(ctx, current)
+        config = {param: desired[key] for key, param in _CONFIG_PARAMS.items() if key in fields}
+        if "environment" in fields:
+            config["Environment"] = {"Variables": desired["environment"]}
+        if config:
+            # A new role ARN meets the same IAM propagation delay as at creation.
+            ctx.aws.retry_while_role_propagates(
+                lambda: lam.update_function_configuration(FunctionName=name, **config))
+            lam.get_waiter("function_updated_v2").wait(FunctionName=name)
+        if fields & {"code_sha256", "architectures"}:
+            code: dict[str, Any] = {"ZipFile": build_handler_zip()}
+            if "architectures" in fields:
+                code["Architectures"] = desired["architectures"]
+            lam.update_function_code(FunctionName=name, **code)
+            lam.get_waiter("function_updated_v2").wait(FunctionName=name)
+        if "tags" in fields:  # tags are not a function update: no waiting needed
+            to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
+            if to_set:
+                lam.tag_resource(Resource=current.ids["arn"], Tags=to_set)
+            if to_remove:
+                lam.untag_resource(Resource=current.ids["arn"], TagKeys=to_remove)
+
+    @staticmethod
+    def _wait_until_idle(ctx: StepContext, current: Current) -> None:
+        """A function still being created or updated (a crashed run) refuses changes: wait."""
+        lam = ctx.client("lambda")
+        if current.spec.get("state") == "Pending":
+            lam.get_waiter("function_active_v2").wait(FunctionName=current.ids["name"])
+        elif current.spec.get("last_update_status") == "InProgress":
+            lam.get_waiter("function_updated_v2").wait(FunctionName=current.ids["name"])
+
+    def delete(self, ctx: StepContext, current: Current) -> None:
+        with ignore_not_found():
+            ctx.client("lambda").delete_function(FunctionName=current.ids.get("name") or self.name(ctx))
+
+
+# --------------------------------------------------------------------------------------------
+# lambda.event_source_mapping
+# --------------------------------------------------------------------------------------------
+# States in which Lambda refuses UpdateEventSourceMapping/DeleteEventSourceMapping.
+ESM_TRANSITIONAL = frozenset({"Creating", "Enabling", "Disabling", "Updating"})
+ESM_ENABLED = frozenset({"Creating", "Enabling", "Enabled", "Updating"})
+ESM_SETTLE_TIMEOUT_S = 300.0
+ESM_POLL_S = 2.0
+
+# spec field -> UpdateEventSourceMapping parameter (StartingPosition is create-only)
+_ESM_PARAMS = {
+    "batch_size": "BatchSize",
+    "batch_window_s": "MaximumBatchingWindowInSeconds",
+    "function_response_types": "FunctionResponseTypes",
+    "bisect_on_error": "BisectBatchOnFunctionError",
+    "max_retry_attempts": "MaximumRetryAttempts",
+    "max_record_age_s": "MaximumRecordAgeInSeconds",
+    "parallelization_factor": "ParallelizationFactor",
+    "enabled": "Enabled",
+}
+# Only read at creation: once the mapping has checkpoints the starting position means nothing,
+# and UpdateEventSourceMapping cannot change it. Shown by plan, never reported as drift.
+ESM_CREATE_ONLY = frozenset({"starting_position"})
+
+
+class EventSourceMapping(Resource):
+    """Kinesis stream → function, with partial-batch failure reporting and a dead-letter queue.
+
+    ``FunctionResponseTypes=["ReportBatchItemFailures"]`` is what makes Lambda honour the
+    handler's ``batchItemFailures`` answer; without it a partial failure is either a silent
+    loss or a whole-batch retry, so a mapping missing it is drift that ``status`` reports.
+    Retries and record age are bounded and the batch is bisected on error, so one poison record
+    cannot block a shard for the stream's whole retention; what still fails goes to the DLQ.
+
+    A mapping has no name: it is found by its natural key, the stream ARN, filtered by our
+    function ARN (moto's FunctionName filter matches only the exact string used at creation).
+    A retried or crashed CreateEventSourceMapping can leave two mappings on the same pair,
+    which would process every record twice: ``read`` keeps one (the recorded one, else one of
+    ours by tags, else the oldest) and reports the others in the ``duplicates`` field, so
+    ``status`` shows them and ``up`` deletes them.
+
+    There is no boto3 waiter for mappings: before changing one, a bounded poll of its State
+    (``ctx.aws.sleep``, so tests do not wait) lets a Creating/Updating mapping settle, as
+    Lambda rejects changes meanwhile. A mapping in state Deleting counts as absent.
+    """
+
+    logical_id = "lambda.event_source_mapping"
+    resource_type = "AWS::Lambda::EventSourceMapping"
+    # The stream is another step's; named here so that a concurrent engine orders it first.
+    depends_on = ("lambda.function", "lambda.dlq", "stream.sensor_stream")
+
+    def name(self, ctx: StepContext) -> str:
+        return f"{ctx.names.function}<-{ctx.names.stream}"
+
+    def desired(self, ctx: StepContext) -> Spec:
+        cfg = ctx.config.lambda_
+        return {
+            "starting_position": cfg.starting_position,
+            "batch_size": cfg.batch_size,
+            "batch_window_s": cfg.batch_window_s,
+            "function_response_types": [REPORT_BATCH_ITEM_FAILURES],
+            "bisect_on_error": cfg.bisect_on_error,
+            "max_retry_attempts": cfg.max_retry_attempts,
+            "max_record_age_s": cfg.max_record_age_s,
+            "parallelization_factor": cfg.parallelization_factor,
+            "on_failure_destination": dlq_arn(ctx),
+            "enabled": True,
+            "tags": ctx.tags(self.logical_id),
+            "duplicates": [],
+        }
+
+    def diff(self, current: Spec, desired: Spec) -> list[Change]:
+        return [c for c in diff_specs(current, desired) if c.field not in ESM_CREATE_ONLY]
+
+    def _esm_arn(self, ctx: StepContext, mapping: dict[str, Any]) -> str:
+        return mapping.get("EventSourceMappingArn") or ctx.aws.arn(
+            "lambda", f"event-source-mapping:{mapping['UUID']}")
+
+    def _tags(self, ctx: StepContext, mapping: dict[str, Any]) -> dict[str, str]:
+        with ignore_not_found():
+            return ctx.client("lambda").list_tags(Resource=self._esm_arn(ctx, mapping)).get("Tags", {})
+        return {}
+
+    def read(self, ctx: StepContext) -> Current | None:
+        lam = ctx.client("lambda")
+        try:
+            mappings = paginate(lam, "list_event_source_mappings", "EventSourceMappings",
+                                EventSourceArn=stream_arn(ctx))
+        except Exception as err:
+            if is_not_found(err):
+                return None
+            raise
+        target = function_arn(ctx)
+        ours = [m for m in mappings if m.get("FunctionArn") == target and m.get("State") != "Deleting"]
+        if not ours:
+            return None
+        tags_of = {m["UUID"]: self._tags(ctx, m) for m in ours}
+        recorded = ctx.recorded(self.logical_id).get("uuid")
+        ours.sort(key=lambda m: (
+            m["UUID"] != recorded,
+            not (ctx.owns(tags_of[m["UUID"]])),
+            str(m.get("LastModified", "")),
+            m["UUID"],
+        ))
+        primary, extra = ours[0], ours[1:]
+        tags = tags_of[primary["UUID"]]
+        state = primary.get("State", "")
+        destination = ((primary.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+        spec = {
+            "starting_position": primary.get("StartingPosition"),
+            "batch_size": primary.get("BatchSize"),
+            "batch_window_s": primary.get("MaximumBatchingWindowInSeconds", 0),
+            "function_response_types": sorted(primary.get("FunctionResponseTypes") or []),
+            "bisect_on_error": bool(primary.get("BisectBatchOnFunctionError")),
+            "max_retry_attempts": primary.get("MaximumRetryAttempts"),
+            "max_record_age_s": primary.get("MaximumRecordAgeInSeconds"),
+            "parallelization_factor": primary.get("ParallelizationFactor"),
+            "on_failure_destination": destination,
+            "enabled": state in ESM_ENABLED,
+            "tags": filter_tags(ctx, self.logical_id, tags),
+            "duplicates": sorted(m["UUID"] for m in extra),
+            "state": state,  # not compared: lets update/delete wait for a transition to end
+        }
+        ids = {"uuid": primary["UUID"], "arn": self._esm_arn(ctx, primary), "name": self.name(ctx)}
+        return Current(spec, ids, managed=ctx.owns(tags))
+
+    def _params(self, ctx: StepContext, desired: Spec, fields: set[str] | None = None) -> dict[str, Any]:
+        params = {param: desired[key] for key, param in _ESM_PARAMS.items()
+                  if fields is None or key in fields}
+        if fields is None or "on_failure_destination" in fields:
+            params["DestinationConfig"] = {"OnFailure": {"Destination": desired["on_failure_destination"]}}
+        return params
+
+    def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+        lam = ctx.client("lambda")
+        params = {
+            "EventSourceArn": stream_arn(ctx),
+            "FunctionName": function_arn(ctx),
+            "StartingPosition": desired["starting_position"],
+            **self._params(ctx, desired),
+            "Tags": desired["tags"],
+        }
+        # Lambda checks at creation that the function's role may read the stream and send to
+        # the queue: a policy written seconds ago can still be invisible to it.
+        created = ctx.aws.retry_while_role_propagates(lambda: lam.create_event_source_mapping(**params))
+        return {"uuid": created["UUID"], "arn": self._esm_arn(ctx, created), "name": self.name(ctx)}
+
+    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+        lam = ctx.client("lambda")
+        fields = changed_fields(changes)
+        uuid = current.ids["uuid"]
+        if "duplicates" in fields:
+            for extra in current.spec["duplicates"]:
+                self._delete_one(ctx, extra, None)
+        params = self._params(ctx, desired, fields)
+        if params:
+            if self._settle(ctx, uuid, current.spec.get("state")) is None:
+                raise AwsCallError(f"event source mapping {uuid} disappeared while being updated")
+            ctx.aws.retry_while_role_propagates(
+                lambda: lam.update_event_source_mapping(UUID=uuid, **params))
+        if "tags" in fields:
+            to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
+            if to_set:
+                lam.tag_resource(Resource=current.ids["arn"], Tags=to_set)
+            if to_remove:
+                lam.untag_resource(Resource=current.ids["arn"], TagKeys=to_remove)
+
+    def delete(self, ctx: StepContext, current: Current) -> None:
+        for extra in current.spec.get("duplicates", []):
+            self._delete_one(ctx, extra, None)
+        self._delete_one(ctx, current.ids["uuid"], current.spec.get("state"))
+
+    def _delete_one(self, ctx: StepContext, uuid: str, state: str | None) -> None:
+        if self._settle(ctx, uuid, state) is None:
+            return  # gone, or already being deleted
+        with ignore_not_found():
+            ctx.client("lambda").delete_event_source_mapping(UUID=uuid)
+
+    def _settle(self, ctx: StepContext, uuid: str, state: str | None) -> str | None:
+        """Wait until mapping ``uuid`` is in a state that accepts changes; None if it is gone.
+
+        There is no boto3 waiter for event source mappings, so this is a bounded poll of
+        GetEventSourceMapping (rule 6 allows our own loop only where no waiter exists). With a
+        known stable ``state`` (from ``read``) it costs no call at all.
+        """
+        if state and state not in ESM_TRANSITIONAL and state != "Deleting":
+            return state
+        lam = ctx.client("lambda")
+        deadline = ctx.aws.clock() + ESM_SETTLE_TIMEOUT_S
+        while True:
+            try:
+                state = lam.get_event_source_mapping(UUID=uuid).get("State", "")
+            except Exception as err:
+                if is_not_found(err):
+                    return None
+                raise
+            if state == "Deleting":
+                return None
+            if state not in ESM_TRANSITIONAL:
+                return state
+            if ctx.aws.clock() + ESM_POLL_S > deadline:
+                raise AwsCallError(
+                    f"event source mapping {uuid} is still {state} after {ESM_SETTLE_TIMEOUT_S:.0f}s; "
+                    "run again later")
+            ctx.aws.sleep(ESM_POLL_S)
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+RESOURCES: tuple[Resource, ...] = (
+    LAMBDA_LOG_GROUP,
+    LAMBDA_ROLE,
+    DeadLetterQueue(),
+    Function(),
+    EventSourceMapping(),
+)
