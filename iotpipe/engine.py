@@ -172,7 +172,11 @@ class Engine:
         name = res.name(self.ctx)
         if current is None:
             self.store.intend(res.logical_id, res.resource_type, name)
-            ids = res.create(self.ctx, desired)
+            try:
+                ids = res.create(self.ctx, desired)
+            except OwnershipError:
+                self.store.forget(res.logical_id)  # the name is taken by someone else: not ours
+                raise
             self.store.record(res.logical_id, res.resource_type, name, ids)
             self.ctx.refs[res.logical_id] = ids
             return self._result(res, "create", ids=ids)
@@ -249,6 +253,8 @@ class Engine:
     def _is_ours(self, res: Resource, current: Current) -> bool:
         if current.managed:
             return True
+        if not current.adoptable:
+            return False
         record = self.store.get(res.logical_id)
         # Written ahead before our create call: a resource we made but did not get to tag.
         return bool(record and record.status == "creating" and record.name == res.name(self.ctx))

@@ -33,15 +33,17 @@ def moto():
 
 
 @pytest.fixture
-def make(tmp_path: Path, moto):
+def make(tmp_path: Path, moto, monkeypatch):
     """Build an engine against in-process moto: make(env=..., sets=(...), resources=...)."""
     from iotpipe.aws import AwsContext
     from iotpipe.config import load_config
     from iotpipe.engine import make_engine
 
+    monkeypatch.chdir(tmp_path)  # the repo's config/<env>.toml must not leak into unit tests
+
     def build(env: str = "dev", *, sets: tuple[str, ...] = ("storage.enforce_tls=false",),
               resources=None, state_root: Path | None = None, sleep=lambda _s: None, log: CallLog | None = None):
-        config = load_config(env, Path("/nonexistent.toml") if False else None, region=REGION, assignments=sets)
+        config = load_config(env, region=REGION, assignments=sets)
         aws = AwsContext(config.region, sleep=sleep)
         if log is not None:
             log.attach(aws.events)

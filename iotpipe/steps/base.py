@@ -56,6 +56,9 @@ class Current:
     spec: Spec
     ids: dict[str, str] = field(default_factory=dict)
     managed: bool = True  # carries iotpipe's marker for this env (tags, or a description)
+    # False when AWS says outright that it belongs to someone else (a bucket of another
+    # account): then even a write-ahead "creating" record cannot make it ours.
+    adoptable: bool = True
 
 
 @dataclass

@@ -134,7 +134,7 @@ class SensorBucket(Resource):
                 return None
             if error_code(err) in FORBIDDEN_CODES:
                 # S3 names are global: a 403 means another account owns this name.
-                return Current({}, ids, managed=False)
+                return Current({}, ids, managed=False, adoptable=False)
             raise
         tags = _get(lambda: tag_dict(s3.get_bucket_tagging(Bucket=name)["TagSet"])) or {}
         spec = {
