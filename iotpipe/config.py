@@ -57,7 +57,8 @@ def bucket_name_problem(name: str) -> str | None:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # strict: "256" in a TOML file is a mistake to report, not a value to coerce
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
 
 
 class KmsConfig(_Section):
