@@ -1,0 +1,412 @@
+"""IoT Core: the topic rule that routes sensor data to Kinesis, its role and error log group,
+the thing type sensors register as, and the least-privilege policy devices connect with.
+
+IoT resources take tags at creation but moto cannot read them back (no ListTagsForResource),
+so the thing type and the topic rule carry iotpipe's marker in their description instead:
+that is what makes them ours. The device policy has no description (see DevicePolicy).
+
+Fixes over the seed: the rule role may use the stream's KMS key (the stream is encrypted, so
+PutRecord needs kms:GenerateDataKey), the rule has an error action writing to the IoT log group
+(the seed created that group and never used it), the role's trust is pinned to the account and
+the rule, and devices get a policy that only lets a registered thing publish to its own topic.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from iotpipe.aws import error_code, error_message, is_not_found
+from iotpipe.errors import IotpipeError
+from iotpipe.steps.base import (
+    Change,
+    Current,
+    DeletionPending,
+    Resource,
+    Spec,
+    StepContext,
+    changed_fields,
+    ignore_not_found,
+    paginate,
+    policy_json,
+    tag_list,
+)
+from iotpipe.steps.common import LogGroup, Role, service_trust
+
+SENSOR_TOPIC_FILTER = "manufacturing/sensors/+/data"
+RULE_SQL = f"SELECT * FROM '{SENSOR_TOPIC_FILTER}'"
+RULE_SQL_VERSION = "2016-03-23"
+# ${topic(3)} is the device id segment of manufacturing/sensors/<device>/data: one device's
+# readings stay in order on one shard.
+PARTITION_KEY = "${topic(3)}"
+SEARCHABLE_ATTRIBUTES = ("location", "facility", "equipment_type")
+# AWS refuses DeleteThingType until a thing type has been deprecated for this long.
+THING_TYPE_DELETE_DELAY = timedelta(minutes=5)
+# IoT keeps at most five versions of a policy; the sixth needs the oldest non-default one gone.
+MAX_POLICY_VERSIONS = 5
+ROLE_POLICY_NAME = "iot-kinesis-policy"
+
+
+class ThingTypeImmutableError(IotpipeError):
+    """A thing type's properties cannot be changed in place; only replacing it helps."""
+
+
+def rule_arn(ctx: StepContext) -> str:
+    return ctx.aws.arn("iot", f"rule/{ctx.names.topic_rule}")
+
+
+def stream_arn(ctx: StepContext) -> str:
+    """Derived from the name, so this module needs nothing of the stream step to exist."""
+    return ctx.aws.arn("kinesis", f"stream/{ctx.names.stream}")
+
+
+def iot_log_group_arn(ctx: StepContext) -> str:
+    return ctx.aws.arn("logs", f"log-group:{ctx.names.iot_log_group}")
+
+
+def rule_role_policy(ctx: StepContext) -> dict[str, Any]:
+    """Exactly what the rule's two actions need, on exactly their resources."""
+    log_group = iot_log_group_arn(ctx)
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "PutSensorRecords",
+                "Effect": "Allow",
+                "Action": ["kinesis:PutRecord", "kinesis:PutRecords"],
+                "Resource": stream_arn(ctx),
+            },
+            {
+                # The stream is encrypted with the pipeline key: a producer without these
+                # cannot write to it (the seed's role lacked them).
+                "Sid": "UseStreamKey",
+                "Effect": "Allow",
+                "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+                "Resource": ctx.ref("kms.key", "arn"),
+            },
+            {
+                "Sid": "WriteRuleErrors",
+                "Effect": "Allow",
+                "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"],
+                "Resource": [log_group, f"{log_group}:*"],
+            },
+        ],
+    }
+
+
+def device_policy_document(ctx: StepContext) -> dict[str, Any]:
+    """A certificate-authenticated sensor may connect only as the thing its certificate is
+    attached to, and publish only to that thing's own data topic.
+
+    No Sids: AWS's IoT policy examples never use them, and the document must be accepted as is.
+    """
+    thing = "${iot:Connection.Thing.ThingName}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": "iot:Connect",
+                "Resource": ctx.aws.arn("iot", f"client/{thing}"),
+                "Condition": {"Bool": {"iot:Connection.Thing.IsAttached": "true"}},
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Publish",
+                "Resource": ctx.aws.arn("iot", f"topic/manufacturing/sensors/{thing}/data"),
+            },
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Thing type
+# --------------------------------------------------------------------------------------------
+class ThingType(Resource):
+    """The type sensors register as, with the attributes fleet search indexes.
+
+    AWS never changes a thing type's properties in place: a different description or
+    attribute list can only be fixed by deprecating, waiting five minutes, deleting and
+    recreating it, which would strand the things of that type. So `update` refuses that with
+    ThingTypeImmutableError and says how to replace it; the only thing it repairs is a
+    deprecation (someone deprecated it: new things could no longer use it), by undoing it.
+    """
+
+    logical_id = "iot.thing_type"
+    resource_type = "AWS::IoT::ThingType"
+
+    def name(self, ctx: StepContext) -> str:
+        return ctx.names.thing_type
+
+    def desired(self, ctx: StepContext) -> Spec:
+        return {
+            "description": f"Manufacturing sensors of the IoT pipeline ({ctx.env}) "
+                           f"{ctx.marker(self.logical_id)}",
+            "searchable_attributes": list(SEARCHABLE_ATTRIBUTES),
+            "deprecated": False,
+        }
+
+    def read(self, ctx: StepContext) -> Current | None:
+        try:
+            found = ctx.client("iot").describe_thing_type(thingTypeName=self.name(ctx))
+        except Exception as err:
+            if is_not_found(err):
+                return None
+            raise
+        props = found.get("thingTypeProperties", {})
+        meta = found.get("thingTypeMetadata", {})
+        deprecated_at = meta.get("deprecationDate")
+        description = props.get("thingTypeDescription", "")
+        spec = {
+            "description": description,
+            "searchable_attributes": props.get("searchableAttributes", []),
+            "deprecated": bool(meta.get("deprecated", False)),
+            # Not compared (not in desired): destroy uses it to say when deletion is allowed.
+            "deprecation_date": deprecated_at.isoformat() if deprecated_at else None,
+        }
+        ids = {"name": found["thingTypeName"], "arn": found["thingTypeArn"],
+               "id": found.get("thingTypeId", "")}
+        return Current(spec, ids, managed=ctx.marker(self.logical_id) in description)
+
+    def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+        made = ctx.client("iot").create_thing_type(
+            thingTypeName=self.name(ctx),
+            thingTypeProperties={
+                "thingTypeDescription": desired["description"],
+                "searchableAttributes": desired["searchable_attributes"],
+            },
+            tags=tag_list(ctx.tags(self.logical_id)),  # stored by AWS; ownership is the marker
+        )
+        return {"name": made["thingTypeName"], "arn": made["thingTypeArn"],
+                "id": made.get("thingTypeId", "")}
+
+    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+        fields = changed_fields(changes)
+        immutable = sorted(fields - {"deprecated"})
+        if immutable:
+            name = self.name(ctx)
+            raise ThingTypeImmutableError(
+                f"thing type {name!r}: {', '.join(immutable)} differ(s) from the configuration, and "
+                "AWS cannot change a thing type in place. To replace it: `aws iot "
+                f"deprecate-thing-type --thing-type-name {name}`, wait 5 minutes, `aws iot "
+                f"delete-thing-type --thing-type-name {name}`, then run `iotpipe up` again "
+                "(things of this type must be moved to another type first)")
+        if "deprecated" in fields and not desired["deprecated"]:
+            ctx.client("iot").deprecate_thing_type(thingTypeName=self.name(ctx), undoDeprecate=True)
+
+    def delete(self, ctx: StepContext, current: Current) -> None:
+        """Deprecate, then delete; AWS refuses the delete for 5 minutes after deprecation.
+
+        That refusal is reported as DeletionPending (the engine shows "pending") with the time
+        from which a re-run of destroy succeeds; the re-run reads the type as deprecated and
+        goes straight to the delete.
+        """
+        iot = ctx.client("iot")
+        name = self.name(ctx)
+        if current.spec.get("deprecated"):
+            stamp = current.spec.get("deprecation_date")
+            deprecated_at = datetime.fromisoformat(stamp).astimezone(UTC) if stamp else None
+        else:
+            with ignore_not_found():
+                iot.deprecate_thing_type(thingTypeName=name, undoDeprecate=False)
+            deprecated_at = datetime.now(UTC)
+        try:
+            iot.delete_thing_type(thingTypeName=name)
+        except Exception as err:
+            if is_not_found(err):
+                return
+            if error_code(err) != "InvalidRequestException":
+                raise
+            if deprecated_at is None:
+                when = "AWS deletes it 5 minutes after its deprecation"
+                since = "deprecated"
+            else:
+                since = f"deprecated at {deprecated_at:%Y-%m-%d %H:%M:%S} UTC"
+                when = f"AWS deletes it from {deprecated_at + THING_TYPE_DELETE_DELAY:%Y-%m-%d %H:%M:%S} UTC"
+            raise DeletionPending(
+                f"thing type {name} {since}; {when} — run `iotpipe destroy` again then "
+                f"(AWS said: {error_message(err)})") from err
+
+
+# --------------------------------------------------------------------------------------------
+# Device policy
+# --------------------------------------------------------------------------------------------
+class DevicePolicy(Resource):
+    """The IoT policy attached to sensor certificates.
+
+    Ownership: an IoT policy has no description to carry a marker and its tags cannot be read
+    back on the emulator, so a policy with our deterministic, env-specific name is treated as
+    ours. Changing the document keeps the name (a new default version), so attachments to
+    certificates survive an update.
+    """
+
+    logical_id = "iot.device_policy"
+    resource_type = "AWS::IoT::Policy"
+
+    def name(self, ctx: StepContext) -> str:
+        return ctx.names.device_policy
+
+    def desired(self, ctx: StepContext) -> Spec:
+        return {"document": device_policy_document(ctx)}
+
+    def read(self, ctx: StepContext) -> Current | None:
+        try:
+            found = ctx.client("iot").get_policy(policyName=self.name(ctx))
+        except Exception as err:
+            if is_not_found(err):
+                return None
+            raise
+        ids = {"name": found["policyName"], "arn": found["policyArn"],
+               "version": str(found.get("defaultVersionId", ""))}
+        # Managed by name: see the class docstring.
+        return Current({"document": found.get("policyDocument")}, ids, managed=True)
+
+    def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+        made = ctx.client("iot").create_policy(
+            policyName=self.name(ctx),
+            policyDocument=policy_json(desired["document"]),
+            tags=tag_list(ctx.tags(self.logical_id)),
+        )
+        return {"name": made["policyName"], "arn": made["policyArn"],
+                "version": str(made.get("policyVersionId", ""))}
+
+    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+        iot = ctx.client("iot")
+        name = self.name(ctx)
+        versions = iot.list_policy_versions(policyName=name)["policyVersions"]
+        if len(versions) >= MAX_POLICY_VERSIONS:
+            oldest = min((v for v in versions if not v["isDefaultVersion"]),
+                         key=lambda v: (v.get("createDate") or datetime.min.replace(tzinfo=UTC),
+                                        int(v["versionId"])))
+            iot.delete_policy_version(policyName=name, policyVersionId=oldest["versionId"])
+        iot.create_policy_version(policyName=name, policyDocument=policy_json(desired["document"]),
+                                  setAsDefault=True)
+
+    def delete(self, ctx: StepContext, current: Current) -> None:
+        """IoT refuses to delete a policy that is attached or has old versions: clear both first."""
+        iot = ctx.client("iot")
+        name = self.name(ctx)
+        with ignore_not_found():
+            for target in paginate(iot, "list_targets_for_policy", "targets", policyName=name):
+                iot.detach_policy(policyName=name, target=target)
+            for version in iot.list_policy_versions(policyName=name)["policyVersions"]:
+                if not version["isDefaultVersion"]:
+                    iot.delete_policy_version(policyName=name, policyVersionId=version["versionId"])
+            iot.delete_policy(policyName=name)
+
+
+# --------------------------------------------------------------------------------------------
+# Topic rule
+# --------------------------------------------------------------------------------------------
+class TopicRule(Resource):
+    """Routes every sensor's data topic to the Kinesis stream; failures go to the IoT log group."""
+
+    logical_id = "iot.topic_rule"
+    resource_type = "AWS::IoT::TopicRule"
+    depends_on = ("iot.rule_role", "iot.log_group")
+
+    def name(self, ctx: StepContext) -> str:
+        return ctx.names.topic_rule
+
+    def desired(self, ctx: StepContext) -> Spec:
+        role = ctx.ref("iot.rule_role", "arn")
+        return {
+            "sql": RULE_SQL,
+            "sql_version": RULE_SQL_VERSION,
+            "description": f"Route sensor data to Kinesis stream {ctx.marker(self.logical_id)}",
+            "disabled": False,
+            "actions": [{"kinesis": {"streamName": ctx.names.stream, "roleArn": role,
+                                     "partitionKey": PARTITION_KEY}}],
+            "error_action": {"cloudwatchLogs": {"logGroupName": ctx.names.iot_log_group,
+                                                "roleArn": role}},
+        }
+
+    def read(self, ctx: StepContext) -> Current | None:
+        """Existence through ListTopicRules: AWS answers GetTopicRule on a missing rule with
+        UnauthorizedException (not a not-found code), so that call alone cannot tell."""
+        iot = ctx.client("iot")
+        name = self.name(ctx)
+        listed = next((r for r in paginate(iot, "list_topic_rules", "rules")
+                       if r.get("ruleName") == name), None)
+        if listed is None:
+            return None
+        try:
+            found = iot.get_topic_rule(ruleName=name)
+        except Exception as err:
+            if is_not_found(err):  # deleted between the two calls
+                return None
+            raise
+        rule = found.get("rule", {})
+        description = rule.get("description", "")
+        spec = {
+            "sql": rule.get("sql"),
+            "sql_version": rule.get("awsIotSqlVersion"),
+            "description": description,
+            "disabled": bool(rule.get("ruleDisabled", False)),
+            "actions": [_without_defaults(a) for a in rule.get("actions", [])],
+            "error_action": _without_defaults(rule["errorAction"]) if rule.get("errorAction") else None,
+        }
+        ids = {"name": name, "arn": found.get("ruleArn") or listed.get("ruleArn", rule_arn(ctx))}
+        return Current(spec, ids, managed=ctx.marker(self.logical_id) in description)
+
+    def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+        iot = ctx.client("iot")
+        payload = _payload(desired)
+        tags = urlencode(sorted(ctx.tags(self.logical_id).items()))  # "k=v&k2=v2", as IoT wants
+        # The rule role was usually created a moment ago; IoT rejects it until IAM propagated.
+        ctx.aws.retry_while_role_propagates(
+            lambda: iot.create_topic_rule(ruleName=self.name(ctx), topicRulePayload=payload, tags=tags))
+        return {"name": self.name(ctx), "arn": rule_arn(ctx)}
+
+    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+        iot = ctx.client("iot")
+        name = self.name(ctx)
+        if changed_fields(changes) == {"disabled"}:
+            if desired["disabled"]:
+                iot.disable_topic_rule(ruleName=name)
+            else:
+                iot.enable_topic_rule(ruleName=name)
+            return
+        payload = _payload(desired)
+        # A replaced role may be as new as a created one.
+        ctx.aws.retry_while_role_propagates(
+            lambda: iot.replace_topic_rule(ruleName=name, topicRulePayload=payload))
+
+    def delete(self, ctx: StepContext, current: Current) -> None:
+        with ignore_not_found():
+            ctx.client("iot").delete_topic_rule(ruleName=self.name(ctx))
+
+
+def _payload(desired: Spec) -> dict[str, Any]:
+    return {
+        "sql": desired["sql"],
+        "awsIotSqlVersion": desired["sql_version"],
+        "description": desired["description"],
+        "ruleDisabled": desired["disabled"],
+        "actions": desired["actions"],
+        "errorAction": desired["error_action"],
+    }
+
+
+def _without_defaults(action: dict[str, Any]) -> dict[str, Any]:
+    """Drop what AWS reports but we never set at its default (cloudwatchLogs' batchMode=false),
+    so a rule in sync does not read as drifted."""
+    return {kind: {k: v for k, v in (body or {}).items() if not (k == "batchMode" and v is False)}
+            for kind, body in action.items()}
+
+
+RESOURCES: tuple[Resource, ...] = (
+    LogGroup("iot.log_group", lambda n: n.iot_log_group),
+    Role(
+        "iot.rule_role",
+        lambda n: n.iot_rule_role,
+        trust=service_trust("iot.amazonaws.com", source_arn=rule_arn),
+        policies={ROLE_POLICY_NAME: rule_role_policy},
+        description="Lets the sensor topic rule write to the Kinesis stream and its error log group",
+        depends_on=("kms.key",),
+    ),
+    ThingType(),
+    DevicePolicy(),
+    TopicRule(),
+)
