@@ -118,7 +118,7 @@ class TrailBucket(Resource):
                 return None
             if error_code(err) in ("403", "AccessDenied", "Forbidden"):
                 # Bucket names are global: another account owns this one.
-                return Current({}, ids, managed=False)
+                return Current({}, ids, managed=False, adoptable=False)
             raise
         tagging = _get(s3.get_bucket_tagging, Bucket=name)
         tags = tag_dict(tagging["TagSet"]) if tagging else {}
