@@ -318,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.OK
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else ExitCode.ERROR
-    except click.exceptions.Abort:
-        _error(renderer, "aborted")
-        return ExitCode.ABORTED
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        _error(renderer, "interrupted: re-run the same command to continue where it stopped")
+        return ExitCode.INTERRUPTED
     except click.UsageError as err:
         _error(renderer, err.format_message() + (f" (see `{err.ctx.command_path} --help`)" if err.ctx else ""))
         return ExitCode.USAGE
@@ -330,9 +330,6 @@ def main(argv: list[str] | None = None) -> int:
     except IotpipeError as err:
         _error(renderer, str(err))
         return err.exit_code
-    except KeyboardInterrupt:
-        _error(renderer, "interrupted: re-run the same command to continue where it stopped")
-        return ExitCode.INTERRUPTED
     except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
         typed = _translate(err)
         if isinstance(typed, IotpipeError):

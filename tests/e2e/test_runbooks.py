@@ -1,0 +1,90 @@
+"""The runbooks' `bash` blocks, executed in order against a moto server, as an operator would."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUNBOOKS = REPO / "docs" / "runbooks"
+ORDER = ["deploy.md", "drift.md", "interrupted-run.md", "teardown.md", "emulator.md"]
+BLOCK = re.compile(r"(?:<!-- setup: (?P<setup>[\w-]+) -->\n)?```(?P<lang>\w+)\n(?P<body>.*?)```", re.S)
+EXPECT = re.compile(r"#\s*exit\s+(\d+)\s*$")
+ENV = "line7"
+
+
+def _blocks(path: Path):
+    for match in BLOCK.finditer(path.read_text()):
+        if match["lang"] == "bash":
+            yield match["setup"], [line for line in match["body"].splitlines() if line.strip()]
+
+
+def test_every_runbook_is_listed_and_has_commands():
+    listed = set(re.findall(r"\((\w[\w-]*\.md)\)", (RUNBOOKS / "README.md").read_text()))
+    present = {p.name for p in RUNBOOKS.glob("*.md")} - {"README.md"}
+    assert listed == present == set(ORDER)
+    assert all(list(_blocks(RUNBOOKS / name)) for name in ORDER)
+
+
+@pytest.fixture
+def shell(tmp_path, moto_url):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "iotpipe"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m iotpipe "$@"\n')
+    shim.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "AWS_ENDPOINT_URL": moto_url,
+           "PYTHONPATH": str(REPO)}
+
+    def run(line: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True,
+                              timeout=300, stdin=subprocess.DEVNULL)
+
+    run.env = env
+    run.work = work
+    return run
+
+
+def _setup(name: str, shell, moto_url: str) -> None:
+    region = os.environ["AWS_DEFAULT_REGION"]
+    if name == "drift":
+        s3 = boto3.client("s3", endpoint_url=moto_url, region_name=region)
+        logs = boto3.client("logs", endpoint_url=moto_url, region_name=region)
+        s3.put_bucket_versioning(Bucket=f"iot-sensor-data-{ENV}-123456789012",
+                                 VersioningConfiguration={"Status": "Suspended"})
+        logs.put_retention_policy(logGroupName=f"/aws/lambda/iot-processor-{ENV}", retentionInDays=7)
+    elif name == "half-built":  # a destroy killed at its 12th mutating call
+        proc = subprocess.run([sys.executable, str(REPO / "tests" / "killer.py"), "12", "after",
+                               "destroy", "--env", ENV, "--yes"], cwd=shell.work, env=shell.env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -9, proc.stderr
+    elif name == "foreign-lock":
+        lock = shell.work / ".iotpipe" / "locks" / f"{ENV}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_text(json.dumps({"ID": "1", "Operation": "up", "Who": "ci@build-agent-3",
+                                    "Host": "build-agent-3", "Pid": 4242, "Created": "2026-11-29T08:00:00Z"}))
+        assert socket.gethostname() != "build-agent-3"
+    else:
+        raise AssertionError(f"unknown runbook setup {name!r}")
+
+
+def test_runbooks_in_order(shell, server):
+    for name in ORDER:
+        for setup, lines in _blocks(RUNBOOKS / name):
+            if setup:
+                _setup(setup, shell, server)
+            for line in lines:
+                expected = int(m.group(1)) if (m := EXPECT.search(line)) else 0
+                proc = shell(line)
+                assert proc.returncode == expected, f"{name}: `{line}` exited {proc.returncode}\n{proc.stderr}"
+                assert "Traceback" not in proc.stderr, proc.stderr

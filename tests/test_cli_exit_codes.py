@@ -1,0 +1,68 @@
+"""Exit codes for the failure classes that need AWS to misbehave (in-process, moto)."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.exceptions import ClientError
+
+from iotpipe import aws as aws_module
+from iotpipe.cli import main
+from iotpipe.errors import ExitCode
+
+
+@pytest.fixture
+def hooked(moto, monkeypatch, tmp_path):
+    """Run main() in-process with a botocore hook on every AwsContext it creates."""
+    monkeypatch.chdir(tmp_path)
+    hooks: list[tuple[str, object]] = []
+    original = aws_module.AwsContext.__init__
+
+    def patched(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        for event, fn in hooks:
+            self.events.register(event, fn)
+
+    monkeypatch.setattr(aws_module.AwsContext, "__init__", patched)
+    return hooks
+
+
+def _raise(code: str, message: str = "injected"):
+    def hook(model, **_):
+        raise ClientError({"Error": {"Code": code, "Message": message}}, model.name)
+
+    return hook
+
+
+def test_access_denied(hooked, capsys):
+    hooked.append(("before-call.kms.CreateKey", _raise("AccessDeniedException", "User is not authorized")))
+    assert main(["up", "--set", "storage.enforce_tls=false"]) == ExitCode.ACCESS_DENIED
+    err = capsys.readouterr().err
+    assert "access denied" in err and "CreateKey" in err and "Traceback" not in err
+
+
+def test_unexpected_aws_error_names_resource_and_operation(hooked, capsys):
+    hooked.append(("before-call.dynamodb.CreateTable", _raise("LimitExceededException", "too many tables")))
+    assert main(["up", "--set", "storage.enforce_tls=false"]) == ExitCode.ERROR
+    err = capsys.readouterr().err
+    assert "storage.metrics_table" in err and "CreateTable" in err and "too many tables" in err
+
+
+def test_ctrl_c(hooked, capsys):
+    def interrupt(**_):
+        raise KeyboardInterrupt
+
+    hooked.append(("before-call.s3.CreateBucket", interrupt))
+    assert main(["up", "--set", "storage.enforce_tls=false"]) == ExitCode.INTERRUPTED
+    assert "re-run" in capsys.readouterr().err
+
+
+def test_destroy_pending_thing_type_exits_incomplete_then_finishes(hooked, capsys):
+    assert main(["up", "--set", "storage.enforce_tls=false"]) == ExitCode.OK
+    refusal = _raise("InvalidRequestException", "Can not delete thing type until 5 minutes after deprecation")
+    hooked.append(("before-call.iot.DeleteThingType", refusal))
+    assert main(["destroy", "--yes"]) == ExitCode.INCOMPLETE
+    out = capsys.readouterr().out
+    assert "pending" in out and "manufacturing-sensor-dev" in out
+    hooked.clear()
+    assert main(["destroy", "--yes"]) == ExitCode.OK
+    assert main(["destroy", "--yes"]) == ExitCode.OK
