@@ -124,13 +124,10 @@ def _lambda_record(record: dict[str, Any], shard_id: str, stream_arn: str, regio
 
 
 def function_environment(ctx: StepContext) -> dict[str, str]:
-    """The variables the lambda step gives the function (kept in step with lambda_.py)."""
-    return {
-        "DYNAMODB_TABLE": ctx.names.metrics_table,
-        "S3_BUCKET": ctx.names.sensor_bucket,
-        "ENVIRONMENT_SUFFIX": ctx.env,
-        "ANOMALY_THRESHOLDS": ctx.config.thresholds_json(),
-    }
+    """Exactly the variables the lambda step gives the deployed function."""
+    from iotpipe.steps.lambda_ import Function
+
+    return Function().environment(ctx)
 
 
 @contextmanager
