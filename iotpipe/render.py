@@ -7,6 +7,7 @@ mode the same objects are dumped as one JSON document on stdout and progress is 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -38,6 +39,8 @@ class Renderer:
     def __init__(self, *, json_mode: bool = False, console: Console | None = None) -> None:
         self.json_mode = json_mode
         self.out = console or Console(highlight=False, soft_wrap=True)
+        if console is None and not self.out.is_terminal and "COLUMNS" not in os.environ:
+            self.out.width = 200  # piped into a file or CI log: don't fold ARNs into 80 columns
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self._status: Any = None
 

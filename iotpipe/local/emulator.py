@@ -35,6 +35,18 @@ def reset(url: str) -> None:
     configure(url)
 
 
+def _no_docker_invocations() -> None:
+    """Stop moto from invoking the function on every Kinesis put.
+
+    moto pushes each record to the mapped function itself, which needs Docker (absent here:
+    it only logs "error running docker"). The demo's local event source runs the real handler
+    with Lambda-shaped batches instead (iotpipe.local.simulator).
+    """
+    from moto.awslambda.models import LambdaBackend
+
+    LambdaBackend.send_kinesis_message = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
+
+
 @contextmanager
 def embedded_emulator(port: int = 0) -> Iterator[str]:
     """Run a moto server on 127.0.0.1 for the duration of the block; yield its URL."""
@@ -43,6 +55,7 @@ def embedded_emulator(port: int = 0) -> Iterator[str]:
     except ImportError:
         raise ConfigError("the embedded emulator needs moto: pip install 'iotpipe[local]'") from None
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    _no_docker_invocations()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -135,8 +135,10 @@ def local_handler(ctx: StepContext) -> Iterator[Handler]:
     """The real handler module, run in this process against the same endpoint as iotpipe."""
     from iotpipe.handler import index
 
-    saved = {k: os.environ.get(k) for k in function_environment(ctx)}
-    os.environ.update(function_environment(ctx))
+    # The handler's JSON log lines belong in CloudWatch; locally only errors are worth showing.
+    variables = {**function_environment(ctx), "LOG_LEVEL": "ERROR"}
+    saved = {k: os.environ.get(k) for k in variables}
+    os.environ.update(variables)
     index.reset()
     index.configure(dynamodb=ctx.client("dynamodb"), s3=ctx.client("s3"))
     try:
