@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from iotpipe.aws import AwsContext, is_not_found
 from iotpipe.config import Names, PipelineConfig
+from iotpipe.errors import IotpipeError
 
 MANAGED_BY = "iotpipe"
 TAG_ENV = "iotpipe:env"
@@ -226,3 +227,43 @@ def tag_changes(current: Mapping[str, str], desired: Mapping[str, str]) -> tuple
     to_set = {k: v for k, v in desired.items() if current.get(k) != v}
     to_remove = [k for k in current if k not in desired]
     return to_set, to_remove
+
+
+def get_or_none(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, or None when AWS says the thing does not exist.
+
+    Reads use it so that "absent" (or "aspect never configured") is a value diff can show,
+    while every other error still propagates.
+    """
+    try:
+        return call(*args, **kwargs)
+    except Exception as err:
+        if is_not_found(err):
+            return None
+        raise
+
+
+def our_key_arn(ctx: StepContext, key_ref: str | None) -> str | None:
+    """The ARN of the pipeline's key for any way of naming it (id, ARN, alias, alias ARN).
+
+    Services echo the key reference they were given (DescribeStreamSummary returns KeyId
+    exactly as StartStreamEncryption got it; the seed passes the key id): mapping every name
+    of our key to its ARN keeps a key set by id (by hand, or by an older tool) from reading
+    as drift.
+    """
+    if not key_ref:
+        return None
+    arn = ctx.ref("kms.key", "arn")
+    if isinstance(arn, UnknownYet):
+        return key_ref
+    alias = ctx.names.kms_alias
+    if key_ref in {arn, ctx.ref("kms.key", "id"), alias, ctx.aws.arn("kms", alias)}:
+        return arn
+    return key_ref
+
+
+def known_key(value: Any) -> Any:
+    """Refuse to write a placeholder: it means the KMS key step did not run first."""
+    if isinstance(value, UnknownYet):
+        raise IotpipeError(f"the KMS key is not known yet {value}: run `up` with the kms step")
+    return value

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from iotpipe.aws import is_not_found
 from iotpipe.config import Names
 from iotpipe.steps.base import (
     Change,
@@ -19,6 +18,7 @@ from iotpipe.steps.base import (
     StepContext,
     changed_fields,
     filter_tags,
+    get_or_none,
     ignore_not_found,
     paginate,
     policy_json,
@@ -136,12 +136,10 @@ class Role(Resource):
     def read(self, ctx: StepContext) -> Current | None:
         iam = ctx.client("iam")
         name = self.name(ctx)
-        try:
-            role = iam.get_role(RoleName=name)["Role"]
-        except Exception as err:
-            if is_not_found(err):
-                return None
-            raise
+        found = get_or_none(iam.get_role, RoleName=name)
+        if found is None:
+            return None
+        role = found["Role"]
         inline = {
             policy: iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
             for policy in paginate(iam, "list_role_policies", "PolicyNames", RoleName=name)

@@ -27,6 +27,7 @@ from iotpipe.steps.base import (
     Spec,
     StepContext,
     changed_fields,
+    get_or_none,
     ignore_not_found,
     paginate,
     policy_json,
@@ -148,12 +149,9 @@ class ThingType(Resource):
         }
 
     def read(self, ctx: StepContext) -> Current | None:
-        try:
-            found = ctx.client("iot").describe_thing_type(thingTypeName=self.name(ctx))
-        except Exception as err:
-            if is_not_found(err):
-                return None
-            raise
+        found = get_or_none(ctx.client("iot").describe_thing_type, thingTypeName=self.name(ctx))
+        if found is None:
+            return None
         props = found.get("thingTypeProperties", {})
         meta = found.get("thingTypeMetadata", {})
         deprecated_at = meta.get("deprecationDate")
@@ -251,12 +249,9 @@ class DevicePolicy(Resource):
         return {"document": device_policy_document(ctx)}
 
     def read(self, ctx: StepContext) -> Current | None:
-        try:
-            found = ctx.client("iot").get_policy(policyName=self.name(ctx))
-        except Exception as err:
-            if is_not_found(err):
-                return None
-            raise
+        found = get_or_none(ctx.client("iot").get_policy, policyName=self.name(ctx))
+        if found is None:
+            return None
         ids = {"name": found["policyName"], "arn": found["policyArn"],
                "version": str(found.get("defaultVersionId", ""))}
         # Managed by name: see the class docstring.
@@ -331,12 +326,9 @@ class TopicRule(Resource):
                        if r.get("ruleName") == name), None)
         if listed is None:
             return None
-        try:
-            found = iot.get_topic_rule(ruleName=name)
-        except Exception as err:
-            if is_not_found(err):  # deleted between the two calls
-                return None
-            raise
+        found = get_or_none(iot.get_topic_rule, ruleName=name)
+        if found is None:  # deleted between the two calls
+            return None
         rule = found.get("rule", {})
         description = rule.get("description", "")
         spec = {

@@ -19,6 +19,7 @@ from iotpipe.steps.base import (
     StepContext,
     changed_fields,
     filter_tags,
+    get_or_none,
     ignore_not_found,
     paginate,
     policy_json,
@@ -214,12 +215,8 @@ class KmsAlias(Resource):
 
 
 def _describe(kms: Any, key_ref: str) -> dict[str, Any] | None:
-    try:
-        return kms.describe_key(KeyId=key_ref)["KeyMetadata"]
-    except Exception as err:
-        if is_not_found(err):
-            return None
-        raise
+    found = get_or_none(kms.describe_key, KeyId=key_ref)
+    return found["KeyMetadata"] if found else None
 
 
 RESOURCES: tuple[Resource, ...] = (KmsKey(), KmsAlias())

@@ -26,6 +26,7 @@ from iotpipe.steps.base import (
     changed_fields,
     diff_specs,
     filter_tags,
+    get_or_none,
     ignore_not_found,
     paginate,
     tag_changes,
@@ -298,12 +299,9 @@ class Function(Resource):
         }
 
     def read(self, ctx: StepContext) -> Current | None:
-        try:
-            found = ctx.client("lambda").get_function(FunctionName=self.name(ctx))
-        except Exception as err:
-            if is_not_found(err):
-                return None
-            raise
+        found = get_or_none(ctx.client("lambda").get_function, FunctionName=self.name(ctx))
+        if found is None:
+            return None
         cfg = found["Configuration"]
         tags = found.get("Tags", {})
         if "KMSKeyArn" in cfg or "RevisionId" in cfg:
@@ -484,13 +482,8 @@ class EventSourceMapping(Resource):
 
     def read(self, ctx: StepContext) -> Current | None:
         lam = ctx.client("lambda")
-        try:
-            mappings = paginate(lam, "list_event_source_mappings", "EventSourceMappings",
-                                EventSourceArn=stream_arn(ctx))
-        except Exception as err:
-            if is_not_found(err):
-                return None
-            raise
+        mappings = get_or_none(paginate, lam, "list_event_source_mappings", "EventSourceMappings",
+                               EventSourceArn=stream_arn(ctx)) or []
         target = function_arn(ctx)
         ours = [m for m in mappings if m.get("FunctionArn") == target and m.get("State") != "Deleting"]
         if not ours:
@@ -589,14 +582,10 @@ class EventSourceMapping(Resource):
         lam = ctx.client("lambda")
         deadline = ctx.aws.clock() + ESM_SETTLE_TIMEOUT_S
         while True:
-            try:
-                state = lam.get_event_source_mapping(UUID=uuid).get("State", "")
-            except Exception as err:
-                if is_not_found(err):
-                    return None
-                raise
-            if state == "Deleting":
+            found = get_or_none(lam.get_event_source_mapping, UUID=uuid)
+            if found is None or found.get("State") == "Deleting":
                 return None
+            state = found.get("State", "")
             if state not in ESM_TRANSITIONAL:
                 return state
             if ctx.aws.clock() + ESM_POLL_S > deadline:

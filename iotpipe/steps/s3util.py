@@ -1,15 +1,41 @@
-"""S3 pieces more than one step needs: emptying a bucket for deletion, the TLS-only statement.
+"""S3 bucket mechanics both buckets need (sensor data in storage.py, audit logs in trail.py).
 
-Used by the trail bucket (trail.py); the sensor-data bucket (storage.py) can use the same.
+Ansible's ``s3_bucket`` shape: each aspect (public access block, ownership, policy, tags) has
+one reader that normalises it, None when never set, and one setter that makes the one call
+that sets it. A step decides which aspects its bucket has and in which order they are set;
+this module knows only how each is read and written, plus creating (global names!), emptying
+and deleting a bucket.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from typing import Any
 
-from iotpipe.errors import AwsCallError
+from iotpipe.aws import error_code, is_not_found
+from iotpipe.errors import AwsCallError, OwnershipError
+from iotpipe.steps.base import (
+    Current,
+    Spec,
+    StepContext,
+    filter_tags,
+    get_or_none,
+    ignore_not_found,
+    policy_json,
+    tag_dict,
+    tag_list,
+)
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys per request
+FORBIDDEN_CODES = frozenset({"403", "Forbidden", "AccessDenied"})
+PUBLIC_ACCESS_BLOCK = {
+    "BlockPublicAcls": True,
+    "IgnorePublicAcls": True,
+    "BlockPublicPolicy": True,
+    "RestrictPublicBuckets": True,
+}
+OWNER_ENFORCED = "BucketOwnerEnforced"  # ACLs off: the bucket owner owns every object
 
 
 def tls_deny_statement(bucket_arn: str) -> dict[str, Any]:
@@ -22,6 +48,117 @@ def tls_deny_statement(bucket_arn: str) -> dict[str, Any]:
         "Resource": [bucket_arn, f"{bucket_arn}/*"],
         "Condition": {"Bool": {"aws:SecureTransport": "false"}},
     }
+
+
+# -- read ---------------------------------------------------------------------------------------
+def read_bucket_common(ctx: StepContext, logical_id: str, name: str, arn: str,
+                       more: Callable[[Any], Spec]) -> Current | None:
+    """The bucket's shared aspects plus ``more(s3)`` (the step's own), each None when unset.
+
+    None when there is no bucket of that name. S3 names are global: a 403 on HeadBucket means
+    another account owns this name, read as foreign and never adoptable. Every aspect is read
+    as it is, so a bucket created by a run that stopped before its policy or tags reads as
+    drifted and `up` finishes it.
+    """
+    s3 = ctx.client("s3")
+    ids = {"name": name, "arn": arn}
+    try:
+        s3.head_bucket(Bucket=name)
+    except Exception as err:
+        if is_not_found(err):
+            return None
+        if error_code(err) in FORBIDDEN_CODES:
+            return Current({}, ids, managed=False, adoptable=False)
+        raise
+    tags = read_tags(s3, name)
+    spec = {
+        **more(s3),
+        "public_access_block": norm_public_access_block(get_or_none(s3.get_public_access_block, Bucket=name)),
+        "ownership": norm_ownership(get_or_none(s3.get_bucket_ownership_controls, Bucket=name)),
+        "policy": norm_policy(get_or_none(s3.get_bucket_policy, Bucket=name)),
+        "tags": filter_tags(ctx, logical_id, tags),
+    }
+    return Current(spec, ids, managed=ctx.owns(tags))
+
+
+def read_tags(s3: Any, name: str) -> dict[str, str]:
+    answer = get_or_none(s3.get_bucket_tagging, Bucket=name)
+    return tag_dict(answer["TagSet"]) if answer else {}
+
+
+def norm_public_access_block(answer: dict[str, Any] | None) -> dict[str, bool] | None:
+    if not answer:
+        return None
+    config = answer.get("PublicAccessBlockConfiguration") or {}
+    return {k: bool(config.get(k, False)) for k in PUBLIC_ACCESS_BLOCK}
+
+
+def norm_ownership(answer: dict[str, Any] | None) -> str | None:
+    rules = ((answer or {}).get("OwnershipControls") or {}).get("Rules") or []
+    return rules[0].get("ObjectOwnership") if rules else None
+
+
+def norm_policy(answer: dict[str, Any] | None) -> dict[str, Any] | None:
+    return json.loads(answer["Policy"]) if answer else None
+
+
+# -- write: one call per aspect ------------------------------------------------------------------
+def create_bucket(ctx: StepContext, s3: Any, name: str, setting: str, **kwargs: Any) -> None:
+    """CreateBucket; one already ours is no error (the caller finishes configuring it).
+
+    ``setting`` is the config key that names the bucket, for the error when another account
+    holds the name.
+    """
+    if ctx.region != "us-east-1":  # us-east-1 rejects its own name as a LocationConstraint
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": ctx.region}
+    try:
+        s3.create_bucket(Bucket=name, **kwargs)
+    except Exception as err:
+        code = error_code(err)
+        if code == "BucketAlreadyExists":
+            raise OwnershipError(
+                f"S3 bucket name {name!r} is taken by another AWS account (bucket names are "
+                f"global): set {setting} to another name in the config") from err
+        if code != "BucketAlreadyOwnedByYou":
+            raise
+
+
+def set_public_access_block(s3: Any, name: str, want: dict[str, bool]) -> None:
+    s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=want)
+
+
+def set_ownership(s3: Any, name: str, want: str) -> None:
+    s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": want}]})
+
+
+def set_policy(s3: Any, name: str, want: dict[str, Any] | None) -> None:
+    """None removes the policy: any policy present is not ours to keep."""
+    if want is None:
+        with ignore_not_found():
+            s3.delete_bucket_policy(Bucket=name)
+    else:
+        s3.put_bucket_policy(Bucket=name, Policy=policy_json(want))
+
+
+def set_tags(ctx: StepContext, s3: Any, name: str, logical_id: str, want: dict[str, str]) -> None:
+    """PutBucketTagging replaces the whole set: keep the tags others put on the bucket."""
+    existing = read_tags(s3, name)
+    ours = filter_tags(ctx, logical_id, existing)
+    others = {k: v for k, v in existing.items() if k not in ours}
+    s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": tag_list({**others, **want})})
+
+
+# -- delete --------------------------------------------------------------------------------------
+def delete_bucket(s3: Any, name: str) -> None:
+    """Policy first (a Deny must not block the emptying; a TLS-only Deny blocks object
+    deletes on the emulator), then every version and delete marker, then the bucket.
+    Whatever is already gone counts as done."""
+    with ignore_not_found():
+        s3.delete_bucket_policy(Bucket=name)
+    with ignore_not_found():
+        empty_bucket(s3, name)
+    with ignore_not_found():
+        s3.delete_bucket(Bucket=name)
 
 
 def empty_bucket(s3: Any, name: str) -> int:
@@ -40,11 +177,12 @@ def empty_bucket(s3: Any, name: str) -> int:
         for start in range(0, len(batch), DELETE_BATCH):
             chunk = batch[start:start + DELETE_BATCH]
             answer = s3.delete_objects(Bucket=name, Delete={"Objects": chunk, "Quiet": True})
-            errors = answer.get("Errors", [])
+            errors = answer.get("Errors") or []
             if errors:
                 first = errors[0]
                 raise AwsCallError(
                     f"emptying bucket {name}: {len(errors)} object version(s) could not be deleted, "
-                    f"first {first.get('Key')!r}: {first.get('Code')}: {first.get('Message')}")
+                    f"first {first.get('Key')!r} ({first.get('VersionId')}): "
+                    f"{first.get('Code')}: {first.get('Message')}")
             deleted += len(chunk)
     return deleted

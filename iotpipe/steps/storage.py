@@ -13,11 +13,11 @@ denied by policy (switchable, because moto ignores the policy's Condition).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from iotpipe.aws import error_code, is_not_found
-from iotpipe.errors import AwsCallError, IotpipeError, OwnershipError
+from iotpipe.aws import error_code
+from iotpipe.errors import IotpipeError
+from iotpipe.steps import s3util
 from iotpipe.steps.base import (
     Change,
     Current,
@@ -27,47 +27,23 @@ from iotpipe.steps.base import (
     UnknownYet,
     changed_fields,
     filter_tags,
+    get_or_none,
     ignore_not_found,
+    known_key,
+    our_key_arn,
     paginate,
-    policy_json,
     tag_changes,
     tag_dict,
     tag_list,
 )
 
 LIFECYCLE_RULE_ID = "archive-old-data"
-DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys per request
-FORBIDDEN_CODES = {"403", "Forbidden", "AccessDenied"}
 # DynamoDB tables take a few seconds to turn ACTIVE; 5 s polls for up to 10 minutes.
 TABLE_WAIT = {"Delay": 5, "MaxAttempts": 120}
 
 
 class ReplacementRequired(IotpipeError):
     """A field AWS cannot change in place differs; replacing it would lose data."""
-
-
-def our_key_arn(ctx: StepContext, key_ref: str | None) -> str | None:
-    """The ARN of the pipeline's key for any way of naming it (id, ARN, alias, alias ARN).
-
-    Services echo the key reference they were given; mapping all of ours to the ARN keeps a
-    key set by id (by hand, or by an older tool) from reading as drift.
-    """
-    if not key_ref:
-        return None
-    arn = ctx.ref("kms.key", "arn")
-    if isinstance(arn, UnknownYet):
-        return key_ref
-    alias = ctx.names.kms_alias
-    if key_ref in {arn, ctx.ref("kms.key", "id"), alias, ctx.aws.arn("kms", alias)}:
-        return arn
-    return key_ref
-
-
-def _known(value: Any) -> Any:
-    """Refuse to write a placeholder: it means the KMS key step did not run first."""
-    if isinstance(value, UnknownYet):
-        raise IotpipeError(f"the KMS key is not known yet {value}: run `up` with the kms step")
-    return value
 
 
 # ============================================================================================
@@ -99,112 +75,61 @@ class SensorBucket(Resource):
                 "transitions": [{"days": ctx.config.storage.glacier_transition_days,
                                  "storage_class": "GLACIER"}],
             }],
-            "public_access_block": {
-                "BlockPublicAcls": True, "IgnorePublicAcls": True,
-                "BlockPublicPolicy": True, "RestrictPublicBuckets": True,
-            },
-            "ownership": "BucketOwnerEnforced",
+            "public_access_block": dict(s3util.PUBLIC_ACCESS_BLOCK),
+            "ownership": s3util.OWNER_ENFORCED,
             "policy": self._policy(ctx) if ctx.config.storage.enforce_tls else None,
             "tags": ctx.tags(self.logical_id),
         }
 
     def _policy(self, ctx: StepContext) -> dict[str, Any]:
-        arn = self.arn(ctx)
-        return {
-            "Version": "2012-10-17",
-            "Statement": [{
-                "Sid": "DenyInsecureTransport",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:*",
-                "Resource": [arn, f"{arn}/*"],
-                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-            }],
-        }
+        return {"Version": "2012-10-17", "Statement": [s3util.tls_deny_statement(self.arn(ctx))]}
 
     # -- read ---------------------------------------------------------------------------------
     def read(self, ctx: StepContext) -> Current | None:
-        s3 = ctx.client("s3")
         name = ctx.names.sensor_bucket
-        ids = {"name": name, "arn": self.arn(ctx)}
-        try:
-            s3.head_bucket(Bucket=name)
-        except Exception as err:
-            if is_not_found(err):
-                return None
-            if error_code(err) in FORBIDDEN_CODES:
-                # S3 names are global: a 403 means another account owns this name.
-                return Current({}, ids, managed=False, adoptable=False)
-            raise
-        tags = _get(lambda: tag_dict(s3.get_bucket_tagging(Bucket=name)["TagSet"])) or {}
-        spec = {
-            "versioning": s3.get_bucket_versioning(Bucket=name).get("Status"),
-            "encryption": _get(lambda: _norm_encryption(
-                ctx, s3.get_bucket_encryption(Bucket=name)["ServerSideEncryptionConfiguration"])),
-            "lifecycle": _get(lambda: [_norm_rule(r) for r in
-                                       s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"]]),
-            "public_access_block": _get(lambda: _norm_pab(
-                s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"])),
-            "ownership": _get(lambda: _norm_ownership(
-                s3.get_bucket_ownership_controls(Bucket=name)["OwnershipControls"])),
-            "policy": _get(lambda: json.loads(s3.get_bucket_policy(Bucket=name)["Policy"])),
-            "tags": filter_tags(ctx, self.logical_id, tags),
-        }
-        return Current(spec, ids, managed=ctx.owns(tags))
+
+        def own_aspects(s3: Any) -> Spec:
+            versioning = s3.get_bucket_versioning(Bucket=name).get("Status")
+            encryption = get_or_none(s3.get_bucket_encryption, Bucket=name)
+            lifecycle = get_or_none(s3.get_bucket_lifecycle_configuration, Bucket=name)
+            return {
+                "versioning": versioning,
+                "encryption": _norm_encryption(ctx, encryption),
+                "lifecycle": [_norm_rule(r) for r in lifecycle["Rules"]] if lifecycle else None,
+            }
+
+        return s3util.read_bucket_common(ctx, self.logical_id, name, self.arn(ctx), own_aspects)
 
     # -- write --------------------------------------------------------------------------------
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         s3 = ctx.client("s3")
-        name = ctx.names.sensor_bucket
-        kwargs: dict[str, Any] = {"Bucket": name}
-        if ctx.region != "us-east-1":  # us-east-1 rejects its own name as a LocationConstraint
-            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": ctx.region}
-        try:
-            s3.create_bucket(**kwargs)
-        except Exception as err:
-            code = error_code(err)
-            if code == "BucketAlreadyExists":
-                raise OwnershipError(f"S3 bucket name {name!r} is taken by another AWS account: "
-                                     "set storage.sensor_bucket_name to another name") from err
-            if code != "BucketAlreadyOwnedByYou":  # ours already: finish configuring it
-                raise
-        for field in ASPECT_ORDER:
+        s3util.create_bucket(ctx, s3, ctx.names.sensor_bucket, "storage.sensor_bucket_name")
+        for field in ASPECT_ORDER:  # a bucket already ours is finished the same way
             if field == "policy" and desired["policy"] is None:
                 continue  # a new bucket has no policy to remove
-            ASPECTS[field](ctx, s3, name, desired[field])
-        return {"name": name, "arn": self.arn(ctx)}
+            self._set(ctx, s3, field, desired[field])
+        return {"name": ctx.names.sensor_bucket, "arn": self.arn(ctx)}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
         s3 = ctx.client("s3")
         fields = changed_fields(changes)
         for field in ASPECT_ORDER:
             if field in fields:
-                ASPECTS[field](ctx, s3, ctx.names.sensor_bucket, desired[field])
+                self._set(ctx, s3, field, desired[field])
+
+    def _set(self, ctx: StepContext, s3: Any, field: str, want: Any) -> None:
+        name = ctx.names.sensor_bucket
+        if field == "tags":  # the only aspect that must know whose tags are whose
+            s3util.set_tags(ctx, s3, name, self.logical_id, want)
+        else:
+            SETTERS[field](s3, name, want)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        """Policy first (a Deny must not block the emptying), then every version, then the bucket."""
-        s3 = ctx.client("s3")
-        name = ctx.names.sensor_bucket
-        with ignore_not_found():
-            s3.delete_bucket_policy(Bucket=name)
-        with ignore_not_found():
-            _empty_bucket(s3, name)
-        with ignore_not_found():
-            s3.delete_bucket(Bucket=name)
+        s3util.delete_bucket(ctx.client("s3"), ctx.names.sensor_bucket)
 
 
-def _get(read: Any) -> Any:
-    """Run one aspect read; a configuration that was never set reads as None."""
-    try:
-        return read()
-    except Exception as err:
-        if is_not_found(err):
-            return None
-        raise
-
-
-def _norm_encryption(ctx: StepContext, config: dict[str, Any]) -> dict[str, Any] | None:
-    rules = config.get("Rules") or []
+def _norm_encryption(ctx: StepContext, answer: dict[str, Any] | None) -> dict[str, Any] | None:
+    rules = (answer or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules") or []
     if not rules:
         return None
     default = rules[0].get("ApplyServerSideEncryptionByDefault") or {}
@@ -235,31 +160,21 @@ def _norm_rule(rule: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _norm_pab(config: dict[str, Any]) -> dict[str, bool]:
-    keys = ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
-    return {k: bool(config.get(k, False)) for k in keys}
-
-
-def _norm_ownership(controls: dict[str, Any]) -> str | None:
-    rules = controls.get("Rules") or []
-    return rules[0].get("ObjectOwnership") if rules else None
-
-
-# -- one function per aspect: each makes the one call that sets it ---------------------------
-def _set_versioning(ctx: StepContext, s3: Any, name: str, want: str) -> None:
+# -- the aspects only this bucket has: each makes the one call that sets it --------------------
+def _set_versioning(s3: Any, name: str, want: str) -> None:
     s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": want})
 
 
-def _set_encryption(ctx: StepContext, s3: Any, name: str, want: dict[str, Any]) -> None:
-    want = _known(want)
+def _set_encryption(s3: Any, name: str, want: dict[str, Any]) -> None:
+    want = known_key(want)
     s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [{
         "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": want["algorithm"],
-                                               "KMSMasterKeyID": _known(want["kms_key"])},
+                                               "KMSMasterKeyID": known_key(want["kms_key"])},
         "BucketKeyEnabled": want["bucket_key"],
     }]})
 
 
-def _set_lifecycle(ctx: StepContext, s3: Any, name: str, want: list[dict[str, Any]]) -> None:
+def _set_lifecycle(s3: Any, name: str, want: list[dict[str, Any]]) -> None:
     rules = [{
         "ID": rule["id"],
         "Status": rule["status"],
@@ -270,63 +185,19 @@ def _set_lifecycle(ctx: StepContext, s3: Any, name: str, want: list[dict[str, An
     s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": rules})
 
 
-def _set_public_access_block(ctx: StepContext, s3: Any, name: str, want: dict[str, bool]) -> None:
-    s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=want)
-
-
-def _set_ownership(ctx: StepContext, s3: Any, name: str, want: str) -> None:
-    s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": want}]})
-
-
-def _set_policy(ctx: StepContext, s3: Any, name: str, want: dict[str, Any] | None) -> None:
-    if want is None:  # TLS enforcement off: any policy present is not ours to keep
-        with ignore_not_found():
-            s3.delete_bucket_policy(Bucket=name)
-    else:
-        s3.put_bucket_policy(Bucket=name, Policy=policy_json(want))
-
-
-def _set_tags(ctx: StepContext, s3: Any, name: str, want: dict[str, str]) -> None:
-    """PutBucketTagging replaces the whole set: keep the tags others put on the bucket."""
-    existing = _get(lambda: tag_dict(s3.get_bucket_tagging(Bucket=name)["TagSet"])) or {}
-    ours = filter_tags(ctx, SensorBucket.logical_id, existing)
-    others = {k: v for k, v in existing.items() if k not in ours}
-    s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": tag_list({**others, **want})})
-
-
 # Tags first, so that the ownership marker lands right after CreateBucket; the policy last,
-# once everything it could block is configured.
-ASPECTS = {
-    "tags": _set_tags,
-    "public_access_block": _set_public_access_block,
-    "ownership": _set_ownership,
+# once everything it could block is configured. With TLS enforcement off the policy is None,
+# and set_policy removes any policy present: it is not ours to keep.
+ASPECT_ORDER = ("tags", "public_access_block", "ownership", "encryption", "versioning", "lifecycle",
+                "policy")
+SETTERS = {
+    "public_access_block": s3util.set_public_access_block,
+    "ownership": s3util.set_ownership,
     "encryption": _set_encryption,
     "versioning": _set_versioning,
     "lifecycle": _set_lifecycle,
-    "policy": _set_policy,
+    "policy": s3util.set_policy,
 }
-ASPECT_ORDER = tuple(ASPECTS)
-
-
-def _empty_bucket(s3: Any, name: str) -> None:
-    """Delete every object version and delete marker, page by page, ≤1000 keys per request.
-
-    DeleteObjects answers 200 even when some keys failed; those are listed under ``Errors``
-    and must not be ignored, or DeleteBucket fails later with a less useful BucketNotEmpty.
-    """
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
-        keys = [{"Key": v["Key"], "VersionId": v["VersionId"]}
-                for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
-        for start in range(0, len(keys), DELETE_BATCH):
-            answer = s3.delete_objects(Bucket=name, Delete={
-                "Objects": keys[start:start + DELETE_BATCH], "Quiet": True})
-            errors = answer.get("Errors") or []
-            if errors:
-                first = errors[0]
-                raise AwsCallError(
-                    f"emptying bucket {name}: {len(errors)} object(s) could not be deleted, first "
-                    f"{first.get('Key')} ({first.get('VersionId')}): {first.get('Code')}: "
-                    f"{first.get('Message')}")
 
 
 # ============================================================================================
@@ -365,19 +236,17 @@ class MetricsTable(Resource):
     def read(self, ctx: StepContext) -> Current | None:
         ddb = ctx.client("dynamodb")
         name = ctx.names.metrics_table
-        try:
-            table = ddb.describe_table(TableName=name)["Table"]
-        except Exception as err:
-            if is_not_found(err):
-                return None
-            raise
+        found = get_or_none(ddb.describe_table, TableName=name)
+        if found is None:
+            return None
+        table = found["Table"]
         if table.get("TableStatus") == "DELETING":
             return None  # going away: create() waits for it to be gone
         arn = table["TableArn"]
         tags = tag_dict(paginate(ddb, "list_tags_of_resource", "Tags", ResourceArn=arn))
-        pitr = _get(lambda: ddb.describe_continuous_backups(TableName=name)
-                    ["ContinuousBackupsDescription"].get("PointInTimeRecoveryDescription", {})
-                    .get("PointInTimeRecoveryStatus"))
+        backups = get_or_none(ddb.describe_continuous_backups, TableName=name)
+        pitr = (backups["ContinuousBackupsDescription"].get("PointInTimeRecoveryDescription", {})
+                .get("PointInTimeRecoveryStatus") if backups else None)
         spec = {
             # Tables created before on-demand existed carry no BillingModeSummary: provisioned.
             "billing_mode": (table.get("BillingModeSummary") or {}).get("BillingMode", "PROVISIONED"),
@@ -393,7 +262,7 @@ class MetricsTable(Resource):
         ddb = ctx.client("dynamodb")
         name = ctx.names.metrics_table
         keys = desired["key_schema"]
-        sse = _known(desired["sse"])
+        sse = known_key(desired["sse"])
         kwargs = {
             "TableName": name,
             "BillingMode": desired["billing_mode"],
@@ -421,12 +290,8 @@ class MetricsTable(Resource):
 
     @staticmethod
     def _deleting(ddb: Any, name: str) -> bool:
-        try:
-            return ddb.describe_table(TableName=name)["Table"].get("TableStatus") == "DELETING"
-        except Exception as err:
-            if is_not_found(err):
-                return True
-            raise
+        found = get_or_none(ddb.describe_table, TableName=name)
+        return found is None or found["Table"].get("TableStatus") == "DELETING"
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
         ddb = ctx.client("dynamodb")
@@ -442,7 +307,7 @@ class MetricsTable(Resource):
         if "billing_mode" in fields:
             table_updates.append({"BillingMode": desired["billing_mode"]})
         if "sse" in fields:
-            sse = _known(desired["sse"])
+            sse = known_key(desired["sse"])
             table_updates.append({"SSESpecification": {
                 "Enabled": True, "SSEType": sse["type"], "KMSMasterKeyId": sse["kms_key"]}})
         if "deletion_protection" in fields:
@@ -464,15 +329,12 @@ class MetricsTable(Resource):
     def delete(self, ctx: StepContext, current: Current) -> None:
         ddb = ctx.client("dynamodb")
         name = ctx.names.metrics_table
-        try:
+        with ignore_not_found():
             if current.spec.get("deletion_protection"):
                 _wait_active(ddb, name)
                 ddb.update_table(TableName=name, DeletionProtectionEnabled=False)
                 _wait_active(ddb, name)
             ddb.delete_table(TableName=name)
-        except Exception as err:
-            if not is_not_found(err):
-                raise
         ddb.get_waiter("table_not_exists").wait(TableName=name, WaiterConfig=TABLE_WAIT)
 
 

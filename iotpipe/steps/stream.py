@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotpipe.aws import error_code, is_not_found
-from iotpipe.errors import IotpipeError
+from iotpipe.aws import error_code
 from iotpipe.steps.base import (
     Change,
     Current,
@@ -21,7 +20,10 @@ from iotpipe.steps.base import (
     UnknownYet,
     changed_fields,
     filter_tags,
+    get_or_none,
     ignore_not_found,
+    known_key,
+    our_key_arn,
     tag_changes,
 )
 
@@ -29,23 +31,6 @@ ADD_TAGS_MAX = 10  # AddTagsToStream takes at most 10 tags per call
 REMOVE_TAGS_MAX = 50
 # Stream changes finish in seconds to a few minutes; poll every 5 s for up to 10 minutes.
 STREAM_WAIT = {"Delay": 5, "MaxAttempts": 120}
-
-
-def our_key_arn(ctx: StepContext, key_ref: str | None) -> str | None:
-    """The ARN of the pipeline's key for any way of naming it (id, ARN, alias, alias ARN).
-
-    DescribeStreamSummary echoes KeyId exactly as StartStreamEncryption was given it (the seed
-    passes the key id); mapping every name of our key to its ARN keeps that from flapping.
-    """
-    if not key_ref:
-        return None
-    arn = ctx.ref("kms.key", "arn")
-    if isinstance(arn, UnknownYet):
-        return key_ref
-    alias = ctx.names.kms_alias
-    if key_ref in {arn, ctx.ref("kms.key", "id"), alias, ctx.aws.arn("kms", alias)}:
-        return arn
-    return key_ref
 
 
 class SensorStream(Resource):
@@ -68,12 +53,10 @@ class SensorStream(Resource):
     def read(self, ctx: StepContext) -> Current | None:
         kinesis = ctx.client("kinesis")
         name = ctx.names.stream
-        try:
-            summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
-        except Exception as err:
-            if is_not_found(err):
-                return None
-            raise
+        found = get_or_none(kinesis.describe_stream_summary, StreamName=name)
+        if found is None:
+            return None
+        summary = found["StreamDescriptionSummary"]
         if summary.get("StreamStatus") == "DELETING":
             return None  # going away: create() waits for the name to free up
         tags = _list_tags(kinesis, name)
@@ -145,13 +128,8 @@ def _wait_active(kinesis: Any, name: str) -> None:
 
 
 def _deleting(kinesis: Any, name: str) -> bool:
-    try:
-        status = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"]
-    except Exception as err:
-        if is_not_found(err):
-            return True
-        raise
-    return status == "DELETING"
+    found = get_or_none(kinesis.describe_stream_summary, StreamName=name)
+    return found is None or found["StreamDescriptionSummary"]["StreamStatus"] == "DELETING"
 
 
 def _list_tags(kinesis: Any, name: str) -> dict[str, str]:
@@ -182,8 +160,7 @@ def _set_retention(kinesis: Any, name: str, current: int, want: int) -> None:
 
 
 def _encrypt(kinesis: Any, name: str, want: Any) -> None:
-    if isinstance(want, UnknownYet):
-        raise IotpipeError(f"the KMS key is not known yet {want}: run `up` with the kms step")
+    want = known_key(want)
     kinesis.start_stream_encryption(StreamName=name, EncryptionType=want["type"], KeyId=want["key"])
     _wait_active(kinesis, name)
 

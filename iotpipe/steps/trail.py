@@ -16,8 +16,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from iotpipe.aws import error_code, is_not_found
-from iotpipe.errors import OwnershipError
+from iotpipe.aws import error_code
+from iotpipe.steps import s3util
 from iotpipe.steps.base import (
     Change,
     Current,
@@ -26,22 +26,14 @@ from iotpipe.steps.base import (
     StepContext,
     changed_fields,
     filter_tags,
+    get_or_none,
     ignore_not_found,
-    policy_json,
     tag_changes,
     tag_dict,
     tag_list,
 )
-from iotpipe.steps.s3util import empty_bucket, tls_deny_statement
 
 CLOUDTRAIL = "cloudtrail.amazonaws.com"
-OWNERSHIP = "BucketOwnerEnforced"  # ACLs off; CloudTrail's x-amz-acl condition still holds
-PUBLIC_ACCESS_BLOCK = {
-    "BlockPublicAcls": True,
-    "IgnorePublicAcls": True,
-    "BlockPublicPolicy": True,
-    "RestrictPublicBuckets": True,
-}
 
 
 def bucket_arn(ctx: StepContext) -> str:
@@ -75,18 +67,8 @@ def trail_bucket_policy(ctx: StepContext) -> dict[str, Any]:
         },
     ]
     if ctx.config.storage.enforce_tls:
-        statements.append(tls_deny_statement(bucket))
+        statements.append(s3util.tls_deny_statement(bucket))
     return {"Version": "2012-10-17", "Statement": statements}
-
-
-def _get(call: Any, **kwargs: Any) -> Any | None:
-    """One S3 configuration read; an aspect never set reads as None (so diff shows it)."""
-    try:
-        return call(**kwargs)
-    except Exception as err:
-        if is_not_found(err):
-            return None
-        raise
 
 
 class TrailBucket(Resource):
@@ -99,64 +81,28 @@ class TrailBucket(Resource):
     def desired(self, ctx: StepContext) -> Spec:
         return {
             "encryption": {"sse_algorithm": "AES256"},
-            "public_access_block": dict(PUBLIC_ACCESS_BLOCK),
-            "ownership": OWNERSHIP,
+            "public_access_block": dict(s3util.PUBLIC_ACCESS_BLOCK),
+            # ACLs off; CloudTrail's x-amz-acl condition still holds
+            "ownership": s3util.OWNER_ENFORCED,
             "policy": trail_bucket_policy(ctx),
             "tags": ctx.tags(self.logical_id),
         }
 
     def read(self, ctx: StepContext) -> Current | None:
-        """Every aspect as it is, each None when unset: a bucket created by a run that crashed
-        before its policy or tags reads as drifted and `up` finishes it."""
-        s3 = ctx.client("s3")
         name = self.name(ctx)
-        ids = {"name": name, "arn": bucket_arn(ctx)}
-        try:
-            s3.head_bucket(Bucket=name)
-        except ClientError as err:
-            if is_not_found(err):
-                return None
-            if error_code(err) in ("403", "AccessDenied", "Forbidden"):
-                # Bucket names are global: another account owns this one.
-                return Current({}, ids, managed=False, adoptable=False)
-            raise
-        tagging = _get(s3.get_bucket_tagging, Bucket=name)
-        tags = tag_dict(tagging["TagSet"]) if tagging else {}
-        encryption = _get(s3.get_bucket_encryption, Bucket=name)
-        block = _get(s3.get_public_access_block, Bucket=name)
-        ownership = _get(s3.get_bucket_ownership_controls, Bucket=name)
-        policy = _get(s3.get_bucket_policy, Bucket=name)
-        spec = {
-            "encryption": _encryption(encryption),
-            "public_access_block": block["PublicAccessBlockConfiguration"] if block else None,
-            "ownership": (ownership["OwnershipControls"]["Rules"][0]["ObjectOwnership"]
-                          if ownership and ownership["OwnershipControls"].get("Rules") else None),
-            "policy": policy["Policy"] if policy else None,
-            "tags": filter_tags(ctx, self.logical_id, tags),
-            "all_tags": tags,  # not compared: PutBucketTagging replaces the set, keep others' tags
-        }
-        return Current(spec, ids, managed=ctx.owns(tags))
+        return s3util.read_bucket_common(
+            ctx, self.logical_id, name, bucket_arn(ctx),
+            lambda s3: {"encryption": _encryption(get_or_none(s3.get_bucket_encryption, Bucket=name))})
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         s3 = ctx.client("s3")
         name = self.name(ctx)
-        kwargs: dict[str, Any] = {"Bucket": name, "ObjectOwnership": desired["ownership"]}
-        if ctx.region != "us-east-1":  # us-east-1 rejects its own name as a LocationConstraint
-            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": ctx.region}
-        try:
-            s3.create_bucket(**kwargs)
-        except ClientError as err:
-            if error_code(err) == "BucketAlreadyExists":
-                raise OwnershipError(
-                    f"S3 bucket name {name!r} is taken by another AWS account (bucket names are "
-                    "global): set trail.bucket_name in the config") from err
-            if error_code(err) != "BucketAlreadyOwnedByYou":
-                raise
+        s3util.create_bucket(ctx, s3, name, "trail.bucket_name", ObjectOwnership=desired["ownership"])
         # Tags first: they are what marks the bucket ours if the run stops here.
-        s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": tag_list(desired["tags"])})
-        s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=desired["public_access_block"])
+        s3util.set_tags(ctx, s3, name, self.logical_id, desired["tags"])
+        s3util.set_public_access_block(s3, name, desired["public_access_block"])
         self._put_encryption(s3, name, desired)
-        s3.put_bucket_policy(Bucket=name, Policy=policy_json(desired["policy"]))
+        s3util.set_policy(s3, name, desired["policy"])
         return {"name": name, "arn": bucket_arn(ctx)}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
@@ -164,32 +110,18 @@ class TrailBucket(Resource):
         name = self.name(ctx)
         fields = changed_fields(changes)
         if "tags" in fields:
-            to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
-            merged = {k: v for k, v in current.spec.get("all_tags", {}).items() if k not in to_remove}
-            merged.update(to_set)
-            s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": tag_list(merged)})
+            s3util.set_tags(ctx, s3, name, self.logical_id, desired["tags"])
         if "public_access_block" in fields:
-            s3.put_public_access_block(Bucket=name,
-                                       PublicAccessBlockConfiguration=desired["public_access_block"])
+            s3util.set_public_access_block(s3, name, desired["public_access_block"])
         if "ownership" in fields:
-            s3.put_bucket_ownership_controls(
-                Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": desired["ownership"]}]})
+            s3util.set_ownership(s3, name, desired["ownership"])
         if "encryption" in fields:
             self._put_encryption(s3, name, desired)
         if "policy" in fields:
-            s3.put_bucket_policy(Bucket=name, Policy=policy_json(desired["policy"]))
+            s3util.set_policy(s3, name, desired["policy"])
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        """Policy first (a TLS-only Deny blocks object deletes on the emulator), then every
-        version and delete marker, then the bucket."""
-        s3 = ctx.client("s3")
-        name = self.name(ctx)
-        with ignore_not_found():
-            s3.delete_bucket_policy(Bucket=name)
-        with ignore_not_found():
-            empty_bucket(s3, name)
-        with ignore_not_found():
-            s3.delete_bucket(Bucket=name)
+        s3util.delete_bucket(ctx.client("s3"), self.name(ctx))
 
     @staticmethod
     def _put_encryption(s3: Any, name: str, desired: Spec) -> None:
@@ -245,12 +177,10 @@ class Trail(Resource):
         stopped before StartLogging or PutEventSelectors reads as drifted, not as done."""
         cloudtrail = ctx.client("cloudtrail")
         name = self.name(ctx)
-        try:
-            trail = cloudtrail.get_trail(Name=name)["Trail"]
-        except Exception as err:
-            if is_not_found(err):
-                return None
-            raise
+        found = get_or_none(cloudtrail.get_trail, Name=name)
+        if found is None:
+            return None
+        trail = found["Trail"]
         arn = trail["TrailARN"]
         selectors = cloudtrail.get_event_selectors(TrailName=name).get("EventSelectors", [])
         listed = cloudtrail.list_tags(ResourceIdList=[arn]).get("ResourceTagList", [])

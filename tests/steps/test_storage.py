@@ -17,7 +17,7 @@ from iotpipe.aws import AwsContext
 from iotpipe.config import load_config
 from iotpipe.engine import make_engine
 from iotpipe.errors import AwsCallError, OwnershipError
-from iotpipe.steps import kms, storage
+from iotpipe.steps import kms, s3util, storage
 from iotpipe.steps.storage import MetricsTable, ReplacementRequired, SensorBucket
 from tests.support import CallLog
 
@@ -407,7 +407,7 @@ def test_a_bucket_name_owned_by_another_account_reads_as_foreign(make):
 # ---------------------------------------------------------------------------------------------
 def test_destroy_empties_a_versioned_bucket(env, monkeypatch):
     engine, log, _ = env
-    monkeypatch.setattr(storage, "DELETE_BATCH", 2)  # prove the chunking without 1000 objects
+    monkeypatch.setattr(s3util, "DELETE_BATCH", 2)  # prove the chunking without 1000 objects
     client = s3()
     for key in ("a", "b"):
         for body in (b"1", b"2", b"3"):
