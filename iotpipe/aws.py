@@ -7,12 +7,14 @@ throttling. The only retry iotpipe adds itself is for IAM's documented eventual 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import boto3
+import botocore.loaders
 import botocore.session
 from botocore.config import Config
 from botocore.exceptions import (
@@ -120,6 +122,7 @@ class AwsContext:
             self.session = session or boto3.Session(profile_name=profile, region_name=region)
         except ProfileNotFound as err:
             raise translate(err) from None
+        self.session._session.register_component("data_loader", _shared_loader())
         self.sleep = sleep
         self.clock = clock
         self._config = Config(
@@ -191,6 +194,16 @@ class AwsContext:
                     raise
                 self.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+@functools.cache
+def _shared_loader() -> botocore.loaders.Loader:
+    """One loader per process: service models are parsed once, not once per session.
+
+    Parsing botocore's JSON models is most of the cost of creating a client; every
+    AwsContext (each engine, the demo's phases, the test suite's thousands) shares them.
+    """
+    return botocore.loaders.create_loader()
 
 
 def default_region(profile: str | None) -> str | None:
