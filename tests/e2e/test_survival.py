@@ -87,41 +87,57 @@ def test_concurrent_up_second_fails_at_once_or_waits(server, tmp_path, iotpipe, 
 THROTTLES = [
     (400, "ThrottlingException"), (400, "TooManyRequestsException"),
     (400, "ProvisionedThroughputExceededException"), (503, "ServiceUnavailable"),
-    (400, "Throttling"), (500, "InternalError"),
+    (400, "Throttling"), (503, "SlowDown"), (500, "InternalError"),
 ]
 
 
+def _error_response(url: str, protocol: str, status: int, code: str) -> AWSResponse:
+    """An AWS error answer in the wire format of the service's protocol."""
+    if protocol in ("json", "rest-json"):
+        body = json.dumps({"__type": code, "message": "injected"}).encode()
+        headers = {"x-amzn-errortype": code, "content-type": "application/x-amz-json-1.1"}
+    elif protocol == "rest-xml":
+        body = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+        headers = {"content-type": "application/xml"}
+    else:  # query
+        body = (f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>injected</Message>"
+                "</Error><RequestId>r</RequestId></ErrorResponse>").encode()
+        headers = {"content-type": "text/xml"}
+    return AWSResponse(url, status, headers, _Raw(body))
+
+
 def test_throttling_bursts_on_every_service_are_absorbed(server, tmp_path, monkeypatch, clients):
-    """Two throttled/5xx answers before every single call: botocore's retries carry the run."""
+    """Two throttled or 5xx answers before every single call: botocore's retries carry the run."""
     import botocore.retries.standard as standard
 
     monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, context: 0)
+    monkeypatch.chdir(tmp_path)
     config = load_config("dev", region=clients.region)
     aws = AwsContext(config.region, endpoint_url=server)
-    attempts: dict[int, int] = {}
-    faults = CallLog()
-    services = set()
+    current = {"protocol": "json", "attempt": 0, "calls": 0}
+    injected: list[str] = []
+    services: set[str] = set()
 
-    def throttle(request, **_):
-        key = id(request.context) if hasattr(request, "context") else id(request)
-        attempts[key] = attempts.get(key, 0) + 1
-        if attempts[key] <= 2:
-            status, code = THROTTLES[len(faults.calls) % len(THROTTLES)]
-            faults.calls.append((request.url.split("/")[2], code))
-            body = json.dumps({"__type": code, "message": "injected"}).encode()
-            return AWSResponse(request.url, status, {"x-amzn-errortype": code,
-                                                     "content-type": "application/x-amz-json-1.1"}, _Raw(body))
-        return None
-
-    def note_service(model, **_):
+    def on_call(model, **_):
+        current.update(protocol=model.service_model.protocol, attempt=0, calls=current["calls"] + 1)
         services.add(model.service_model.service_name)
 
+    def throttle(request, **_):
+        current["attempt"] += 1
+        if current["attempt"] > 2:
+            return None  # the third attempt goes through to the server
+        status, code = THROTTLES[len(injected) % len(THROTTLES)]
+        injected.append(code)
+        return _error_response(request.url, current["protocol"], status, code)
+
+    aws.events.register("before-call.*.*", on_call)
     aws.events.register("before-send.*.*", throttle)
-    aws.events.register("before-call.*.*", note_service)
     engine = make_engine(config, aws, tmp_path / ".iotpipe")
     engine.up()
     verify_pipeline(clients, "dev", enforce_tls=True)
-    assert len(faults.calls) > 100
+    assert current["calls"] > 60
+    assert len(injected) == 2 * current["calls"]  # every call was refused twice, then went through
+    assert set(injected) == {code for _, code in THROTTLES}
     assert services >= {"kms", "s3", "dynamodb", "kinesis", "logs", "iam", "lambda", "iot", "sqs", "cloudtrail"}
     engine.destroy()
     assert_nothing_left(clients, "dev")
@@ -139,7 +155,8 @@ class _Raw:
         return body
 
 
-def test_second_up_over_http_makes_zero_writes(iotpipe, server, tmp_path, clients):
+def test_second_up_over_http_makes_zero_writes(iotpipe, server, tmp_path, clients, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the same (default) config as the CLI run
     assert iotpipe("up", "--env", "dev").returncode == 0
     log = CallLog()
     config = load_config("dev", region=clients.region)
