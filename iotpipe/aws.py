@@ -151,8 +151,15 @@ class AwsContext:
     @property
     def account_id(self) -> str:
         if self._account is None:
+            # The first call of every run doubles as the credentials and endpoint check: it
+            # gets few retries and a short connect timeout, so a wrong --endpoint-url or a
+            # dead network is reported in seconds rather than after a minute of backoff.
+            kwargs: dict[str, Any] = {"config": self._config.merge(Config(
+                retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=5))}
+            if self.endpoint_url:
+                kwargs["endpoint_url"] = self.endpoint_url
             try:
-                self._account = self.client("sts").get_caller_identity()["Account"]
+                self._account = self.session.client("sts", **kwargs).get_caller_identity()["Account"]
             except Exception as err:  # noqa: BLE001 - translated, re-raised
                 raise translate(err) from err
         return self._account
