@@ -155,7 +155,7 @@ class AwsContext:
             # gets few retries and a short connect timeout, so a wrong --endpoint-url or a
             # dead network is reported in seconds rather than after a minute of backoff.
             kwargs: dict[str, Any] = {"config": self._config.merge(Config(
-                retries={"mode": "standard", "total_max_attempts": 2}, connect_timeout=5))}
+                retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=5))}
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
             try:
