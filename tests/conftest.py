@@ -50,3 +50,9 @@ def make(tmp_path: Path, moto, monkeypatch):
         return make_engine(config, aws, state_root or tmp_path / ".iotpipe", resources=resources)
 
     return build
+
+
+@pytest.fixture
+def log() -> CallLog:
+    """A call log to hand to make(log=...)."""
+    return CallLog()

@@ -40,3 +40,13 @@ class CallLog:
 
     def clear(self) -> None:
         self.calls.clear()
+
+
+def fail_with(code: str, message: str = "injected"):
+    """A before-call hook that fails the call with an AWS error before it is sent."""
+    from botocore.exceptions import ClientError
+
+    def hook(model: Any, **_: Any) -> None:
+        raise ClientError({"Error": {"Code": code, "Message": message}}, model.name)
+
+    return hook

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from botocore.exceptions import ClientError
 
 from iotpipe import aws as aws_module
 from iotpipe.cli import main
 from iotpipe.errors import ExitCode
+from tests.support import fail_with
 
 
 @pytest.fixture
@@ -26,22 +26,15 @@ def hooked(moto, monkeypatch, tmp_path):
     return hooks
 
 
-def _raise(code: str, message: str = "injected"):
-    def hook(model, **_):
-        raise ClientError({"Error": {"Code": code, "Message": message}}, model.name)
-
-    return hook
-
-
 def test_access_denied(hooked, capsys):
-    hooked.append(("before-call.kms.CreateKey", _raise("AccessDeniedException", "User is not authorized")))
+    hooked.append(("before-call.kms.CreateKey", fail_with("AccessDeniedException", "User is not authorized")))
     assert main(["up", "--set", "storage.enforce_tls=false"]) == ExitCode.ACCESS_DENIED
     err = capsys.readouterr().err
     assert "access denied" in err and "CreateKey" in err and "Traceback" not in err
 
 
 def test_unexpected_aws_error_names_resource_and_operation(hooked, capsys):
-    hooked.append(("before-call.dynamodb.CreateTable", _raise("LimitExceededException", "too many tables")))
+    hooked.append(("before-call.dynamodb.CreateTable", fail_with("LimitExceededException", "too many tables")))
     assert main(["up", "--set", "storage.enforce_tls=false"]) == ExitCode.ERROR
     err = capsys.readouterr().err
     assert "storage.metrics_table" in err and "CreateTable" in err and "too many tables" in err
@@ -58,7 +51,7 @@ def test_ctrl_c(hooked, capsys):
 
 def test_destroy_pending_thing_type_exits_incomplete_then_finishes(hooked, capsys):
     assert main(["up", "--set", "storage.enforce_tls=false"]) == ExitCode.OK
-    refusal = _raise("InvalidRequestException", "Can not delete thing type until 5 minutes after deprecation")
+    refusal = fail_with("InvalidRequestException", "Can not delete thing type until 5 minutes after deprecation")
     hooked.append(("before-call.iot.DeleteThingType", refusal))
     assert main(["destroy", "--yes"]) == ExitCode.INCOMPLETE
     out = capsys.readouterr().out

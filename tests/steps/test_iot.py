@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from iotpipe.errors import IotpipeError, OwnershipError
 from iotpipe.steps import iot, kms
 from iotpipe.steps.base import same
-from tests.support import CallLog, is_mutating
+from tests.support import CallLog, fail_with, is_mutating
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -39,15 +39,6 @@ def key_arn() -> str:
     return client("kms").describe_key(KeyId="alias/iot-manufacturing-dev")["KeyMetadata"]["Arn"]
 
 
-def fail_with(code: str, message: str):
-    def hook(model, **_):
-        raise ClientError({"Error": {"Code": code, "Message": message}}, model.name)
-    return hook
-
-
-@pytest.fixture
-def log() -> CallLog:
-    return CallLog()
 
 
 @pytest.fixture

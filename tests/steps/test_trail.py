@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from iotpipe.errors import AwsCallError, IotpipeError, OwnershipError
 from iotpipe.steps import s3util, trail
-from tests.support import CallLog, is_mutating
+from tests.support import CallLog, fail_with, is_mutating
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -28,15 +28,6 @@ def client(service: str):
     return boto3.client(service, region_name=REGION)
 
 
-def fail_with(code: str, message: str):
-    def hook(model, **_):
-        raise ClientError({"Error": {"Code": code, "Message": message}}, model.name)
-    return hook
-
-
-@pytest.fixture
-def log() -> CallLog:
-    return CallLog()
 
 
 @pytest.fixture
