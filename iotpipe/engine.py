@@ -235,8 +235,7 @@ class Engine:
             yield
             return
         with self.store.lock(command, timeout=self.lock_timeout):
-            self.store._data = None  # re-read: another run may have written while we waited
-            self.store.load()
+            self.store.reload()  # another run may have written while we waited for the lock
             yield
 
     def _guarded(self, res: Resource, one: Callable[[Resource], ResourceResult]) -> ResourceResult:

@@ -100,6 +100,11 @@ class StateStore:
         self._data = data
         return data
 
+    def reload(self) -> StateFile:
+        """Forget the cached copy and read the file again (after waiting for another run)."""
+        self._data = None
+        return self.load()
+
     def check_account(self, account: str) -> None:
         data = self.load()
         if data.account and data.account != account:
