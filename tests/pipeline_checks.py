@@ -210,6 +210,10 @@ def snapshot(c: Clients, env: str) -> dict[str, Any]:
         "thing_types": sorted(t["thingTypeName"] for t in c.iot.list_thing_types()["thingTypes"] if t["thingTypeName"].endswith(f"-{env}")),
         "rules": sorted(r["ruleName"] for r in c.iot.list_topic_rules()["rules"] if r["ruleName"].endswith(f"_{env.replace('-', '_')}")),
         "policies": sorted(p["policyName"] for p in c.iot.list_policies()["policies"] if p["policyName"].endswith(f"-{env}")),
+        # devices: things of the env's type, or carrying its marker (iotpipe:env attribute)
+        "things": sorted(t["thingName"] for t in c.iot.list_things()["things"]
+                         if t.get("thingTypeName") == f"manufacturing-sensor-{env}"
+                         or t.get("attributes", {}).get("iotpipe:env") == env),
         "trails": sorted(t["Name"] for t in c.cloudtrail.describe_trails()["trailList"] if t["Name"].endswith(f"-{env}")),
     }
 

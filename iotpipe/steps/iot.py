@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from iotpipe.aws import error_code, error_message, is_not_found
-from iotpipe.errors import IotpipeError
+from iotpipe.errors import IotpipeError, OwnershipError
 from iotpipe.steps.base import (
     Change,
     Current,
@@ -388,6 +388,157 @@ def _without_defaults(action: dict[str, Any]) -> dict[str, Any]:
             for kind, body in action.items()}
 
 
+# --------------------------------------------------------------------------------------------
+# Devices (things registered with `iotpipe device add`)
+# --------------------------------------------------------------------------------------------
+# Things take no readable tags and no description, so a device carries iotpipe's marker as an
+# attribute: "iotpipe:env" = <env>. A thing without it, or with another env's, is not ours.
+DEVICE_MARKER_ATTRIBUTE = "iotpipe:env"
+# AWS: "DetachThingPrincipal is asynchronous. It might take several seconds for the detachment
+# to propagate." Until it has, DeleteCertificate and DeleteThing refuse with a conflict.
+DETACH_PROPAGATION_TIMEOUT_S = 60.0
+
+
+def is_cert(principal: str) -> bool:
+    return ":cert/" in principal
+
+
+def cert_id(cert_arn: str) -> str:
+    return cert_arn.rsplit("/", 1)[-1]
+
+
+def device_marker_ok(ctx: StepContext, thing: dict[str, Any]) -> bool:
+    return (thing.get("attributes") or {}).get(DEVICE_MARKER_ATTRIBUTE) == ctx.env
+
+
+def thing_certificates(ctx: StepContext, thing_name: str) -> list[str]:
+    """The certificate ARNs attached to a thing (other principal kinds are not iotpipe's)."""
+    iot = ctx.client("iot")
+    return [p for p in paginate(iot, "list_thing_principals", "principals", thingName=thing_name)
+            if is_cert(p)]
+
+
+def retry_while_detaching(ctx: StepContext, call: Any) -> Any:
+    """Run ``call`` (a delete), retrying only while AWS still sees a detached principal as
+    attached; bounded, so a real conflict (attached elsewhere) is reported, not waited on."""
+    deadline = ctx.aws.clock() + DETACH_PROPAGATION_TIMEOUT_S
+    delay = 1.0
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            propagating = (error_code(err) in {"DeleteConflictException", "InvalidRequestException"}
+                           and "attach" in error_message(err).lower())
+            if not propagating or ctx.aws.clock() + delay > deadline:
+                raise
+            ctx.aws.sleep(delay)
+            delay = min(delay * 2, 8.0)
+
+
+def retire_certificate(ctx: StepContext, cert_arn: str, thing_name: str) -> bool:
+    """Detach a device certificate from ``thing_name`` and delete it: policies detached, set
+    INACTIVE (AWS refuses to delete an active one), deleted. Absent at any point is fine.
+
+    A certificate also attached to another thing is someone else's to keep: it is only
+    detached from this one. Returns whether the certificate was deleted.
+    """
+    iot = ctx.client("iot")
+    found = get_or_none(iot.describe_certificate, certificateId=cert_id(cert_arn))
+    if found is None:
+        return False
+    things = paginate(iot, "list_principal_things", "things", principal=cert_arn)
+    if thing_name in things:
+        with ignore_not_found():
+            iot.detach_thing_principal(thingName=thing_name, principal=cert_arn)
+    if any(t != thing_name for t in things):
+        return False
+    try:
+        for policy in paginate(iot, "list_attached_policies", "policies", target=cert_arn):
+            with ignore_not_found():
+                iot.detach_policy(policyName=policy["policyName"], target=cert_arn)
+        if found["certificateDescription"].get("status") == "ACTIVE":
+            iot.update_certificate(certificateId=cert_id(cert_arn), newStatus="INACTIVE")
+        retry_while_detaching(ctx, lambda: iot.delete_certificate(certificateId=cert_id(cert_arn)))
+    except Exception as err:
+        if is_not_found(err):
+            return False
+        raise
+    return True
+
+
+def delete_device(ctx: StepContext, thing_name: str, extra_certificates: tuple[str, ...] = ()) -> list[str]:
+    """Every certificate of the device (attached, plus ``extra_certificates`` a crashed
+    `device add` made but never attached), then the thing. Returns the deleted certificate ids."""
+    iot = ctx.client("iot")
+    attached = get_or_none(thing_certificates, ctx, thing_name) or []
+    deleted = []
+    for arn in dict.fromkeys([*attached, *extra_certificates]):
+        if retire_certificate(ctx, arn, thing_name):
+            deleted.append(cert_id(arn))
+    with ignore_not_found():
+        retry_while_detaching(ctx, lambda: iot.delete_thing(thingName=thing_name))
+    return deleted
+
+
+class Devices(Resource):
+    """The env's registered devices, as one resource, so `destroy` is never blocked by them.
+
+    AWS refuses to delete a thing type that still has things, and IoT policies attached to
+    certificates; devices are made by `iotpipe device add`, not by `up`, so this resource
+    wants nothing (``desired`` is empty, ``create`` makes no call) and only reads and deletes.
+    It exists (reads as a Current, even with zero devices) whenever the thing type does, so a
+    healthy env without devices is "ok", not "missing". ``delete`` removes the env's devices
+    (certificates and things) before the device policy and thing type go; things of our type
+    without our marker are left alone and stop destroy with an OwnershipError, because the
+    thing type could not be deleted with them anyway. Local key files live in the state
+    directory, which resources do not see: destroy leaves them (`device remove` cleans them).
+    """
+
+    logical_id = "iot.devices"
+    resource_type = "AWS::IoT::Thing (devices)"
+    depends_on = ("iot.thing_type", "iot.device_policy")
+
+    def name(self, ctx: StepContext) -> str:
+        return f"things of {ctx.names.thing_type}"
+
+    def desired(self, ctx: StepContext) -> Spec:
+        return {}
+
+    def things(self, ctx: StepContext) -> list[dict[str, Any]]:
+        return paginate(ctx.client("iot"), "list_things", "things", thingTypeName=ctx.names.thing_type)
+
+    def read(self, ctx: StepContext) -> Current | None:
+        found = get_or_none(ctx.client("iot").describe_thing_type, thingTypeName=ctx.names.thing_type)
+        if found is None:
+            return None
+        ours = sum(device_marker_ok(ctx, t) for t in self.things(ctx))
+        # A same-name thing type that is not ours makes its things not ours either.
+        type_is_ours = ctx.marker(ThingType.logical_id) in (
+            found.get("thingTypeProperties", {}).get("thingTypeDescription") or "")
+        return Current({}, {"count": str(ours)}, managed=type_is_ours)
+
+    def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+        return {"count": "0"}  # devices are registered with `iotpipe device add`
+
+    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+        """Nothing to converge: ``desired`` is empty."""
+
+    def delete(self, ctx: StepContext, current: Current) -> None:
+        foreign = []
+        for thing in self.things(ctx):
+            if device_marker_ok(ctx, thing):
+                delete_device(ctx, thing["thingName"])
+            else:
+                foreign.append(thing["thingName"])
+        if foreign:
+            raise OwnershipError(
+                f"thing type {ctx.names.thing_type} has things iotpipe does not own for env "
+                f"{ctx.env!r} ({', '.join(sorted(foreign)[:5])}{', ...' if len(foreign) > 5 else ''}): "
+                "AWS cannot delete the type while they use it; delete them or move them to "
+                "another type (`aws iot update-thing --thing-name NAME --remove-thing-type`), "
+                "then run destroy again")
+
+
 RESOURCES: tuple[Resource, ...] = (
     LogGroup("iot.log_group", lambda n: n.iot_log_group),
     Role(
@@ -400,5 +551,6 @@ RESOURCES: tuple[Resource, ...] = (
     ),
     ThingType(),
     DevicePolicy(),
+    Devices(),  # after the policy and type: destroy (in reverse) removes devices before them
     TopicRule(),
 )
