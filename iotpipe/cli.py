@@ -211,6 +211,102 @@ def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait
         raise SystemExit(ExitCode.INCOMPLETE)
 
 
+@cli.group(context_settings=CONTEXT_SETTINGS)
+def device() -> None:
+    """Register, list and remove sensors: IoT things of the env's type, each with its own
+    certificate and private key (kept in <state-dir>/devices/<env>/<device>/).
+
+    \b
+    Examples:
+      iotpipe device add press-07 --env dev --location hall-2 --facility plant-a
+      iotpipe device list --env dev --json
+      iotpipe device remove press-07 --env dev --yes
+    """
+
+
+@device.command("add", context_settings=CONTEXT_SETTINGS)
+@click.argument("device_id")
+@common_options
+@json_option
+@lock_option
+@click.option("--location", help="Thing attribute location (searchable).")
+@click.option("--facility", help="Thing attribute facility (searchable).")
+@click.option("--equipment-type", help="Thing attribute equipment_type (searchable).")
+@click.option("--rotate", is_flag=True, help="Issue a new certificate and key, then retire the old certificate(s).")
+def device_add(opts: Options, device_id: str, json_mode: bool, lock_timeout: float, location: str | None,
+               facility: str | None, equipment_type: str | None, rotate: bool) -> None:
+    """Register DEVICE_ID: a thing of the env's type, an active certificate with the device
+    policy, and its private key written once, mode 0600, next to the certificate.
+
+    Safe to repeat: a registered device whose key is here is left unchanged; a run that died
+    halfway is finished without a second certificate. AWS hands out a private key only once:
+    when it is lost, --rotate issues a new certificate and retires the old one. The key is
+    never printed. Devices also need the Amazon root CA:
+    https://www.amazontrust.com/repository/AmazonRootCA1.pem
+
+    \b
+    Examples:
+      iotpipe device add press-07 --env dev --location hall-2 --equipment-type press
+      iotpipe device add press-07 --env dev --rotate
+    """
+    from iotpipe.devices import add_device, validate_attributes, validate_device_id
+
+    attributes = {"location": location, "facility": facility, "equipment_type": equipment_type}
+    validate_device_id(device_id)  # before any AWS call (building the engine asks STS)
+    validate_attributes(attributes)
+    renderer = _renderer(json_mode)
+    engine = _build(opts, renderer)
+    result = add_device(engine, device_id, attributes=attributes, rotate=rotate, lock_timeout=lock_timeout)
+    renderer.device_added(result)
+
+
+@device.command("list", context_settings=CONTEXT_SETTINGS)
+@common_options
+@json_option
+def device_list(opts: Options, json_mode: bool) -> None:
+    """List the env's devices: attributes, certificates and their status, and whether this
+    state directory holds a private key for them (never the key itself).
+
+    \b
+    Example:
+      iotpipe device list --env dev --json | jq -r '.devices[].device_id'
+    """
+    from iotpipe.devices import list_devices
+
+    renderer = _renderer(json_mode)
+    engine = _build(opts, renderer)
+    renderer.device_list(opts.env, list_devices(engine))
+
+
+@device.command("remove", context_settings=CONTEXT_SETTINGS)
+@click.argument("device_id")
+@common_options
+@json_option
+@lock_option
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
+def device_remove(opts: Options, device_id: str, json_mode: bool, lock_timeout: float, yes: bool) -> None:
+    """Remove DEVICE_ID: its certificates (detached, deactivated, deleted), the thing, and its
+    local key directory. A device already gone is a quiet success; a thing that is not this
+    env's iotpipe device is left alone (exit 68).
+
+    \b
+    Example:
+      iotpipe device remove press-07 --env dev --yes
+    """
+    from iotpipe.devices import remove_device, validate_device_id
+
+    validate_device_id(device_id)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise AbortedError("refusing to remove a device without --yes: stdin is not a terminal")
+        if not click.confirm(f"Remove device {device_id!r} of env {opts.env!r} and its certificates?",
+                             default=False):
+            raise AbortedError("device remove cancelled")
+    renderer = _renderer(json_mode)
+    engine = _build(opts, renderer)
+    renderer.device_removed(remove_device(engine, device_id, lock_timeout=lock_timeout))
+
+
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--env", "-e", default="dev", show_default=True, help="Environment name.")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), envvar="IOTPIPE_STATE_DIR",

@@ -142,6 +142,62 @@ class Renderer:
             f"[bold]S3[/]: {r.archive_objects} raw archive objects (one per batch), "
             f"{r.rejected_objects} quarantine objects under rejected/\n")
 
+    # -- devices -------------------------------------------------------------------------------
+    def device_added(self, result: Any) -> None:
+        """`device add`: what to configure on the sensor. Paths only: the key is never shown."""
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        mark, style, word = ("~", "yellow", "rotated") if result.action == "rotate" else ACTION_STYLE[result.action]
+        self.out.print(f"[{style}]{mark} {word}[/] device [bold]{escape(result.device_id)}[/] "
+                       f"(env {escape(result.env)})")
+        for note in result.notes:
+            self.out.print(f"  [dim]{escape(note)}[/]")
+        rows = [
+            ("thing", result.thing_arn),
+            ("certificate id", result.certificate_id),
+            ("certificate arn", result.certificate_arn),
+            ("endpoint", result.endpoint),
+            ("client id", result.device_id),
+            ("publish to", result.topic),
+            ("certificate", result.certificate_path),
+            ("private key", f"{result.key_path}  (mode 0600; keep it secret)"),
+            ("root CA", f"{result.root_ca}  (download it; not stored by iotpipe)"),
+        ]
+        if result.replaced_certificates:
+            rows.append(("retired", ", ".join(result.replaced_certificates)))
+        for key, value in rows:
+            self.out.print(f"  {key:<16} {escape(value)}")
+
+    def device_list(self, env: str, devices: list[Any]) -> None:
+        if self.json_mode:
+            self.json({"env": env, "devices": [d.as_dict() for d in devices]})
+            return
+        table = Table(title=f"devices of env {env}")
+        for column in ("device", "attributes", "certificates", "local key", "ours"):
+            table.add_column(column, overflow="fold")
+        for d in devices:
+            attrs = ", ".join(f"{k}={v}" for k, v in sorted(d.attributes.items()))
+            certs = "\n".join(f"{c.id[:12]}… {c.status}" for c in d.certificates) or "[red]none[/]"
+            table.add_row(escape(d.device_id), escape(attrs), certs,
+                          "yes" if d.local_key else "[yellow]no[/]",
+                          "yes" if d.managed else "[magenta]no[/]")
+        self.out.print(table)
+        self.out.print(f"{len(devices)} device(s)")
+
+    def device_removed(self, result: Any) -> None:
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        if result.action == "absent":
+            extra = " (local files removed)" if result.local_files_removed else ""
+            self.out.print(f"device {escape(result.device_id)} of env {escape(result.env)} is already gone{extra}")
+            return
+        certs = ", ".join(c[:12] + "…" for c in result.deleted_certificates) or "none"
+        self.out.print(f"[red]- deleted[/] device [bold]{escape(result.device_id)}[/] (env {escape(result.env)}); "
+                       f"certificates deleted: {certs}; local files "
+                       f"{'removed' if result.local_files_removed else 'none'}")
+
     def lock_holder(self, text: str) -> None:
         self.out.print(text)
 
