@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -60,6 +61,24 @@ CERT_FILE = "certificate.pem.crt"
 RECORD_FILE = "certificate.json"
 ROOT_CA_URL = "https://www.amazontrust.com/repository/AmazonRootCA1.pem"
 ENDPOINT_TYPE = "iot:Data-ATS"
+
+
+class _NoPrivateKeys(logging.Filter):
+    """botocore logs every response body at DEBUG (botocore.parsers), and the answer to
+    CreateKeysAndCertificate carries the private key: whoever turns debug logging on must
+    still never find a key in a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return "PRIVATE KEY" not in record.getMessage()
+        except Exception:  # noqa: BLE001 - a record that cannot be formatted is not ours to judge
+            return True
+
+
+_KEY_FILTER = _NoPrivateKeys()
+for _name in ("botocore.parsers", "botocore.endpoint", "botocore.hooks"):
+    if _KEY_FILTER not in logging.getLogger(_name).filters:
+        logging.getLogger(_name).addFilter(_KEY_FILTER)
 
 
 class EnvNotDeployedError(IotpipeError):

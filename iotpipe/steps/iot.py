@@ -428,7 +428,7 @@ def retry_while_detaching(ctx: StepContext, call: Any) -> Any:
             return call()
         except Exception as err:
             propagating = (error_code(err) in {"DeleteConflictException", "InvalidRequestException"}
-                           and "attach" in error_message(err).lower())
+                           and any(w in error_message(err).lower() for w in ("attached", "detached")))
             if not propagating or ctx.aws.clock() + delay > deadline:
                 raise
             ctx.aws.sleep(delay)
