@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOKS = REPO / "docs" / "runbooks"
-ORDER = ["deploy.md", "drift.md", "interrupted-run.md", "teardown.md", "emulator.md"]
+ORDER = ["deploy.md", "devices.md", "drift.md", "interrupted-run.md", "teardown.md", "emulator.md"]
 BLOCK = re.compile(r"(?:<!-- setup: (?P<setup>[\w-]+) -->\n)?```(?P<lang>\w+)\n(?P<body>.*?)```", re.S)
 EXPECT = re.compile(r"#\s*exit\s+(\d+)\s*$")
 ENV = "line7"
