@@ -471,3 +471,18 @@ def test_destroy_stops_on_a_foreign_thing_of_our_type(make):
     assert [t["thingName"] for t in client().list_things()["things"]] == ["hand-made"]
     assert certificates() == []  # ours went first
     assert client().describe_thing_type(thingTypeName=THING_TYPE)  # not deleted under the foreign thing
+
+
+def test_device_commands_take_the_env_lock(env):
+    """A destroy running meanwhile would delete the policy and type a device is attached to."""
+    from iotpipe.errors import LockHeldError
+
+    holder = env()
+    with holder.store.lock("destroy"):
+        log = CallLog()
+        with pytest.raises(LockHeldError):
+            devices.add_device(env(log), "s1")
+        with pytest.raises(LockHeldError):
+            devices.remove_device(env(log), "s1")
+        assert log.mutating == []
+    assert devices.add_device(env(), "s1").action == "create"
