@@ -50,3 +50,26 @@ def fail_with(code: str, message: str = "injected"):
         raise ClientError({"Error": {"Code": code, "Message": message}}, model.name)
 
     return hook
+
+
+def by_id(result: Any, logical_id: str | None = None) -> Any:
+    """A run's results keyed by logical id, or the one for ``logical_id``."""
+    found = {r.logical_id: r for r in result.resources}
+    return found if logical_id is None else found[logical_id]
+
+
+def assert_repaired(engine: Any, log: CallLog, logical_id: str, field: str, expected_calls: dict) -> None:
+    """status says drifted in ``field``, plan lists an update, up makes exactly ``expected_calls``
+    (and nothing else), and afterwards everything is in sync with zero mutating calls."""
+    status = by_id(engine.status(), logical_id)
+    assert status.health == "drifted"
+    assert field in {c.field for c in status.changes}
+    planned = by_id(engine.plan(), logical_id)
+    assert planned.action == "update" and field in {c.field for c in planned.changes}
+    log.clear()
+    assert by_id(engine.up(), logical_id).action == "update"
+    assert log.counts(mutating_only=True) == expected_calls
+    log.clear()
+    engine.up()
+    assert log.mutating == []
+    assert engine.status().in_sync

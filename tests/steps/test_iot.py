@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from iotpipe.errors import IotpipeError, OwnershipError
 from iotpipe.steps import iot, kms
 from iotpipe.steps.base import same
-from tests.support import CallLog, fail_with, is_mutating
+from tests.support import CallLog, assert_repaired, by_id, fail_with, is_mutating
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -48,9 +48,6 @@ def engine(make, log):
     log.clear()
     return e
 
-
-def by_id(result, logical_id):
-    return next(r for r in result.resources if r.logical_id == logical_id)
 
 
 def statements_by_sid(document) -> dict:
@@ -160,23 +157,6 @@ def test_topic_rule_existence_never_relies_on_get_topic_rule(make, log):
 
 
 # --- drift ---------------------------------------------------------------------------------------
-def assert_repaired(engine, log, logical_id, field, expected_calls):
-    """status says drifted in ``field``, plan lists an update, up makes exactly ``expected_calls``
-    (and nothing else), and afterwards everything is in sync with zero mutating calls."""
-    status = by_id(engine.status(), logical_id)
-    assert status.health == "drifted"
-    assert field in {c.field for c in status.changes}
-    planned = by_id(engine.plan(), logical_id)
-    assert planned.action == "update" and field in {c.field for c in planned.changes}
-    log.clear()
-    assert by_id(engine.up(), logical_id).action == "update"
-    assert log.counts(mutating_only=True) == expected_calls
-    log.clear()
-    engine.up()
-    assert log.mutating == []
-    assert engine.status().in_sync
-
-
 def test_changed_rule_sql_is_replaced(engine, log):
     found = client("iot").get_topic_rule(ruleName=RULE)["rule"]
     payload = {k: found[k] for k in ("description", "actions", "ruleDisabled", "awsIotSqlVersion",

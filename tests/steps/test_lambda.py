@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 from iotpipe import package
 from iotpipe.errors import AwsCallError
 from iotpipe.steps import kms, lambda_
-from tests.support import CallLog
+from tests.support import CallLog, by_id
 
 REGION = "us-east-1"
 RESOURCES = kms.RESOURCES + lambda_.RESOURCES
@@ -81,12 +81,9 @@ def _client(service: str):
     return boto3.client(service, region_name=REGION)
 
 
-def _by_id(result) -> dict[str, Any]:
-    return {r.logical_id: r for r in result.resources}
-
 
 def _fields(result, logical_id: str) -> set[str]:
-    return {c.field for c in _by_id(result)[logical_id].changes}
+    return {c.field for c in by_id(result)[logical_id].changes}
 
 
 def _key_arn(engine) -> str:
@@ -291,12 +288,12 @@ def test_code_change_uploads_only_the_code(env, handler_src) -> None:
 # --------------------------------------------------------------------------------------------
 def _assert_drift_repaired(engine, log, logical_id: str, field: str, expected_calls: list) -> None:
     status = engine.status()
-    drifted = _by_id(status)[logical_id]
+    drifted = by_id(status)[logical_id]
     assert drifted.health == "drifted"
     assert field in {c.field for c in drifted.changes}
     assert {r.logical_id for r in status.resources if r.health != "ok"} == {logical_id}
     plan = engine.plan()
-    assert _by_id(plan)[logical_id].action == "update"
+    assert by_id(plan)[logical_id].action == "update"
     assert field in _fields(plan, logical_id)
     log.clear()
     engine.up()
@@ -398,7 +395,7 @@ def test_role_without_inline_policy_is_finished_by_the_next_up(env) -> None:
     assert _client("iam").list_role_policies(RoleName=engine.ctx.names.lambda_role)["PolicyNames"] == []
     log.clear()
     result = engine.up()
-    assert _by_id(result)["lambda.role"].action == "update"
+    assert by_id(result)["lambda.role"].action == "update"
     assert log.mutating[0] == ("iam", "PutRolePolicy")
     assert not any(op == "CreateRole" for _, op in log.mutating)
     assert engine.status().in_sync
@@ -452,7 +449,7 @@ def test_create_function_retries_while_the_new_role_propagates(make, handler_src
     attempts = _fail(_events(engine, "lambda"), "lambda.CreateFunction", "InvalidParameterValueException",
                      PROPAGATION_MESSAGE, times=2)
     result = engine.up()
-    assert _by_id(result)["lambda.function"].action == "create"
+    assert by_id(result)["lambda.function"].action == "create"
     assert len(attempts) == 3
     assert slept == [1.0, 2.0]  # backed off, through the injected sleep
     assert _client("lambda").get_function(FunctionName=engine.ctx.names.function)["Configuration"]["State"] == "Active"
@@ -497,7 +494,7 @@ def test_duplicate_mapping_is_reported_and_removed(env, tmp_path) -> None:
     assert len(_mappings(engine)) == 2
 
     status = engine.status()
-    change = {c.field: c for c in _by_id(status)["lambda.event_source_mapping"].changes}
+    change = {c.field: c for c in by_id(status)["lambda.event_source_mapping"].changes}
     assert set(change) == {"duplicates"}
     assert change["duplicates"].current == [extra["UUID"]]
     log.clear()
@@ -518,7 +515,7 @@ def test_duplicates_without_a_state_file_keep_our_tagged_mapping(make, handler_s
         EventSourceArn=ours["EventSourceArn"], FunctionName=ours["FunctionArn"], StartingPosition="LATEST")
     fresh = make(resources=RESOURCES, state_root=tmp_path / "state-b")  # the state file is lost
     status = fresh.status()
-    assert _by_id(status)["lambda.event_source_mapping"].ids["uuid"] == ours["UUID"]
+    assert by_id(status)["lambda.event_source_mapping"].ids["uuid"] == ours["UUID"]
     fresh.up()
     (left,) = _mappings(fresh)
     assert left["UUID"] == ours["UUID"]
@@ -534,7 +531,7 @@ def test_mapping_in_state_deleting_counts_as_absent(env) -> None:
 
     _events(engine, "lambda").register("after-call.lambda.ListEventSourceMappings", deleting, unique_id="del")
     status = engine.status()
-    assert _by_id(status)["lambda.event_source_mapping"].health == "missing"
+    assert by_id(status)["lambda.event_source_mapping"].health == "missing"
 
 
 def test_update_waits_for_a_mapping_in_transition(env) -> None:

@@ -19,7 +19,7 @@ from iotpipe.engine import make_engine
 from iotpipe.errors import AwsCallError, OwnershipError
 from iotpipe.steps import kms, s3util, storage
 from iotpipe.steps.storage import MetricsTable, ReplacementRequired, SensorBucket
-from tests.support import CallLog
+from tests.support import CallLog, by_id
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -37,9 +37,6 @@ def s3():
 def ddb():
     return boto3.client("dynamodb", region_name=REGION)
 
-
-def by_id(result):
-    return {r.logical_id: r for r in result.resources}
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from iotpipe.errors import OwnershipError
 from iotpipe.steps import kms, stream
 from iotpipe.steps.stream import SensorStream
-from tests.support import CallLog
+from tests.support import CallLog, by_id
 
 REGION = "us-east-1"
 STREAM = "iot-sensor-stream-dev"
@@ -27,9 +27,6 @@ def summary():
 def tags():
     return {t["Key"]: t["Value"] for t in kinesis().list_tags_for_stream(StreamName=STREAM)["Tags"]}
 
-
-def by_id(result):
-    return {r.logical_id: r for r in result.resources}
 
 
 @pytest.fixture

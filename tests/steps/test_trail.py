@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 
 from iotpipe.errors import AwsCallError, IotpipeError, OwnershipError
 from iotpipe.steps import s3util, trail
-from tests.support import CallLog, fail_with, is_mutating
+from tests.support import CallLog, assert_repaired, by_id, fail_with, is_mutating
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -36,9 +36,6 @@ def engine(make, log):
     e.up()
     return e
 
-
-def by_id(result, logical_id):
-    return next(r for r in result.resources if r.logical_id == logical_id)
 
 
 def bucket_statements() -> dict:
@@ -128,21 +125,6 @@ def test_second_up_makes_no_mutating_calls(engine, log):
 
 
 # --- drift ---------------------------------------------------------------------------------------
-def assert_repaired(engine, log, logical_id, field, expected_calls):
-    status = by_id(engine.status(), logical_id)
-    assert status.health == "drifted"
-    assert field in {c.field for c in status.changes}
-    planned = by_id(engine.plan(), logical_id)
-    assert planned.action == "update" and field in {c.field for c in planned.changes}
-    log.clear()
-    assert by_id(engine.up(), logical_id).action == "update"
-    assert log.counts(mutating_only=True) == expected_calls
-    log.clear()
-    engine.up()
-    assert log.mutating == []
-    assert engine.status().in_sync
-
-
 def test_stopped_logging_is_restarted(engine, log):
     client("cloudtrail").stop_logging(Name=TRAIL)
     assert_repaired(engine, log, "trail.trail", "logging", {"cloudtrail.StartLogging": 1})
