@@ -190,8 +190,8 @@ class KmsAlias(Resource):
         return None
 
     def _target_is_ours(self, ctx: StepContext, target: str) -> bool:
-        if not target:
-            return True
+        if not target or target == ctx.refs.get("kms.key", {}).get("id"):
+            return True  # no target, or the key this run already found (and checked) as ours
         try:
             tags = tag_dict(paginate(ctx.client("kms"), "list_resource_tags", "Tags", KeyId=target),
                             "TagKey", "TagValue")
