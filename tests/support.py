@@ -73,3 +73,33 @@ def assert_repaired(engine: Any, log: CallLog, logical_id: str, field: str, expe
     engine.up()
     assert log.mutating == []
     assert engine.status().in_sync
+
+
+class Interrupt(KeyboardInterrupt):
+    """Stands for the process being stopped at this point."""
+
+
+class FaultAt:
+    """Make the Nth mutating call fail in the given mode."""
+
+    def __init__(self, n: int, mode: str) -> None:
+        self.n, self.mode, self.seen, self.fired = n, mode, 0, None
+
+    def attach(self, events) -> None:
+        events.register("before-call.*.*", self._before, unique_id="fault-before")
+        events.register("after-call.*.*", self._after, unique_id="fault-after")
+
+    def _before(self, model: Any, **_: Any) -> None:
+        if not is_mutating(model.name):
+            return
+        self.seen += 1
+        if self.seen == self.n and self.mode in ("error", "abort"):
+            self.fired = f"{model.service_model.service_name}.{model.name}"
+            if self.mode == "abort":
+                raise Interrupt(self.fired)
+            fail_with("InternalFailure")(model)
+
+    def _after(self, model: Any, **_: Any) -> None:
+        if is_mutating(model.name) and self.seen == self.n and self.mode == "lost" and self.fired is None:
+            self.fired = f"{model.service_model.service_name}.{model.name}"
+            raise ConnectionResetError(f"injected: answer to {model.name} lost")

@@ -15,47 +15,16 @@ import json
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from iotpipe.aws import AwsContext
 from iotpipe.config import load_config
 from iotpipe.engine import make_engine
 from tests.pipeline_checks import Clients, assert_nothing_left, verify_pipeline
-from tests.support import CallLog, is_mutating
+from tests.support import CallLog, FaultAt
 
 REGION = "us-east-1"
 MODES = ("error", "abort", "lost")
-
-
-class Interrupt(KeyboardInterrupt):
-    """Stands for the process being stopped at this point."""
-
-
-class FaultAt:
-    """Make the Nth mutating call fail in the given mode."""
-
-    def __init__(self, n: int, mode: str) -> None:
-        self.n, self.mode, self.seen, self.fired = n, mode, 0, None
-
-    def attach(self, events) -> None:
-        events.register("before-call.*.*", self._before, unique_id="fault-before")
-        events.register("after-call.*.*", self._after, unique_id="fault-after")
-
-    def _before(self, model, **_):
-        if not is_mutating(model.name):
-            return
-        self.seen += 1
-        if self.seen == self.n and self.mode in ("error", "abort"):
-            self.fired = f"{model.service_model.service_name}.{model.name}"
-            if self.mode == "abort":
-                raise Interrupt(self.fired)
-            raise ClientError({"Error": {"Code": "InternalFailure", "Message": "injected"}}, model.name)
-
-    def _after(self, model, **_):
-        if is_mutating(model.name) and self.seen == self.n and self.mode == "lost" and self.fired is None:
-            self.fired = f"{model.service_model.service_name}.{model.name}"
-            raise ConnectionResetError(f"injected: answer to {model.name} lost")
 
 
 def _engine(state_root: Path, log: CallLog | None = None, fault: FaultAt | None = None):

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from iotpipe.errors import IotpipeError, OwnershipError
 from iotpipe.steps import iot, kms
 from iotpipe.steps.base import same
-from tests.support import CallLog, assert_repaired, by_id, fail_with, is_mutating
+from tests.support import CallLog, FaultAt, assert_repaired, by_id, fail_with
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -402,18 +402,11 @@ def test_a_crash_at_any_mutating_call_is_finished_by_the_next_up(make):
         env = f"crash{n}"
         log = CallLog()
         e = make(env=env, resources=RESOURCES, log=log)
-        seen = {"n": 0}
-
-        def crash(model, _n=n, _seen=seen, **_):
-            if is_mutating(model.name):
-                _seen["n"] += 1
-                if _seen["n"] == _n + 1:
-                    raise ClientError({"Error": {"Code": "InternalFailure", "Message": "crash"}}, model.name)
-
-        e.ctx.aws.events.register("before-call.*.*", crash)
+        fault = FaultAt(n + 1, "error")
+        fault.attach(e.ctx.aws.events)
         with pytest.raises(IotpipeError):
             e.up()
-        assert seen["n"] == n + 1
+        assert fault.fired is not None
         e = make(env=env, resources=RESOURCES, log=log)  # the next run: new session, no fault
         e.up()
         log.clear()

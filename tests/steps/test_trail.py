@@ -8,11 +8,10 @@ import json
 
 import boto3
 import pytest
-from botocore.exceptions import ClientError
 
 from iotpipe.errors import AwsCallError, IotpipeError, OwnershipError
 from iotpipe.steps import s3util, trail
-from tests.support import CallLog, assert_repaired, by_id, fail_with, is_mutating
+from tests.support import CallLog, FaultAt, assert_repaired, by_id, fail_with
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
@@ -281,18 +280,11 @@ def test_a_crash_at_any_mutating_call_is_finished_by_the_next_up(make):
     for n in range(total):
         env = f"crash{n}"
         e = make(env=env, resources=RESOURCES)
-        seen = {"n": 0}
-
-        def crash(model, _n=n, _seen=seen, **_):
-            if is_mutating(model.name):
-                _seen["n"] += 1
-                if _seen["n"] == _n + 1:
-                    raise ClientError({"Error": {"Code": "InternalError", "Message": "crash"}}, model.name)
-
-        e.ctx.aws.events.register("before-call.*.*", crash)
+        fault = FaultAt(n + 1, "error")
+        fault.attach(e.ctx.aws.events)
         with pytest.raises(IotpipeError):
             e.up()
-        assert seen["n"] == n + 1
+        assert fault.fired is not None
         log = CallLog()
         e = make(env=env, resources=RESOURCES, log=log)  # the next run: new session, no fault
         e.up()
