@@ -113,9 +113,11 @@ class Resource(ABC):
     resource_type: ClassVar[str]  # CloudFormation-style type, e.g. "AWS::S3::Bucket"
     depends_on: ClassVar[tuple[str, ...]] = ()
 
-    @abstractmethod
+    name_field: ClassVar[str] = ""  # the attribute of config.Names that holds the physical name
+
     def name(self, ctx: StepContext) -> str:
         """The deterministic physical name (the alias name for a KMS key)."""
+        return getattr(ctx.names, self.name_field)
 
     @abstractmethod
     def desired(self, ctx: StepContext) -> Spec: ...

@@ -137,8 +137,7 @@ class ThingType(Resource):
     logical_id = "iot.thing_type"
     resource_type = "AWS::IoT::ThingType"
 
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.thing_type
+    name_field = "thing_type"
 
     def desired(self, ctx: StepContext) -> Spec:
         return {
@@ -242,8 +241,7 @@ class DevicePolicy(Resource):
     logical_id = "iot.device_policy"
     resource_type = "AWS::IoT::Policy"
 
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.device_policy
+    name_field = "device_policy"
 
     def desired(self, ctx: StepContext) -> Spec:
         return {"document": device_policy_document(ctx)}
@@ -300,9 +298,7 @@ class TopicRule(Resource):
     logical_id = "iot.topic_rule"
     resource_type = "AWS::IoT::TopicRule"
     depends_on = ("iot.rule_role", "iot.log_group")
-
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.topic_rule
+    name_field = "topic_rule"
 
     def desired(self, ctx: StepContext) -> Spec:
         role = ctx.ref("iot.rule_role", "arn")

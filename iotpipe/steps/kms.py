@@ -69,8 +69,7 @@ class KmsKey(Resource):
     logical_id = "kms.key"
     resource_type = "AWS::KMS::Key"
 
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.kms_alias
+    name_field = "kms_alias"
 
     def desired(self, ctx: StepContext) -> Spec:
         return {
@@ -173,9 +172,7 @@ class KmsAlias(Resource):
     logical_id = "kms.alias"
     resource_type = "AWS::KMS::Alias"
     depends_on = ("kms.key",)
-
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.kms_alias
+    name_field = "kms_alias"
 
     def desired(self, ctx: StepContext) -> Spec:
         return {"target_key_id": ctx.ref("kms.key", "id")}

@@ -162,9 +162,7 @@ class DeadLetterQueue(Resource):
     logical_id = "lambda.dlq"
     resource_type = "AWS::SQS::Queue"
     depends_on = ("kms.key",)
-
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.dlq
+    name_field = "dlq"
 
     def desired(self, ctx: StepContext) -> Spec:
         return {
@@ -268,9 +266,7 @@ class Function(Resource):
     logical_id = "lambda.function"
     resource_type = "AWS::Lambda::Function"
     depends_on = ("lambda.role", "kms.key", "lambda.log_group")
-
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.function
+    name_field = "function"
 
     def environment(self, ctx: StepContext) -> dict[str, str]:
         """The seed's three variables plus the anomaly thresholds from the config."""

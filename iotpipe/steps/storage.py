@@ -55,9 +55,7 @@ class SensorBucket(Resource):
     logical_id = "storage.sensor_bucket"
     resource_type = "AWS::S3::Bucket"
     depends_on = ("kms.key",)
-
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.sensor_bucket
+    name_field = "sensor_bucket"
 
     def arn(self, ctx: StepContext) -> str:
         return f"arn:{ctx.aws.partition}:s3:::{ctx.names.sensor_bucket}"
@@ -216,9 +214,7 @@ class MetricsTable(Resource):
     logical_id = "storage.metrics_table"
     resource_type = "AWS::DynamoDB::Table"
     depends_on = ("kms.key",)
-
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.metrics_table
+    name_field = "metrics_table"
 
     def desired(self, ctx: StepContext) -> Spec:
         key_arn = ctx.ref("kms.key", "arn")

@@ -37,9 +37,7 @@ class SensorStream(Resource):
     logical_id = "stream.sensor_stream"
     resource_type = "AWS::Kinesis::Stream"
     depends_on = ("kms.key",)
-
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.stream
+    name_field = "stream"
 
     def desired(self, ctx: StepContext) -> Spec:
         key_arn = ctx.ref("kms.key", "arn")

@@ -75,8 +75,7 @@ class TrailBucket(Resource):
     logical_id = "trail.bucket"
     resource_type = "AWS::S3::Bucket"
 
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.trail_bucket
+    name_field = "trail_bucket"
 
     def desired(self, ctx: StepContext) -> Spec:
         return {
@@ -156,9 +155,7 @@ class Trail(Resource):
     logical_id = "trail.trail"
     resource_type = "AWS::CloudTrail::Trail"
     depends_on = ("trail.bucket",)
-
-    def name(self, ctx: StepContext) -> str:
-        return ctx.names.trail
+    name_field = "trail"
 
     def desired(self, ctx: StepContext) -> Spec:
         return {
