@@ -65,6 +65,8 @@ class Behaviour:
                 arming = self._arming(rule, call)
                 if arming is not None:
                     self.fired.append((rule.name, call.operation, "ghost"))
+                    if rule.body_from_answer:
+                        return rule.body(arming.key, arming.extra.get("answer") or {})
                     return rule.body(arming.key)
         return None
 
@@ -72,6 +74,13 @@ class Behaviour:
         """Rewrite a successful read's answer with the transitional states in force."""
         with self._lock:
             for rule in self.rules:
+                if isinstance(rule, GhostRule) and rule.service == call.service and \
+                        call.operation in rule.list_reads and rule.add_to_list is not None:
+                    for arming in self._armings(rule, call, keyed=False):
+                        rule.add_to_list(parsed, arming.key, arming.extra.get("answer") or {},
+                                         call.params)
+                        self.fired.append((rule.name, call.operation, "ghost"))
+                    continue
                 if not isinstance(rule, StateRule) or rule.service != call.service or \
                         call.operation not in rule.reads:
                     continue
@@ -87,17 +96,18 @@ class Behaviour:
                     continue
                 key = rule.trigger_key(call.params, answer) if rule.trigger_key else None
                 self.armed = [a for a in self.armed if not (a.rule is rule and a.key == key)]
-                self.armed.append(Armed(rule, key, call.now))
+                self.armed.append(Armed(rule, key, call.now, extra={"answer": answer}))
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _armings(self, rule: Rule, call: Call) -> list[Armed]:
+    def _armings(self, rule: Rule, call: Call, keyed: bool = True) -> list[Armed]:
+        """The armings in force for this call (``keyed=False``: for any resource, as a list)."""
         now = call.now
-        key = rule.call_key(call.params) if rule.call_key else None
+        key = rule.call_key(call.params) if rule.call_key and keyed else None
         found = []
         for arming in self.armed:
             if arming.rule is not rule or now - arming.since >= rule.duration_s:
                 continue
-            if rule.call_key is not None and arming.key != key:
+            if keyed and rule.call_key is not None and arming.key != key:
                 continue
             found.append(arming)
         return found

@@ -84,6 +84,13 @@ class GhostRule:
     source: str
     trigger_key: TriggerKeyOf | None = None
     call_key: KeyOf | None = None
+    # ``body(key, answer)`` instead of ``body(key)``: the ghost is what the delete answered
+    # (an event source mapping has no name to rebuild it from).
+    body_from_answer: bool = False
+    # List reads that still show the ghost: ``add_to_list(parsed, key, answer, params)``
+    # puts it back into moto's answer (moto's list no longer has it).
+    list_reads: tuple[str, ...] = ()
+    add_to_list: Callable[[dict[str, Any], Any, dict[str, Any], dict[str, Any]], None] | None = None
 
 
 Rule = ErrorRule | StateRule | GhostRule

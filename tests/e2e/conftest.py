@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.behaviour_fixtures import aws_iotpipe, proxy  # noqa: F401 - through the behaviour proxy
 from tests.pipeline_checks import Clients
 
 REPO = Path(__file__).resolve().parents[2]

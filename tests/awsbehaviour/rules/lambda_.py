@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.awsbehaviour.model import StateRule, answer_path, trigger_param
+from tests.awsbehaviour.model import GhostRule, StateRule, answer_path, trigger_param
 
 STATES_DOC = "https://docs.aws.amazon.com/lambda/latest/dg/functions-states.html"
 ESM_DOC = ("https://docs.aws.amazon.com/lambda/latest/api/API_EventSourceMappingConfiguration.html"
@@ -63,5 +63,45 @@ RULES = (
         patch=_mapping_state, after=("lambda", "UpdateEventSourceMapping"), duration_s=10.0,
         trigger_key=trigger_param("UUID"), call_key=None,
         source=ESM_DOC,
+    ),
+)
+
+
+DELETE_ESM_DOC = ("https://docs.aws.amazon.com/lambda/latest/api/API_DeleteEventSourceMapping.html"
+                  " ('When you delete an event source mapping, it enters a Deleting state and might"
+                  " not be completely deleted for several seconds.')")
+
+
+def _deleting(_uuid: Any, answer: dict[str, Any]) -> dict[str, Any]:
+    ghost = {k: v for k, v in answer.items() if k != "ResponseMetadata"}
+    ghost["State"] = "Deleting"
+    return ghost
+
+
+def _list_deleting(parsed: dict[str, Any], uuid: Any, answer: dict[str, Any],
+                   params: dict[str, Any]) -> None:
+    """ListEventSourceMappings still lists it (Deleting) for the stream and function it had."""
+    items = parsed.get("EventSourceMappings")
+    if not isinstance(items, list) or any(i.get("UUID") == uuid for i in items):
+        return
+    wanted = params.get("EventSourceArn")
+    if wanted and wanted != answer.get("EventSourceArn"):
+        return
+    function = params.get("FunctionName")
+    if function and function not in (answer.get("FunctionArn"),
+                                      str(answer.get("FunctionArn", "")).rsplit(":", 1)[-1]):
+        return
+    items.append(_deleting(uuid, answer))
+
+
+RULES = (
+    *RULES,
+    GhostRule(
+        name="lambda.mapping-deleting",
+        service="lambda", reads=("GetEventSourceMapping",), body=_deleting, body_from_answer=True,
+        list_reads=("ListEventSourceMappings",), add_to_list=_list_deleting,
+        after=("lambda", "DeleteEventSourceMapping"), duration_s=20.0,
+        trigger_key=trigger_param("UUID"), call_key=lambda p: p.get("UUID"),
+        source=DELETE_ESM_DOC + "; " + ESM_DOC,
     ),
 )

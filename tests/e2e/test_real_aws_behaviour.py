@@ -1,0 +1,96 @@
+"""The CLI against AWS's behaviour, not moto's: every rule of the table (``ALL_RULES``), applied
+by the proxy to the real HTTP requests of an ``iotpipe`` subprocess whose sleeps advance the
+proxy's clock (no real waiting).
+
+What moto forgives and these runs do not: tables, streams, functions and mappings that are not
+ready at once, deleted things still visible for a while, IoT's five-minute thing-type rule,
+and every other rule the table holds (propagation errors, quotas...).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from iotpipe.errors import ExitCode
+from tests.pipeline_checks import assert_nothing_left, verify_pipeline
+
+KILLER = Path(__file__).resolve().parents[1] / "killer.py"
+# What a clean `up` must have met, or the proxy did not stand between the CLI and moto.
+STATES_MET_BY_UP = {"dynamodb.table-creating", "kinesis.stream-creating",
+                    "lambda.function-pending"}
+
+
+def _ok(proc, *codes: int) -> None:
+    assert proc.returncode in (codes or (0,)), (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+def _resources(proc) -> dict[str, dict]:
+    return {r["logical_id"]: r for r in json.loads(proc.stdout)["resources"]}
+
+
+def test_up_converge_repair_devices_destroy(aws_iotpipe, proxy, clients):
+    started, clock0 = time.monotonic(), proxy.clock.now()
+    up = aws_iotpipe("up", "--env", "dev")
+    _ok(up)
+    verify_pipeline(clients, "dev", enforce_tls=True)
+    assert proxy.behaviour.fired_rules() >= STATES_MET_BY_UP
+    # The waits happened on the proxy's clock (20 s CREATING, 30 s stream...), not in real time.
+    assert proxy.clock.now() - clock0 >= 30
+
+    # Converged: reads only, counted where they arrive (the proxy), not in the client.
+    seen = len(proxy.seen)
+    again = aws_iotpipe("up", "--env", "dev", "--json")
+    _ok(again)
+    assert {r["action"] for r in _resources(again).values()} == {"unchanged"}
+    assert proxy.operations(mutating=True)[seen:] == [] and len(proxy.seen) > seen
+
+    # Drift made out of band (straight to moto), repaired through AWS's update states.
+    clients.client("lambda").update_function_configuration(FunctionName="iot-processor-dev",
+                                                           MemorySize=512)
+    clients.dynamodb.update_continuous_backups(
+        TableName="sensor-metrics-dev",
+        PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": False})
+    clients.logs.put_retention_policy(logGroupName="/aws/lambda/iot-processor-dev", retentionInDays=7)
+    repaired = aws_iotpipe("up", "--env", "dev", "--json")
+    _ok(repaired)
+    updated = {lid for lid, r in _resources(repaired).items() if r["action"] == "update"}
+    assert updated == {"lambda.function", "storage.metrics_table", "lambda.log_group"}
+    assert "lambda.function-inprogress-after-UpdateFunctionConfiguration" in proxy.behaviour.fired_rules()
+    verify_pipeline(clients, "dev", enforce_tls=True)
+
+    for device in ("press-01", "press-02"):
+        _ok(aws_iotpipe("device", "add", device, "--env", "dev", "--location", "hall-2"))
+    assert len(clients.iot.list_things(thingTypeName="manufacturing-sensor-dev")["things"]) == 2
+
+    # AWS refuses DeleteThingType for 5 minutes after DeprecateThingType: everything else goes,
+    # the thing type is reported pending with AWS's own words, exit 3.
+    destroy = aws_iotpipe("destroy", "--env", "dev", "--yes", "--json")
+    _ok(destroy, ExitCode.INCOMPLETE)
+    results = _resources(destroy)
+    assert results["iot.thing_type"]["action"] == "pending"
+    assert "Please wait for 5 minutes after deprecation" in results["iot.thing_type"]["message"]
+    assert {r["action"] for lid, r in results.items() if lid != "iot.thing_type"} == {"delete"}
+    assert clients.iot.list_things()["things"] == []
+
+    # --wait sleeps the rule out (on the proxy's clock) and finishes.
+    finish = aws_iotpipe("destroy", "--env", "dev", "--yes", "--wait")
+    _ok(finish)
+    assert_nothing_left(clients, "dev")
+    assert proxy.clock.now() - clock0 >= 300
+    assert time.monotonic() - started < 240  # minutes of AWS time, not of test time
+
+
+def test_interrupted_up_and_destroy_converge(aws_iotpipe, proxy, clients):
+    """SIGKILL at sampled mutating calls, before the request left and after AWS answered it:
+    the re-runs converge through AWS's transitional states and five-minute rules."""
+    for n, when in ((9, "before"), (12, "after")):
+        killed = aws_iotpipe(str(n), when, "up", "--env", "dev", script=KILLER)
+        assert killed.returncode == -9, (n, when, killed.stderr[-2000:])
+    _ok(aws_iotpipe("up", "--env", "dev"))
+    verify_pipeline(clients, "dev", enforce_tls=True)
+    killed = aws_iotpipe("6", "after", "destroy", "--env", "dev", "--yes", script=KILLER)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    _ok(aws_iotpipe("destroy", "--env", "dev", "--yes", "--wait"))
+    assert_nothing_left(clients, "dev")
