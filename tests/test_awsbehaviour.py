@@ -88,3 +88,42 @@ def test_a_deleted_table_is_still_seen_deleting_for_a_while(moto):
     clock.advance(15)
     with pytest.raises(ddb.exceptions.ResourceNotFoundException):
         ddb.describe_table(TableName="t")
+
+
+def test_sqs_refusal_in_process_is_the_modelled_class_with_the_query_code(moto):
+    clock = FakeClock()
+    sqs = _client("sqs", behaviour_for(rules_named("sqs.queue-deleted-recently"), clock, REGION))
+    sqs.delete_queue(QueueUrl=sqs.create_queue(QueueName="q")["QueueUrl"])
+    with pytest.raises(sqs.exceptions.QueueDeletedRecently) as err:
+        sqs.create_queue(QueueName="q")
+    assert err.value.response["Error"]["Code"] == "AWS.SimpleQueueService.QueueDeletedRecently"
+    clock.advance(60)
+    assert sqs.create_queue(QueueName="q")["QueueUrl"]
+
+
+def test_a_deleted_mapping_is_still_read_and_listed_deleting_in_process(moto):
+    import io
+    import json
+    import zipfile
+
+    clock = FakeClock()
+    behaviour = behaviour_for(rules_named("lambda.mapping-deleting"), clock, REGION)
+    lam, kinesis, iam = (_client(s, behaviour) for s in ("lambda", "kinesis", "iam"))
+    kinesis.create_stream(StreamName="s", ShardCount=1)
+    stream = kinesis.describe_stream_summary(StreamName="s")["StreamDescriptionSummary"]["StreamARN"]
+    role = iam.create_role(RoleName="r", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17"}))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("index.py", "def handler(e, c):\n    return e\n")
+    lam.create_function(FunctionName="f", Runtime="python3.11", Role=role["Role"]["Arn"],
+                        Handler="index.handler", Code={"ZipFile": buf.getvalue()})
+    uuid = lam.create_event_source_mapping(EventSourceArn=stream, FunctionName="f",
+                                           StartingPosition="LATEST")["UUID"]
+    lam.delete_event_source_mapping(UUID=uuid)
+    assert lam.get_event_source_mapping(UUID=uuid)["State"] == "Deleting"
+    listed = lam.list_event_source_mappings(EventSourceArn=stream)["EventSourceMappings"]
+    assert [(m["UUID"], m["State"]) for m in listed] == [(uuid, "Deleting")]
+    clock.advance(20)
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_event_source_mapping(UUID=uuid)
+    assert lam.list_event_source_mappings(EventSourceArn=stream)["EventSourceMappings"] == []

@@ -175,7 +175,12 @@ def install(events: Any, behaviour: Behaviour) -> Behaviour:
         refused = behaviour.refusal(call)
         if refused is not None:
             rule, message = refused
-            return _Http(rule.http_status), error_body(rule, message)
+            body = error_body(rule, message)
+            if "awsQueryCompatible" in model.service_model.metadata:
+                # What botocore's JSON parser makes of x-amzn-query-error: the class comes
+                # from the shape name (AWS.SimpleQueueService.X -> X), the code stays.
+                body["Error"]["QueryErrorCode"] = rule.code.rsplit(".", 1)[-1]
+            return _Http(rule.http_status), body
         body = behaviour.ghost(call)
         if body is not None:
             context["awsbehaviour.ghost"] = True

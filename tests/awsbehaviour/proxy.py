@@ -22,6 +22,7 @@ watchdog that stops it when idle or too old, so a failed test cannot leave it ru
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import re
@@ -154,6 +155,12 @@ class Catalogue:
         return None
 
 
+@functools.cache
+def _catalogue() -> Catalogue:
+    """Built once per process: parsing the models is most of a proxy's start-up."""
+    return Catalogue()
+
+
 def _rest_params(op: Any, route: _Route, found: re.Match[str], qs: dict[str, list[str]],
                  headers: Any, body: bytes) -> dict[str, Any]:
     uri = {name: urllib.parse.unquote(value) for name, value in zip(route.labels, found.groups(),
@@ -192,10 +199,13 @@ def error_response(service: _Service, method: str, rule: ErrorRule, message: str
     code = rule.code
     if protocol == "json":
         headers = {"Content-Type": f"application/x-amz-json-{service.model.metadata['jsonVersion']}"}
+        shape = code
         if "awsQueryCompatible" in service.model.metadata:
-            # SQS speaks JSON but keeps its query-era codes in this header (botocore reads it).
+            # SQS speaks JSON but keeps its query-era codes in this header, and the error's
+            # shape name in __type (botocore maps the class from the latter, reports the former).
             headers["x-amzn-query-error"] = f"{code};Sender"
-        body = json.dumps({"__type": code, "message": message}).encode()
+            shape = f"com.amazonaws.{service.name}#{query_shape(code)}"
+        body = json.dumps({"__type": shape, "message": message}).encode()
     elif protocol == "rest-json":
         headers = {"Content-Type": "application/json", "x-amzn-ErrorType": code}
         body = json.dumps({"Type": "User", "message": message}).encode()
@@ -210,6 +220,11 @@ def error_response(service: _Service, method: str, rule: ErrorRule, message: str
                 f"<Message>{_xml(message)}</Message></Error><RequestId>awsbehaviour</RequestId>"
                 "</ErrorResponse>").encode()
     return rule.http_status, headers, b"" if method == "HEAD" else body
+
+
+def query_shape(code: str) -> str:
+    """The error shape of a query-era code: AWS.SimpleQueueService.QueueDeletedRecently."""
+    return code.rsplit(".", 1)[-1]
 
 
 def _xml(text: str) -> str:
@@ -242,7 +257,7 @@ class BehaviourProxy:
                  clock: FakeClock | None = None, max_in_flight: int = 16,
                  idle_s: float = 120.0, max_lifetime_s: float = 900.0) -> None:
         rules = list(rules)
-        self.catalogue = Catalogue()
+        self.catalogue = _catalogue()
         for rule in rules:
             if isinstance(rule, (StateRule, GhostRule)):
                 protocol = botocore.session.get_session().get_service_model(rule.service).protocol
