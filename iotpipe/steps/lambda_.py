@@ -23,6 +23,7 @@ from iotpipe.steps.base import (
     Resource,
     Spec,
     StepContext,
+    UnknownYet,
     changed_fields,
     diff_specs,
     filter_tags,
@@ -292,6 +293,8 @@ class Function(Resource):
             "kms_key_arn": ctx.ref("kms.key", "arn"),
             "code_sha256": code_sha256(build_handler_zip()),
             "tags": ctx.tags(self.logical_id),
+            # The principal the function's KMS grant was made for (see read()).
+            "role_id": ctx.ref("lambda.role", "id"),
         }
 
     def read(self, ctx: StepContext) -> Current | None:
@@ -323,8 +326,19 @@ class Function(Resource):
             "state": cfg.get("State"),
             "last_update_status": cfg.get("LastUpdateStatus"),
         }
-        return Current(spec, {"name": cfg["FunctionName"], "arn": cfg["FunctionArn"]},
-                       managed=ctx.owns(tags))
+        ids = {"name": cfg["FunctionName"], "arn": cfg["FunctionArn"]}
+        # Lambda reads the environment variables through a KMS grant it made for the role's
+        # principal (RoleId) when the role was set. A role deleted and re-created under the same
+        # name keeps its ARN but not its RoleId, and every invoke then fails to decrypt: so the
+        # RoleId the function was configured with is recorded, and a different one is drift.
+        # Lambda does not report it, so without a record (a lost state file) it cannot be
+        # compared and the current role's id is recorded as the baseline.
+        recorded = ctx.recorded(self.logical_id).get("role_id")
+        spec["role_id"] = recorded or Unreported("(not recorded)")
+        baseline = recorded or ctx.refs.get("lambda.role", {}).get("id")
+        if baseline:
+            ids["role_id"] = baseline
+        return Current(spec, ids, managed=ctx.owns(tags))
 
     def diff(self, current: Spec, desired: Spec) -> list[Change]:
         return [c for c in diff_specs(current, desired) if not isinstance(c.current, Unreported)]
@@ -351,14 +365,21 @@ class Function(Resource):
         # A role made seconds ago is not assumable by Lambda yet (IAM is eventually consistent).
         created = ctx.aws.retrying(lambda: lam.create_function(**params), ROLE_NOT_ASSUMABLE_YET)
         lam.get_waiter("function_active_v2").wait(FunctionName=name)
-        return {"name": name, "arn": created["FunctionArn"]}
+        ids = {"name": name, "arn": created["FunctionArn"]}
+        if not isinstance(desired["role_id"], UnknownYet):
+            ids["role_id"] = desired["role_id"]
+        return ids
 
-    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+    def update(self, ctx: StepContext, current: Current, desired: Spec,
+               changes: list[Change]) -> dict[str, str] | None:
         lam = ctx.client("lambda")
         name = self.name(ctx)
         fields = changed_fields(changes)
         self._wait_until_idle(ctx, current)
         config = {param: desired[key] for key, param in _CONFIG_PARAMS.items() if key in fields}
+        if "role_id" in fields:
+            # Same ARN, new principal: setting the role again makes Lambda grant the new one.
+            config["Role"] = desired["role"]
         if "environment" in fields:
             config["Environment"] = {"Variables": desired["environment"]}
         if config:
@@ -378,6 +399,9 @@ class Function(Resource):
                 lam.tag_resource(Resource=current.ids["arn"], Tags=to_set)
             if to_remove:
                 lam.untag_resource(Resource=current.ids["arn"], TagKeys=to_remove)
+        if "Role" in config and not isinstance(desired["role_id"], UnknownYet):
+            return {"role_id": desired["role_id"]}
+        return None
 
     @staticmethod
     def _wait_until_idle(ctx: StepContext, current: Current) -> None:

@@ -106,7 +106,7 @@ RETRIES = (
         service="lambda", operation="CreateEventSourceMapping", code="InvalidParameterValueException",
         message="Cannot access stream {EventSourceArn}. Please ensure the role can perform the "
                 "GetRecords, GetShardIterator, DescribeStream, and ListStreams Actions on your stream in IAM.",
-        after=("iam", "PutRolePolicy"), duration_s=15.0,
+        after=("iam", "PutRolePolicy"), duration_s=45.0,
         source="https://docs.aws.amazon.com/lambda/latest/dg/with-kinesis.html (execution role "
                "permissions); the same text is retried by aws-cdk deployers as IAM propagation",
     ),
