@@ -1,16 +1,19 @@
 """One boto3 session per run: clients, retries, account id and AWS error helpers.
 
-Retries live here, once, in botocore's own retry modes, so no step hand-writes a loop for
-throttling. The only retry iotpipe adds itself is for IAM's documented eventual consistency
-(`retry_while_role_propagates`).
+Retries live here, once: botocore's own retry modes for throttling and 5xx, and one bounded
+loop of iotpipe's (`call_with_retries`) for the transient refusals AWS documents (a new role not
+assumable yet, backups being enabled, a bucket name still being released...), each named by a
+`Transient` below, beside the AWS behaviour it stands for. No step hand-writes a loop.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import boto3
@@ -48,15 +51,6 @@ ACCESS_DENIED_CODES = frozenset({
     "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
     "AuthFailure", "InvalidAccessKeyId",
 })
-# Lambda and IoT reject a role for a few seconds after IAM created it; these are the messages.
-ROLE_PROPAGATION_MARKERS = (
-    "cannot be assumed", "does not have permissions", "not authorized to perform",
-    "role defined for the function", "unable to assume", "is not authorized to assume",
-    "invalid principal",
-)
-ROLE_PROPAGATION_TIMEOUT_S = 120.0
-
-
 def error_code(err: BaseException) -> str:
     if isinstance(err, ClientError):
         return str(err.response.get("Error", {}).get("Code", ""))
@@ -73,8 +67,31 @@ def is_not_found(err: BaseException) -> bool:
     return error_code(err) in NOT_FOUND_CODES
 
 
+# "User: arn:aws:iam::123456789012:user/x is not authorized to perform: iam:PassRole on resource:
+# ..." names the caller (a user, the root, or an assumed role's session): AWS refused *us*.
+_CALLER_DENIAL = re.compile(
+    r"user: arn:aws[\w-]*:(iam|sts)::\d{12}:(user/|root|assumed-role/|federated-user/)"
+    r"\S* is not authorized to perform")
+
+
+def is_caller_denied(err: BaseException) -> bool:
+    """AWS refused the caller itself: no amount of waiting changes that.
+
+    Access-denied codes are always about the caller (services report a role they cannot use
+    with InvalidParameterValueException or InvalidRequestException); so is a denial of
+    ``iam:PassRole``, which only the caller ever needs, whatever code carries it.
+    """
+    if error_code(err) in ACCESS_DENIED_CODES:
+        return True
+    message = error_message(err).lower()
+    if "iam:passrole" in message and "not authorized" in message:
+        return True
+    return error_code(err) in {"UnauthorizedException", "AuthorizationErrorException"} and bool(
+        _CALLER_DENIAL.search(message))
+
+
 def is_access_denied(err: BaseException) -> bool:
-    return error_code(err) in ACCESS_DENIED_CODES
+    return is_caller_denied(err)
 
 
 def translate(err: BaseException) -> BaseException:
@@ -178,29 +195,126 @@ class AwsContext:
             f"{self.account_id if account else ''}:{resource}"
         )
 
-    def retry_while_role_propagates(self, call: Callable[[], T]) -> T:
-        """Run ``call``, retrying only while AWS says a new IAM role is not usable yet.
+    def retrying(self, call: Callable[[], T], *transients: Transient) -> T:
+        """``call_with_retries`` on this run's injected sleep and clock."""
+        return call_with_retries(call, *transients, sleep=self.sleep, clock=self.clock)
 
-        IAM is eventually consistent: Lambda's CreateFunction and IoT's CreateTopicRule reject
-        a role for several seconds after CreateRole succeeded. This is the documented case for
-        our own retry (DESIGN.md rule 7); it is bounded and everything else is raised at once.
-        """
-        deadline = self.clock() + ROLE_PROPAGATION_TIMEOUT_S
-        delay = 1.0
-        while True:
-            try:
-                return call()
-            except ClientError as err:
-                message = error_message(err).lower()
-                code = error_code(err)
-                retryable = code in {"InvalidParameterValueException", "InvalidRequestException",
-                                     "UnauthorizedException", "AccessDeniedException"} and any(
-                    marker in message for marker in ROLE_PROPAGATION_MARKERS
-                )
-                if not retryable or self.clock() + delay > deadline:
-                    raise
-                self.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+# --------------------------------------------------------------------------------------------
+# Transient refusals: AWS says "not yet" for a while, then does it. Each is data: which answer,
+# for how long at most, and where AWS (or terraform-provider-aws, which retries the same) says so.
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Transient:
+    """One documented "try again later" answer of AWS, and how long it may last."""
+
+    name: str  # said in the error when the bound is exhausted
+    matches: Callable[[BaseException], bool]
+    timeout_s: float  # the whole bound, from the first attempt
+    source: str
+    first_delay_s: float = 1.0
+    max_delay_s: float = 10.0
+
+
+def _code_and_text(codes: frozenset[str] | set[str], *markers: str) -> Callable[[BaseException], bool]:
+    def matches(err: BaseException) -> bool:
+        if error_code(err) not in codes or is_caller_denied(err):
+            return False
+        message = error_message(err).lower()
+        return not markers or any(m in message for m in markers)
+
+    return matches
+
+
+ROLE_NOT_ASSUMABLE_YET = Transient(
+    "the new IAM role is not usable by the service yet",
+    _code_and_text(
+        {"InvalidParameterValueException", "InvalidRequestException"},
+        # Lambda CreateFunction/UpdateFunctionConfiguration
+        "cannot be assumed by lambda", "role defined for the function",
+        # Lambda CreateFunction with KMSKeyArn: the grant names the role, unknown to KMS yet
+        "kms key is invalid for creategrant", "does not refer to a valid principal",
+        # Lambda CreateEventSourceMapping: the role's policy is not visible to the poller yet
+        "cannot access stream", "please ensure the role can perform", "does not have permissions",
+        # IoT CreateTopicRule/ReplaceTopicRule
+        "sts:assumerole", "try again in a few seconds", "unable to assume", "is not authorized to assume",
+        "invalid principal",
+    ),
+    # IAM is eventually consistent; Chalice and terraform-provider-aws bound this at ~2 minutes.
+    timeout_s=120.0,
+    source="https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html"
+           "#troubleshoot_general_eventual-consistency; terraform-provider-aws "
+           "internal/service/lambda/function.go, internal/service/iot/topic_rule.go "
+           "(RetryWhenAWSErrMessageContains ... \"sts:AssumeRole\")",
+)
+BACKUPS_BEING_ENABLED = Transient(
+    "DynamoDB is still enabling backups for the new table",
+    _code_and_text({"ContinuousBackupsUnavailableException"}, "backups are being enabled"),
+    timeout_s=600.0,
+    source="terraform-provider-aws internal/service/dynamodb/table.go (updatePITR retries "
+           "ContinuousBackupsUnavailableException \"Backups are being enabled\")",
+)
+KEY_NOT_FOUND_YET = Transient(
+    "KMS does not see the new key everywhere yet",
+    _code_and_text({"NotFoundException"}),
+    timeout_s=120.0,
+    source="https://docs.aws.amazon.com/kms/latest/developerguide/accessing-kms.html"
+           "#programming-eventual-consistency; terraform-provider-aws internal/service/kms/key.go "
+           "(updateKeyRotationEnabled/updateKeyPolicy: RetryWhenIsA NotFoundException)",
+)
+BUCKET_NAME_BEING_RELEASED = Transient(
+    "S3 is still releasing the name of a bucket deleted moments ago",
+    _code_and_text({"OperationAborted"}, "conflicting conditional operation"),
+    timeout_s=180.0,
+    max_delay_s=15.0,
+    source="https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html (OperationAborted, "
+           "409); terraform-provider-aws internal/service/s3 (retries OperationAborted)",
+)
+MAPPING_IN_USE = Transient(
+    "the event source mapping is still being created or updated",
+    _code_and_text({"ResourceInUseException"}),
+    timeout_s=300.0,
+    source="https://docs.aws.amazon.com/lambda/latest/api/API_DeleteEventSourceMapping.html "
+           "(ResourceInUseException: 'you tried to delete an event source mapping currently UPDATING')",
+)
+POLICY_DETACH_PROPAGATING = Transient(
+    "IoT still sees the policy attached to a principal it was just detached from",
+    _code_and_text({"DeleteConflictException", "InvalidRequestException"}, "attached", "detached"),
+    timeout_s=60.0,
+    max_delay_s=8.0,
+    source="https://docs.aws.amazon.com/iot/latest/apireference/API_DetachThingPrincipal.html "
+           "('DetachThingPrincipal is asynchronous. It might take several seconds')",
+)
+
+
+def call_with_retries(call: Callable[[], T], *transients: Transient,
+                      sleep: Callable[[float], None], clock: Callable[[], float]) -> T:
+    """Run ``call``; while it fails with one of ``transients``, back off and try again.
+
+    Everything else is raised at once: a permanent refusal (the caller's own access denied, a
+    malformed request) must not cost minutes of retries. Each transient has its own bound,
+    counted from the first attempt on the clock *and* in time slept (an injected sleep that
+    does not move the clock still ends the loop). Backoff doubles up to the transient's cap,
+    and the last pause is cut so that it ends at the bound, never after it: the final attempt
+    is made right at the deadline, then the error is raised as AWS gave it.
+    """
+    started = clock()
+    slept = 0.0
+    delay: float | None = None
+    while True:
+        try:
+            return call()
+        except Exception as err:
+            transient = next((t for t in transients if t.matches(err)), None)
+            if transient is None:
+                raise
+            remaining = transient.timeout_s - max(clock() - started, slept)
+            if remaining <= 0:
+                raise
+            delay = transient.first_delay_s if delay is None else min(delay * 2, transient.max_delay_s)
+            pause = min(delay, remaining)
+            sleep(pause)
+            slept += pause
 
 
 @functools.cache

@@ -19,6 +19,8 @@ from iotpipe import __version__
 from iotpipe.errors import AbortedError, ExitCode, IotpipeError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# destroy --wait: IoT's 5-minute windows (deprecated thing type, detached policy) plus a margin.
+WAIT_FOR_PENDING_S = 360.0
 
 
 @dataclass
@@ -178,14 +180,16 @@ def outputs(opts: Options, json_mode: bool) -> None:
 @json_option
 @lock_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
-@click.option("--wait", is_flag=True, help="Wait (up to 6 minutes) for AWS's 5-minute rule on deprecated IoT thing types instead of finishing on the next run.")
+@click.option("--wait", is_flag=True, help="Wait (up to 6 minutes) for AWS's 5-minute rules on deprecated IoT thing types and detached IoT policies instead of finishing on the next run.")
 def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait: bool) -> None:
     """Remove every resource of the env, in reverse order; a second run is a quiet success.
 
     Buckets are emptied (every version and delete marker), the KMS key is scheduled for
     deletion (kms.deletion_window_days), and resources iotpipe does not own are left alone.
-    AWS deletes an IoT thing type only 5 minutes after it was deprecated: destroy reports it
-    as pending (exit 3) and the next run finishes it, or use --wait.
+    AWS deletes an IoT thing type only 5 minutes after it was deprecated, and may see the
+    device policy attached for up to 5 minutes after it was detached: destroy deletes
+    everything else, reports those as pending (exit 3), and the next run finishes them, or
+    use --wait.
 
     \b
     Examples:
@@ -200,11 +204,11 @@ def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait
     renderer = _renderer(json_mode)
     engine = _build(opts, renderer, lock_timeout)
     result = engine.destroy()
-    deadline_polls = 36 if wait else 0
-    while deadline_polls and any(r.action == "pending" for r in result.resources):
-        renderer.message("waiting 10s for AWS to allow deleting the deprecated thing type…")
-        engine.ctx.aws.sleep(10)  # no AWS waiter exists for the thing-type deprecation window
-        deadline_polls -= 1
+    aws = engine.ctx.aws
+    deadline = aws.clock() + WAIT_FOR_PENDING_S
+    while wait and any(r.action == "pending" for r in result.resources) and aws.clock() < deadline:
+        renderer.message("waiting 10s for AWS to allow deleting what is pending…")
+        aws.sleep(10)  # no AWS waiter exists for IoT's 5-minute windows (thing type, detached policy)
         result = engine.destroy()
     renderer.run_summary(result)
     if any(r.action == "pending" for r in result.resources):

@@ -186,8 +186,13 @@ class Engine:
         changes = res.diff(current.spec, desired)
         if not changes:
             return self._result(res, "unchanged", ids=current.ids)
-        res.update(self.ctx, current, desired, changes)
-        return self._result(res, "update", changes=changes, ids=current.ids)
+        ids = current.ids
+        updated = res.update(self.ctx, current, desired, changes)
+        if updated:  # ids the update changed (the role a function was re-pointed to)
+            ids = {**current.ids, **updated}
+            self.store.record(res.logical_id, res.resource_type, name, ids)
+            self.ctx.refs[res.logical_id] = ids
+        return self._result(res, "update", changes=changes, ids=ids)
 
     def _destroy_one(self, res: Resource) -> ResourceResult:
         current = res.read(self.ctx)

@@ -134,8 +134,9 @@ class Resource(ABC):
         """Create it; return the ids to record (arn, id...)."""
 
     @abstractmethod
-    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
-        """Close exactly the listed changes."""
+    def update(self, ctx: StepContext, current: Current, desired: Spec,
+               changes: list[Change]) -> dict[str, str] | None:
+        """Close exactly the listed changes; return ids that changed (to record), if any."""
 
     @abstractmethod
     def delete(self, ctx: StepContext, current: Current) -> None:

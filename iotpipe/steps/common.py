@@ -154,7 +154,10 @@ class Role(Resource):
             "managed_policies": attached,
             "tags": filter_tags(ctx, self.logical_id, tags),
         }
-        return Current(spec, {"name": name, "arn": role["Arn"]}, managed=ctx.owns(tags))
+        # RoleId is the principal behind the name: a role deleted and re-created under the same
+        # name gets a new one, and grants made to the old one (Lambda's KMS grant) are void.
+        ids = {"name": name, "arn": role["Arn"], "id": role.get("RoleId", "")}
+        return Current(spec, ids, managed=ctx.owns(tags))
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         iam = ctx.client("iam")
@@ -167,7 +170,7 @@ class Role(Resource):
         )["Role"]
         for policy, document in desired["inline_policies"].items():
             iam.put_role_policy(RoleName=name, PolicyName=policy, PolicyDocument=policy_json(document))
-        return {"name": name, "arn": role["Arn"]}
+        return {"name": name, "arn": role["Arn"], "id": role.get("RoleId", "")}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
         iam = ctx.client("iam")

@@ -13,11 +13,18 @@ the rule, and devices get a policy that only lets a registered thing publish to 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from iotpipe.aws import error_code, error_message, is_not_found
+from iotpipe.aws import (
+    POLICY_DETACH_PROPAGATING,
+    ROLE_NOT_ASSUMABLE_YET,
+    error_code,
+    error_message,
+    is_not_found,
+)
 from iotpipe.errors import IotpipeError, OwnershipError
 from iotpipe.steps.base import (
     Change,
@@ -44,6 +51,10 @@ PARTITION_KEY = "${topic(3)}"
 SEARCHABLE_ATTRIBUTES = ("location", "facility", "equipment_type")
 # AWS refuses DeleteThingType until a thing type has been deprecated for this long.
 THING_TYPE_DELETE_DELAY = timedelta(minutes=5)
+# IoT may see a detached policy as attached for this long (DeletePolicy: DeleteConflictException).
+POLICY_DETACH_DELAY = timedelta(minutes=5)
+# Most detachments propagate in seconds: worth a short wait before reporting the policy pending.
+POLICY_DELETE_AFTER_DETACH = replace(POLICY_DETACH_PROPAGATING, timeout_s=20.0)
 # IoT keeps at most five versions of a policy; the sixth needs the oldest non-default one gone.
 MAX_POLICY_VERSIONS = 5
 ROLE_POLICY_NAME = "iot-kinesis-policy"
@@ -277,7 +288,14 @@ class DevicePolicy(Resource):
                                   setAsDefault=True)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        """IoT refuses to delete a policy that is attached or has old versions: clear both first."""
+        """IoT refuses to delete a policy that is attached or has old versions: clear both first.
+
+        A detachment (here, or by the devices' removal just before) propagates slowly: IoT can
+        answer DeleteConflictException "... is attached to one or more principals" for up to
+        5 minutes. After a short retry that is reported as DeletionPending, like the thing
+        type's 5 minutes: destroy deletes everything else, exits 3, and a re-run (or --wait)
+        finishes it.
+        """
         iot = ctx.client("iot")
         name = self.name(ctx)
         with ignore_not_found():
@@ -286,7 +304,15 @@ class DevicePolicy(Resource):
             for version in iot.list_policy_versions(policyName=name)["policyVersions"]:
                 if not version["isDefaultVersion"]:
                     iot.delete_policy_version(policyName=name, policyVersionId=version["versionId"])
-            iot.delete_policy(policyName=name)
+            try:
+                ctx.aws.retrying(lambda: iot.delete_policy(policyName=name), POLICY_DELETE_AFTER_DETACH)
+            except Exception as err:
+                if not POLICY_DELETE_AFTER_DETACH.matches(err):
+                    raise
+                raise DeletionPending(
+                    f"IoT policy {name} was detached from its certificates, but IoT still sees it "
+                    f"attached (it can take up to {POLICY_DETACH_DELAY.seconds // 60} minutes) — run "
+                    f"`iotpipe destroy` again then, or use --wait (AWS said: {error_message(err)})") from err
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,8 +369,9 @@ class TopicRule(Resource):
         payload = _payload(desired)
         tags = urlencode(sorted(ctx.tags(self.logical_id).items()))  # "k=v&k2=v2", as IoT wants
         # The rule role was usually created a moment ago; IoT rejects it until IAM propagated.
-        ctx.aws.retry_while_role_propagates(
-            lambda: iot.create_topic_rule(ruleName=self.name(ctx), topicRulePayload=payload, tags=tags))
+        ctx.aws.retrying(
+            lambda: iot.create_topic_rule(ruleName=self.name(ctx), topicRulePayload=payload, tags=tags),
+            ROLE_NOT_ASSUMABLE_YET)
         return {"name": self.name(ctx), "arn": rule_arn(ctx)}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
@@ -358,8 +385,8 @@ class TopicRule(Resource):
             return
         payload = _payload(desired)
         # A replaced role may be as new as a created one.
-        ctx.aws.retry_while_role_propagates(
-            lambda: iot.replace_topic_rule(ruleName=name, topicRulePayload=payload))
+        ctx.aws.retrying(lambda: iot.replace_topic_rule(ruleName=name, topicRulePayload=payload),
+                         ROLE_NOT_ASSUMABLE_YET)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
         with ignore_not_found():
@@ -391,8 +418,8 @@ def _without_defaults(action: dict[str, Any]) -> dict[str, Any]:
 # attribute: "iotpipe:env" = <env>. A thing without it, or with another env's, is not ours.
 DEVICE_MARKER_ATTRIBUTE = "iotpipe:env"
 # AWS: "DetachThingPrincipal is asynchronous. It might take several seconds for the detachment
-# to propagate." Until it has, DeleteCertificate and DeleteThing refuse with a conflict.
-DETACH_PROPAGATION_TIMEOUT_S = 60.0
+# to propagate." Until it has, DeleteCertificate and DeleteThing refuse with a conflict
+# (aws.POLICY_DETACH_PROPAGATING).
 
 
 def is_cert(principal: str) -> bool:
@@ -417,18 +444,7 @@ def thing_certificates(ctx: StepContext, thing_name: str) -> list[str]:
 def retry_while_detaching(ctx: StepContext, call: Any) -> Any:
     """Run ``call`` (a delete), retrying only while AWS still sees a detached principal as
     attached; bounded, so a real conflict (attached elsewhere) is reported, not waited on."""
-    deadline = ctx.aws.clock() + DETACH_PROPAGATION_TIMEOUT_S
-    delay = 1.0
-    while True:
-        try:
-            return call()
-        except Exception as err:
-            propagating = (error_code(err) in {"DeleteConflictException", "InvalidRequestException"}
-                           and any(w in error_message(err).lower() for w in ("attached", "detached")))
-            if not propagating or ctx.aws.clock() + delay > deadline:
-                raise
-            ctx.aws.sleep(delay)
-            delay = min(delay * 2, 8.0)
+    return ctx.aws.retrying(call, POLICY_DETACH_PROPAGATING)
 
 
 def retire_certificate(ctx: StepContext, cert_arn: str, thing_name: str) -> bool:

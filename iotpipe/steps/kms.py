@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotpipe.aws import is_not_found
+from iotpipe.aws import KEY_NOT_FOUND_YET, is_not_found
 from iotpipe.steps.base import (
     TAG_RESOURCE,
     Change,
@@ -135,7 +135,9 @@ class KmsKey(Resource):
             Policy=policy_json(desired["policy"]),
             Tags=tag_list(desired["tags"], "TagKey", "TagValue"),
         )["KeyMetadata"]
-        kms.enable_key_rotation(KeyId=meta["KeyId"])
+        # KMS is eventually consistent: the key CreateKey just returned can be NotFound for a
+        # moment (aws.KEY_NOT_FOUND_YET), here and in update() for a key a crashed run made.
+        ctx.aws.retrying(lambda: kms.enable_key_rotation(KeyId=meta["KeyId"]), KEY_NOT_FOUND_YET)
         return {"id": meta["KeyId"], "arn": meta["Arn"], "name": ctx.names.kms_alias}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
@@ -147,9 +149,10 @@ class KmsKey(Resource):
         if "description" in fields:
             kms.update_key_description(KeyId=key_id, Description=desired["description"])
         if "policy" in fields:
-            kms.put_key_policy(KeyId=key_id, PolicyName="default", Policy=policy_json(desired["policy"]))
+            ctx.aws.retrying(lambda: kms.put_key_policy(
+                KeyId=key_id, PolicyName="default", Policy=policy_json(desired["policy"])), KEY_NOT_FOUND_YET)
         if "rotation" in fields:
-            kms.enable_key_rotation(KeyId=key_id)
+            ctx.aws.retrying(lambda: kms.enable_key_rotation(KeyId=key_id), KEY_NOT_FOUND_YET)
         if "tags" in fields:
             to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
             if to_set:

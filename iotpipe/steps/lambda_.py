@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotpipe.aws import is_not_found
+from iotpipe.aws import MAPPING_IN_USE, ROLE_NOT_ASSUMABLE_YET, is_not_found
 from iotpipe.errors import AwsCallError
 from iotpipe.package import build_handler_zip, code_sha256
 from iotpipe.steps.base import (
@@ -23,6 +23,7 @@ from iotpipe.steps.base import (
     Resource,
     Spec,
     StepContext,
+    UnknownYet,
     changed_fields,
     diff_specs,
     filter_tags,
@@ -292,6 +293,8 @@ class Function(Resource):
             "kms_key_arn": ctx.ref("kms.key", "arn"),
             "code_sha256": code_sha256(build_handler_zip()),
             "tags": ctx.tags(self.logical_id),
+            # The principal the function's KMS grant was made for (see read()).
+            "role_id": ctx.ref("lambda.role", "id"),
         }
 
     def read(self, ctx: StepContext) -> Current | None:
@@ -323,8 +326,19 @@ class Function(Resource):
             "state": cfg.get("State"),
             "last_update_status": cfg.get("LastUpdateStatus"),
         }
-        return Current(spec, {"name": cfg["FunctionName"], "arn": cfg["FunctionArn"]},
-                       managed=ctx.owns(tags))
+        ids = {"name": cfg["FunctionName"], "arn": cfg["FunctionArn"]}
+        # Lambda reads the environment variables through a KMS grant it made for the role's
+        # principal (RoleId) when the role was set. A role deleted and re-created under the same
+        # name keeps its ARN but not its RoleId, and every invoke then fails to decrypt: so the
+        # RoleId the function was configured with is recorded, and a different one is drift.
+        # Lambda does not report it, so without a record (a lost state file) it cannot be
+        # compared and the current role's id is recorded as the baseline.
+        recorded = ctx.recorded(self.logical_id).get("role_id")
+        spec["role_id"] = recorded or Unreported("(not recorded)")
+        baseline = recorded or ctx.refs.get("lambda.role", {}).get("id")
+        if baseline:
+            ids["role_id"] = baseline
+        return Current(spec, ids, managed=ctx.owns(tags))
 
     def diff(self, current: Spec, desired: Spec) -> list[Change]:
         return [c for c in diff_specs(current, desired) if not isinstance(c.current, Unreported)]
@@ -349,22 +363,29 @@ class Function(Resource):
             "Tags": desired["tags"],  # in the create call: a function is never untagged
         }
         # A role made seconds ago is not assumable by Lambda yet (IAM is eventually consistent).
-        created = ctx.aws.retry_while_role_propagates(lambda: lam.create_function(**params))
+        created = ctx.aws.retrying(lambda: lam.create_function(**params), ROLE_NOT_ASSUMABLE_YET)
         lam.get_waiter("function_active_v2").wait(FunctionName=name)
-        return {"name": name, "arn": created["FunctionArn"]}
+        ids = {"name": name, "arn": created["FunctionArn"]}
+        if not isinstance(desired["role_id"], UnknownYet):
+            ids["role_id"] = desired["role_id"]
+        return ids
 
-    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+    def update(self, ctx: StepContext, current: Current, desired: Spec,
+               changes: list[Change]) -> dict[str, str] | None:
         lam = ctx.client("lambda")
         name = self.name(ctx)
         fields = changed_fields(changes)
         self._wait_until_idle(ctx, current)
         config = {param: desired[key] for key, param in _CONFIG_PARAMS.items() if key in fields}
+        if "role_id" in fields:
+            # Same ARN, new principal: setting the role again makes Lambda grant the new one.
+            config["Role"] = desired["role"]
         if "environment" in fields:
             config["Environment"] = {"Variables": desired["environment"]}
         if config:
             # A new role ARN meets the same IAM propagation delay as at creation.
-            ctx.aws.retry_while_role_propagates(
-                lambda: lam.update_function_configuration(FunctionName=name, **config))
+            ctx.aws.retrying(lambda: lam.update_function_configuration(FunctionName=name, **config),
+                             ROLE_NOT_ASSUMABLE_YET)
             lam.get_waiter("function_updated_v2").wait(FunctionName=name)
         if fields & {"code_sha256", "architectures"}:
             code: dict[str, Any] = {"ZipFile": build_handler_zip()}
@@ -378,6 +399,9 @@ class Function(Resource):
                 lam.tag_resource(Resource=current.ids["arn"], Tags=to_set)
             if to_remove:
                 lam.untag_resource(Resource=current.ids["arn"], TagKeys=to_remove)
+        if "Role" in config and not isinstance(desired["role_id"], UnknownYet):
+            return {"role_id": desired["role_id"]}
+        return None
 
     @staticmethod
     def _wait_until_idle(ctx: StepContext, current: Current) -> None:
@@ -532,7 +556,7 @@ class EventSourceMapping(Resource):
         }
         # Lambda checks at creation that the function's role may read the stream and send to
         # the queue: a policy written seconds ago can still be invisible to it.
-        created = ctx.aws.retry_while_role_propagates(lambda: lam.create_event_source_mapping(**params))
+        created = ctx.aws.retrying(lambda: lam.create_event_source_mapping(**params), ROLE_NOT_ASSUMABLE_YET)
         return {"uuid": created["UUID"], "arn": self._esm_arn(ctx, created), "name": self.name(ctx)}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
@@ -546,8 +570,8 @@ class EventSourceMapping(Resource):
         if params:
             if self._settle(ctx, uuid, current.spec.get("state")) is None:
                 raise AwsCallError(f"event source mapping {uuid} disappeared while being updated")
-            ctx.aws.retry_while_role_propagates(
-                lambda: lam.update_event_source_mapping(UUID=uuid, **params))
+            ctx.aws.retrying(lambda: lam.update_event_source_mapping(UUID=uuid, **params),
+                             ROLE_NOT_ASSUMABLE_YET, MAPPING_IN_USE)
         if "tags" in fields:
             to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
             if to_set:
@@ -561,10 +585,30 @@ class EventSourceMapping(Resource):
         self._delete_one(ctx, current.ids["uuid"], current.spec.get("state"))
 
     def _delete_one(self, ctx: StepContext, uuid: str, state: str | None) -> None:
-        if self._settle(ctx, uuid, state) is None:
-            return  # gone, or already being deleted
-        with ignore_not_found():
-            ctx.client("lambda").delete_event_source_mapping(UUID=uuid)
+        """Delete one mapping and wait until Lambda has finished deleting it.
+
+        Even a mapping that reads Enabled can still be settling after its creation or an
+        update: DeleteEventSourceMapping then answers ResourceInUseException, retried within
+        aws.MAPPING_IN_USE. The delete itself is asynchronous (the mapping reads Deleting), and
+        the function and stream go next in destroy's order, so it is waited out here.
+        """
+        if self._settle(ctx, uuid, state) is not None:  # else gone, or already being deleted
+            with ignore_not_found():
+                lam = ctx.client("lambda")
+                ctx.aws.retrying(lambda: lam.delete_event_source_mapping(UUID=uuid), MAPPING_IN_USE)
+        self._wait_gone(ctx, uuid)
+
+    @staticmethod
+    def _wait_gone(ctx: StepContext, uuid: str) -> None:
+        """A bounded poll (no boto3 waiter exists for mappings) until ``uuid`` reads NotFound."""
+        lam = ctx.client("lambda")
+        deadline = ctx.aws.clock() + ESM_SETTLE_TIMEOUT_S
+        while get_or_none(lam.get_event_source_mapping, UUID=uuid) is not None:
+            if ctx.aws.clock() + ESM_POLL_S > deadline:
+                raise AwsCallError(
+                    f"event source mapping {uuid} is still being deleted after "
+                    f"{ESM_SETTLE_TIMEOUT_S:.0f}s; run again later")
+            ctx.aws.sleep(ESM_POLL_S)
 
     def _settle(self, ctx: StepContext, uuid: str, state: str | None) -> str | None:
         """Wait until mapping ``uuid`` is in a state that accepts changes; None if it is gone.

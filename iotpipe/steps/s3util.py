@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from iotpipe.aws import error_code, is_not_found
+from iotpipe.aws import BUCKET_NAME_BEING_RELEASED, error_code, is_not_found
 from iotpipe.errors import AwsCallError, OwnershipError
 from iotpipe.steps.base import (
     Current,
@@ -107,12 +107,13 @@ def create_bucket(ctx: StepContext, s3: Any, name: str, setting: str, **kwargs: 
     """CreateBucket; one already ours is no error (the caller finishes configuring it).
 
     ``setting`` is the config key that names the bucket, for the error when another account
-    holds the name.
+    holds the name. S3 answers OperationAborted for a while after a bucket of the same name was
+    deleted (an `up` right after a `destroy`): retried within aws.BUCKET_NAME_BEING_RELEASED.
     """
     if ctx.region != "us-east-1":  # us-east-1 rejects its own name as a LocationConstraint
         kwargs["CreateBucketConfiguration"] = {"LocationConstraint": ctx.region}
     try:
-        s3.create_bucket(Bucket=name, **kwargs)
+        ctx.aws.retrying(lambda: s3.create_bucket(Bucket=name, **kwargs), BUCKET_NAME_BEING_RELEASED)
     except Exception as err:
         code = error_code(err)
         if code == "BucketAlreadyExists":

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotpipe.aws import error_code
-from iotpipe.errors import IotpipeError
+from iotpipe.aws import BACKUPS_BEING_ENABLED, error_code
+from iotpipe.errors import AwsCallError, IotpipeError
 from iotpipe.steps import s3util
 from iotpipe.steps.base import (
     Change,
@@ -40,6 +40,9 @@ from iotpipe.steps.base import (
 LIFECYCLE_RULE_ID = "archive-old-data"
 # DynamoDB tables take a few seconds to turn ACTIVE; 5 s polls for up to 10 minutes.
 TABLE_WAIT = {"Delay": 5, "MaxAttempts": 120}
+# No boto3 waiter exists for point-in-time recovery: DescribeContinuousBackups is polled.
+PITR_WAIT_S = 600.0
+PITR_POLL_S = 5.0
 
 
 class ReplacementRequired(IotpipeError):
@@ -241,14 +244,14 @@ class MetricsTable(Resource):
         arn = table["TableArn"]
         tags = tag_dict(paginate(ddb, "list_tags_of_resource", "Tags", ResourceArn=arn))
         backups = get_or_none(ddb.describe_continuous_backups, TableName=name)
-        pitr = (backups["ContinuousBackupsDescription"].get("PointInTimeRecoveryDescription", {})
-                .get("PointInTimeRecoveryStatus") if backups else None)
+        pitr = _pitr_status(backups)
         spec = {
             # Tables created before on-demand existed carry no BillingModeSummary: provisioned.
             "billing_mode": (table.get("BillingModeSummary") or {}).get("BillingMode", "PROVISIONED"),
             "key_schema": _norm_key_schema(table),
             "sse": _norm_sse(ctx, table.get("SSEDescription")),
-            "point_in_time_recovery": pitr == "ENABLED",
+            # ENABLING is on its way to what we asked for: not drift, not a second request.
+            "point_in_time_recovery": pitr in ("ENABLED", "ENABLING"),
             "deletion_protection": bool(table.get("DeletionProtectionEnabled", False)),
             "tags": filter_tags(ctx, self.logical_id, tags),
         }
@@ -281,7 +284,7 @@ class MetricsTable(Resource):
             arn = ddb.create_table(**kwargs)["TableDescription"]["TableArn"]
         _wait_active(ddb, name)
         if desired["point_in_time_recovery"]:  # only an ACTIVE table accepts it
-            _set_pitr(ddb, name, True)
+            _set_pitr(ctx, ddb, name, True)
         return {"name": name, "arn": arn}
 
     @staticmethod
@@ -314,7 +317,7 @@ class MetricsTable(Resource):
             _wait_active(ddb, name)
         if "point_in_time_recovery" in fields:
             _wait_active(ddb, name)
-            _set_pitr(ddb, name, desired["point_in_time_recovery"])
+            _set_pitr(ctx, ddb, name, desired["point_in_time_recovery"])
         if "tags" in fields:
             to_set, to_remove = tag_changes(current.spec.get("tags") or {}, desired["tags"])
             if to_set:
@@ -339,9 +342,35 @@ def _wait_active(ddb: Any, name: str) -> None:
     ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig=TABLE_WAIT)
 
 
-def _set_pitr(ddb: Any, name: str, enabled: bool) -> None:
-    ddb.update_continuous_backups(
-        TableName=name, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": enabled})
+def _set_pitr(ctx: StepContext, ddb: Any, name: str, enabled: bool) -> None:
+    """Switch point-in-time recovery, then wait until DynamoDB reports it done.
+
+    A table that just turned ACTIVE still refuses with ContinuousBackupsUnavailableException
+    ("Backups are being enabled for the table") for a while, so the call is retried
+    (aws.BACKUPS_BEING_ENABLED); PITR then reads ENABLING before ENABLED, and only ENABLED
+    means restores are possible, so `up` does not report the table done before that.
+    """
+    ctx.aws.retrying(lambda: ddb.update_continuous_backups(
+        TableName=name, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": enabled}),
+        BACKUPS_BEING_ENABLED)
+    want = "ENABLED" if enabled else "DISABLED"
+    deadline = ctx.aws.clock() + PITR_WAIT_S
+    while True:
+        status = _pitr_status(ddb.describe_continuous_backups(TableName=name))
+        if status == want:
+            return
+        if ctx.aws.clock() + PITR_POLL_S > deadline:
+            raise AwsCallError(f"DynamoDB table {name}: point-in-time recovery is still {status} after "
+                               f"{PITR_WAIT_S:.0f}s (wanted {want}); run `iotpipe up` again later")
+        ctx.aws.sleep(PITR_POLL_S)
+
+
+def _pitr_status(answer: dict[str, Any] | None) -> str | None:
+    if not answer:
+        return None
+    described = answer.get("ContinuousBackupsDescription") or {}
+    return (described.get("PointInTimeRecoveryDescription") or {}).get(
+        "PointInTimeRecoveryStatus")
 
 
 def _norm_key_schema(table: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""IoT: a deprecated thing type can be deleted only five minutes later."""
+"""IoT Core: a rule role not assumable yet, a policy IoT still sees attached after a detach, and
+a deprecated thing type that can be deleted only five minutes later."""
 
 from __future__ import annotations
 
@@ -21,5 +22,26 @@ RULES = (
         after=("iot", "DeprecateThingType"), duration_s=300.0,
         trigger_key=trigger_param("thingTypeName"), call_key=param("thingTypeName"),
         source=THING_TYPE_SOURCE,
+    ),
+    ErrorRule(
+        name="iot.create-rule-role-not-assumable",
+        service="iot", operation="CreateTopicRule", code="InvalidRequestException",
+        message="iot.amazonaws.com is unable to perform: sts:AssumeRole on resource: "
+                "arn:aws:iam::123456789012:role/iot-rule-role-dev",
+        after=("iam", "CreateRole"), duration_s=10.0,
+        source="terraform-provider-aws internal/service/iot/topic_rule.go (CreateTopicRule retried "
+               "while InvalidRequestException contains 'sts:AssumeRole'); the text: "
+               "https://docs.aws.amazon.com/iot-sitewise/latest/userguide/troubleshoot-rule.html",
+    ),
+    ErrorRule(
+        name="iot.delete-policy-after-detach",
+        service="iot", operation="DeletePolicy", code="DeleteConflictException", http_status=409,
+        message="The policy cannot be deleted as the policy is attached to one or more principals "
+                "(name={policyName})",
+        after=("iot", "DetachPolicy"), duration_s=300.0,
+        trigger_key=trigger_param("policyName"), call_key=param("policyName"),
+        source="https://docs.aws.amazon.com/iot/latest/apireference/API_DetachPolicy.html and "
+               "API_DeletePolicy.html (DeleteConflictException); detachments are eventually "
+               "consistent, seen for minutes (cdk destroy reports of this exact text)",
     ),
 )

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.awsbehaviour.model import GhostRule, StateRule, answer_path, trigger_param
+from tests.awsbehaviour.model import (
+    ErrorRule,
+    GhostRule,
+    StateRule,
+    answer_path,
+    param,
+    trigger_param,
+)
 
 STATES_DOC = "https://docs.aws.amazon.com/lambda/latest/dg/functions-states.html"
 ESM_DOC = ("https://docs.aws.amazon.com/lambda/latest/api/API_EventSourceMappingConfiguration.html"
@@ -67,6 +74,65 @@ RULES = (
 )
 
 
+def _role_name(params: dict[str, Any]) -> str | None:
+    role = params.get("Role")
+    return role.rsplit("/", 1)[-1] if isinstance(role, str) else None
+
+
+FUNCTION_GO = ("terraform-provider-aws internal/service/lambda/function.go (CreateFunction retried while "
+               "the role 'cannot be assumed by Lambda' or the KMS grant names a principal IAM has not "
+               "propagated yet); aws/chalice chalice/awsclient.py _call_client_method_with_retries")
+RETRIES = (
+    # IAM propagation, as Lambda sees a role created moments ago: first it cannot assume it,
+    # then (with KMSKeyArn) KMS does not know the role's principal for the grant yet.
+    ErrorRule(
+        name="lambda.create-function-role-not-assumable",
+        service="lambda", operation="CreateFunction", code="InvalidParameterValueException",
+        message="The role defined for the function cannot be assumed by Lambda.",
+        after=("iam", "CreateRole"), duration_s=8.0,
+        trigger_key=trigger_param("RoleName"), call_key=_role_name, source=FUNCTION_GO,
+    ),
+    ErrorRule(
+        name="lambda.create-function-kms-grant-principal",
+        service="lambda", operation="CreateFunction", code="InvalidParameterValueException",
+        message="Lambda was unable to configure access to your environment variables because the KMS "
+                "key is invalid for CreateGrant. Please check your KMS key settings. KMS Exception: "
+                "InvalidArnException KMS Message: ARN does not refer to a valid principal: {Role}",
+        after=("iam", "CreateRole"), duration_s=20.0,
+        trigger_key=trigger_param("RoleName"), call_key=_role_name, source=FUNCTION_GO,
+    ),
+    ErrorRule(
+        name="lambda.create-mapping-cannot-access-stream",
+        service="lambda", operation="CreateEventSourceMapping", code="InvalidParameterValueException",
+        message="Cannot access stream {EventSourceArn}. Please ensure the role can perform the "
+                "GetRecords, GetShardIterator, DescribeStream, and ListStreams Actions on your stream in IAM.",
+        after=("iam", "PutRolePolicy"), duration_s=45.0,
+        source="https://docs.aws.amazon.com/lambda/latest/dg/with-kinesis.html (execution role "
+               "permissions); the same text is retried by aws-cdk deployers as IAM propagation",
+    ),
+    # The caller itself may not pass the role: permanent, whatever the clock says.
+    ErrorRule(
+        name="lambda.create-function-passrole-denied",
+        service="lambda", operation="CreateFunction", code="AccessDeniedException", http_status=403,
+        message="User: arn:aws:iam::123456789012:user/deployer is not authorized to perform: "
+                "iam:PassRole on resource: {Role}",
+        source="https://docs.aws.amazon.com/IAM/latest/UserGuide/id_roles_use_passrole.html "
+               "(the caller needs iam:PassRole to hand a role to Lambda)",
+    ),
+    # Deleting a mapping that is still settling after its creation or an update.
+    ErrorRule(
+        name="lambda.mapping-delete-in-use",
+        service="lambda", operation="DeleteEventSourceMapping", code="ResourceInUseException",
+        message="Cannot delete the event source mapping because it is in use.",
+        after=("lambda", "CreateEventSourceMapping"), duration_s=30.0,
+        trigger_key=answer_path("UUID"), call_key=param("UUID"),
+        source="https://docs.aws.amazon.com/lambda/latest/api/API_DeleteEventSourceMapping.html "
+               "(ResourceInUseException: the operation conflicts with the resource's availability)",
+    ),
+)
+RULES = RULES + RETRIES
+
+
 DELETE_ESM_DOC = ("https://docs.aws.amazon.com/lambda/latest/api/API_DeleteEventSourceMapping.html"
                   " ('When you delete an event source mapping, it enters a Deleting state and might"
                   " not be completely deleted for several seconds.')")
@@ -94,8 +160,7 @@ def _list_deleting(parsed: dict[str, Any], uuid: Any, answer: dict[str, Any],
     items.append(_deleting(uuid, answer))
 
 
-RULES = (
-    *RULES,
+GHOSTS = (
     GhostRule(
         name="lambda.mapping-deleting",
         service="lambda", reads=("GetEventSourceMapping",), body=_deleting, body_from_answer=True,
@@ -105,3 +170,4 @@ RULES = (
         source=DELETE_ESM_DOC + "; " + ESM_DOC,
     ),
 )
+RULES = RULES + GHOSTS
