@@ -171,7 +171,7 @@ def verify_pipeline(c: Clients, env: str, *, enforce_tls: bool = False) -> dict[
     trail_name = f"iot-audit-trail-{env}"
     trail = c.cloudtrail.get_trail(Name=trail_name)["Trail"]
     assert trail["S3BucketName"] == f"iot-cloudtrail-logs-{env}-{ACCOUNT}"
-    assert trail["IncludeGlobalServiceEvents"] is True and trail["IsMultiRegionTrail"] is False
+    assert trail["IncludeGlobalServiceEvents"] is True and trail["IsMultiRegionTrail"] is True
     assert trail["LogFileValidationEnabled"] is True
     assert c.cloudtrail.get_trail_status(Name=trail_name)["IsLogging"] is True
     selectors = c.cloudtrail.get_event_selectors(TrailName=trail_name)["EventSelectors"]
