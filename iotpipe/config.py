@@ -26,8 +26,10 @@ LOG_RETENTION_DAYS = (
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
     2922, 3288, 3653,
 )
-# Python runtimes Lambda still accepts for new functions; the handler needs Python >= 3.10.
-LAMBDA_RUNTIMES = ("python3.10", "python3.11", "python3.12", "python3.13")
+# Python runtimes the handler is tested under (tests/handler/test_handler_runtimes.py runs the
+# shipped zip with each one's interpreter). The handler needs 3.11 (datetime.UTC, the full ISO
+# 8601 parser of datetime.fromisoformat); python3.10 left upstream support in October 2026.
+LAMBDA_RUNTIMES = ("python3.11", "python3.12", "python3.13")
 METRICS = ("temperature", "vibration", "pressure")
 TAG_PREFIX = "iotpipe:"
 
@@ -68,6 +70,12 @@ class KmsConfig(_Section):
 class StorageConfig(_Section):
     sensor_bucket_name: str | None = None  # default iot-sensor-data-{env}-{account}
     glacier_transition_days: int = Field(90, ge=1, le=36500)
+    # S3's TransitionDefaultMinimumObjectSize, set explicitly (see docs/aws-behaviour.md):
+    # objects under 128 KB cost more in Glacier than in Standard, so they stay by default.
+    glacier_min_object_size: Literal["all_storage_classes_128K", "varies_by_storage_class"] = \
+        "all_storage_classes_128K"
+    noncurrent_version_expiration_days: int = Field(30, ge=1, le=36500)
+    abort_incomplete_upload_days: int = Field(7, ge=1, le=36500)
     point_in_time_recovery: bool = True
     # AWS honours a TLS-only Deny; moto applies Deny statements but ignores their Condition, so
     # every object call would fail on the emulator. config/local.toml turns it off there only.
@@ -97,7 +105,7 @@ class LogsConfig(_Section):
 
 
 class LambdaConfig(_Section):
-    runtime: Literal["python3.10", "python3.11", "python3.12", "python3.13"] = "python3.11"
+    runtime: Literal["python3.11", "python3.12", "python3.13"] = "python3.11"
     memory_mb: int = Field(256, ge=128, le=10240)
     timeout_s: int = Field(60, ge=1, le=900)
     batch_size: int = Field(100, ge=1, le=10000)
@@ -130,6 +138,10 @@ def _default_thresholds() -> dict[str, Threshold]:
 
 
 class TrailConfig(_Section):
+    # CloudTrail allows 5 trails per region (not adjustable): ephemeral envs run without one.
+    enabled: bool = True
+    # Outside us-east-1 only a multi-region trail records IAM/STS (global service) events.
+    multi_region: bool = True
     bucket_name: str | None = None  # default iot-cloudtrail-logs-{env}-{account}
     insights: bool = True
     log_file_validation: bool = True
@@ -256,24 +268,83 @@ class Names:
 
     def check(self) -> None:
         """Raise ValueError naming the first derived name AWS would reject."""
-        if problem := bucket_name_problem(self.sensor_bucket):
-            raise ValueError(f"env: sensor bucket name {self.sensor_bucket!r} {problem}")
-        if problem := bucket_name_problem(self.trail_bucket):
-            raise ValueError(f"env: trail bucket name {self.trail_bucket!r} {problem}")
-        limits = {  # name: max length (AWS limits for each resource type)
-            self.function: 64,
-            self.iot_rule_role: 64,
-            self.lambda_role: 64,
-            self.dlq: 80,
-            self.thing_type: 128,
-            self.topic_rule: 128,
-            self.trail: 128,
-            self.stream: 128,
-            self.metrics_table: 255,
-        }
-        for name, limit in limits.items():
-            if len(name) > limit:
-                raise ValueError(f"env: derived name {name!r} is longer than {limit} characters")
+        for field, rule in NAME_RULES.items():
+            name = getattr(self, field)
+            if problem := rule.problem(name):
+                raise ValueError(f"env: {rule.what} {name!r} {problem}")
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """One service's naming rule, as its API reference states it (``source``)."""
+
+    what: str
+    pattern: str  # the characters allowed, as a full-match regex
+    allowed: str  # the same, in words, for the error line
+    max_len: int
+    min_len: int = 1
+    source: str = ""
+
+    def problem(self, name: str) -> str | None:
+        if not self.min_len <= len(name) <= self.max_len:
+            return f"must be {self.min_len}-{self.max_len} characters (is {len(name)})"
+        if not re.fullmatch(self.pattern, name):
+            return f"may hold only {self.allowed}"
+        return None
+
+
+class _TrailRule(NameRule):
+    def problem(self, name: str) -> str | None:
+        if found := super().problem(name):
+            return found
+        if re.search(r"[._-]{2}", name):
+            return "must not have adjacent periods, underscores or dashes"
+        if _IP_RE.match(name):
+            return "must not look like an IP address"
+        return None
+
+
+class _BucketRule(NameRule):
+    def problem(self, name: str) -> str | None:
+        return bucket_name_problem(name)
+
+
+_API = "https://docs.aws.amazon.com"
+# Every derived name against its service's rules, checked when the config is validated, so a
+# bad env name fails before the first AWS call rather than halfway through `up`.
+NAME_RULES: dict[str, NameRule] = {
+    "kms_alias": NameRule("KMS alias", r"alias/(?!aws/)[a-zA-Z0-9/_-]+", "letters, digits, '/', '_', '-'", 256,
+                          source=f"{_API}/kms/latest/APIReference/API_CreateAlias.html"),
+    "sensor_bucket": _BucketRule("sensor bucket name", "", "", 63, 3,
+                                 source=f"{_API}/AmazonS3/latest/userguide/bucketnamingrules.html"),
+    "trail_bucket": _BucketRule("trail bucket name", "", "", 63, 3,
+                                source=f"{_API}/AmazonS3/latest/userguide/bucketnamingrules.html"),
+    "metrics_table": NameRule("DynamoDB table name", r"[a-zA-Z0-9_.-]+", "letters, digits, '_', '.', '-'",
+                              255, 3, f"{_API}/amazondynamodb/latest/APIReference/API_CreateTable.html"),
+    "stream": NameRule("Kinesis stream name", r"[a-zA-Z0-9_.-]+", "letters, digits, '_', '.', '-'", 128,
+                       source=f"{_API}/kinesis/latest/APIReference/API_CreateStream.html"),
+    "lambda_log_group": NameRule("log group name", r"[a-zA-Z0-9_./#-]+", "letters, digits, '_', '.', '/', '#', '-'",
+                                 512, source=f"{_API}/AmazonCloudWatchLogs/latest/APIReference/API_CreateLogGroup.html"),
+    "iot_log_group": NameRule("log group name", r"[a-zA-Z0-9_./#-]+", "letters, digits, '_', '.', '/', '#', '-'",
+                              512, source=f"{_API}/AmazonCloudWatchLogs/latest/APIReference/API_CreateLogGroup.html"),
+    "iot_rule_role": NameRule("IAM role name", r"[\w+=,.@-]+", "letters, digits, '+=,.@_-'", 64,
+                              source=f"{_API}/IAM/latest/APIReference/API_CreateRole.html"),
+    "lambda_role": NameRule("IAM role name", r"[\w+=,.@-]+", "letters, digits, '+=,.@_-'", 64,
+                            source=f"{_API}/IAM/latest/APIReference/API_CreateRole.html"),
+    "function": NameRule("Lambda function name", r"[a-zA-Z0-9_-]+", "letters, digits, '_', '-'", 64,
+                         source=f"{_API}/lambda/latest/api/API_CreateFunction.html"),
+    "dlq": NameRule("SQS queue name", r"[a-zA-Z0-9_-]+", "letters, digits, '_', '-'", 80,
+                    source=f"{_API}/AWSSimpleQueueService/latest/APIReference/API_CreateQueue.html"),
+    "thing_type": NameRule("IoT thing type name", r"[a-zA-Z0-9:_-]+", "letters, digits, ':', '_', '-'", 128,
+                           source=f"{_API}/iot/latest/apireference/API_CreateThingType.html"),
+    "topic_rule": NameRule("IoT topic rule name", r"[a-zA-Z0-9_]+", "letters, digits and '_'", 128,
+                           source=f"{_API}/iot/latest/apireference/API_CreateTopicRule.html"),
+    "device_policy": NameRule("IoT policy name", r"[\w+=,.@-]+", "letters, digits, '+=,.@_-'", 128,
+                              source=f"{_API}/iot/latest/apireference/API_CreatePolicy.html"),
+    "trail": _TrailRule("CloudTrail trail name", r"[a-zA-Z0-9][a-zA-Z0-9._-]*[a-zA-Z0-9]",
+                        "letters, digits, '.', '_', '-', starting and ending with a letter or digit", 128, 3,
+                        f"{_API}/awscloudtrail/latest/APIReference/API_CreateTrail.html"),
+}
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

@@ -21,7 +21,7 @@ from iotpipe.state import StateStore
 from iotpipe.steps.base import Change, Current, DeletionPending, Resource, StepContext
 
 Action = Literal["create", "update", "unchanged", "delete", "absent", "skipped", "pending", "read"]
-Health = Literal["ok", "missing", "drifted", "foreign", "deleted", "pending", ""]
+Health = Literal["ok", "missing", "drifted", "foreign", "deleted", "pending", "disabled", "unwanted", ""]
 
 # The seed's outputs, under the seed's keys: logical id and which id of it.
 OUTPUT_KEYS: dict[str, tuple[str, str]] = {
@@ -84,7 +84,8 @@ class RunResult:
 
     @property
     def in_sync(self) -> bool:
-        return all(r.action in ("unchanged", "read") and r.health in ("", "ok") for r in self.resources)
+        return all(r.action in ("unchanged", "read") and r.health in ("", "ok", "disabled")
+                   for r in self.resources)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -145,16 +146,31 @@ class Engine:
 
     # -- per resource --------------------------------------------------------------------------
     def _plan_one(self, res: Resource) -> ResourceResult:
+        if why := res.disabled_by(self.ctx):
+            return self._disabled(res, why, "unchanged")
         desired = res.desired(self.ctx)
         current = res.read(self.ctx)
+        note = res.note(self.ctx)
         if current is None:
-            return self._result(res, "create", changes=_creation(desired))
+            return self._result(res, "create", changes=_creation(desired), message=note)
         self._check_owned(res, current)
         self.ctx.refs[res.logical_id] = current.ids
         changes = res.diff(current.spec, desired)
-        return self._result(res, "update" if changes else "unchanged", changes=changes, ids=current.ids)
+        return self._result(res, "update" if changes else "unchanged", changes=changes, ids=current.ids,
+                            message=note)
+
+    def _disabled(self, res: Resource, why: str, action: Action) -> ResourceResult:
+        """A resource the config turns off: absent is in shape; ours still there is reported
+        (by `status` as "unwanted") and kept: only `destroy` removes it."""
+        current = res.read(self.ctx)
+        if current is None or not self._is_ours(res, current):
+            return self._result(res, action, health="disabled", message=f"not wanted ({why})")
+        return self._result(res, action, health="unwanted" if action == "read" else "", ids=current.ids,
+                            message=f"exists although {why}: kept; `iotpipe destroy` removes it")
 
     def _status_one(self, res: Resource) -> ResourceResult:
+        if why := res.disabled_by(self.ctx):
+            return self._disabled(res, why, "read")
         current = res.read(self.ctx)
         if current is None:
             return self._result(res, "read", health="missing")
@@ -167,6 +183,8 @@ class Engine:
                             changes=changes, ids=current.ids)
 
     def _up_one(self, res: Resource) -> ResourceResult:
+        if why := res.disabled_by(self.ctx):
+            return self._disabled(res, why, "unchanged")
         desired = res.desired(self.ctx)
         current = res.read(self.ctx)
         name = res.name(self.ctx)
@@ -215,9 +233,12 @@ class Engine:
         started = time.monotonic()
         account = self._account()
         result = RunResult(command, self.ctx.env, self.ctx.region, account)
+        self.ctx.read_only = not lock
         with self._maybe_lock(command, lock):
             if lock:
                 self.store.set_account(account)
+            if command in ("up", "plan"):
+                self._preflight()
             order = reversed(self.resources) if reverse else self.resources
             for res in order:
                 self.on_event(Event("start", res.logical_id, verb=command))
@@ -227,6 +248,12 @@ class Engine:
         result.outputs = self._outputs()
         result.elapsed_s = time.monotonic() - started
         return result
+
+    def _preflight(self) -> None:
+        """Every wanted resource's read-only checks, before `up` writes anything."""
+        for res in self.resources:
+            if not res.disabled_by(self.ctx):
+                self._guarded(res, lambda r: r.preflight(self.ctx))
 
     def _account(self) -> str:
         self.store.load()  # a corrupt or foreign state file stops us before any AWS call

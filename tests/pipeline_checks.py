@@ -72,7 +72,7 @@ def verify_pipeline(c: Clients, env: str, *, enforce_tls: bool = False) -> dict[
     assert c.kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"] is True
     key_policy = _statements(c.kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"])
     principals = [json.dumps(s["Principal"], sort_keys=True) for s in key_policy]
-    assert any("logs." in p for p in principals) and any("kinesis.amazonaws.com" in p for p in principals)
+    assert any("logs." in p for p in principals) and not any("kinesis.amazonaws.com" in p for p in principals)
 
     # --- S3 sensor bucket
     bucket = f"iot-sensor-data-{env}-{ACCOUNT}"
@@ -171,7 +171,7 @@ def verify_pipeline(c: Clients, env: str, *, enforce_tls: bool = False) -> dict[
     trail_name = f"iot-audit-trail-{env}"
     trail = c.cloudtrail.get_trail(Name=trail_name)["Trail"]
     assert trail["S3BucketName"] == f"iot-cloudtrail-logs-{env}-{ACCOUNT}"
-    assert trail["IncludeGlobalServiceEvents"] is True and trail["IsMultiRegionTrail"] is False
+    assert trail["IncludeGlobalServiceEvents"] is True and trail["IsMultiRegionTrail"] is True
     assert trail["LogFileValidationEnabled"] is True
     assert c.cloudtrail.get_trail_status(Name=trail_name)["IsLogging"] is True
     selectors = c.cloudtrail.get_event_selectors(TrailName=trail_name)["EventSelectors"]

@@ -71,6 +71,9 @@ class StepContext:
     names: Names
     refs: dict[str, dict[str, str]] = field(default_factory=dict)  # logical id -> ids
     recorded: Callable[[str], dict[str, str]] = lambda _lid: {}  # ids the state file holds
+    # plan/status/outputs: reads that only report may skip costly searches (the KMS tag scan)
+    read_only: bool = False
+    memo: dict[str, Any] = field(default_factory=dict)  # per-run answers resources keep
 
     @property
     def env(self) -> str:
@@ -118,6 +121,23 @@ class Resource(ABC):
     def name(self, ctx: StepContext) -> str:
         """The deterministic physical name (the alias name for a KMS key)."""
         return getattr(ctx.names, self.name_field)
+
+    def disabled_by(self, ctx: StepContext) -> str | None:
+        """The setting that turns this resource off (e.g. "trail.enabled = false"), or None.
+
+        A disabled resource is neither created nor compared; one that still exists is reported
+        and left in place, and `destroy` removes it like any other.
+        """
+        return None
+
+    def preflight(self, ctx: StepContext) -> None:
+        """Read-only checks `up` runs for every wanted resource before its first write, so that
+        an env that cannot be finished (a quota) is not started."""
+        return None
+
+    def note(self, ctx: StepContext) -> str:
+        """What `plan` should say about the configuration beyond the diff (what it gives up)."""
+        return ""
 
     @abstractmethod
     def desired(self, ctx: StepContext) -> Spec: ...

@@ -29,11 +29,26 @@ from iotpipe.steps.base import (
 )
 
 GONE_STATES = {"PendingDeletion", "PendingReplicaDeletion"}
+SCANNED = "kms.key:scan"  # StepContext.memo: the tag scan's answer, once per run
+
+
+# Regional service principals end in the partition's DNS suffix: logs.cn-north-1.amazonaws.com.cn.
+DNS_SUFFIX = {"aws": "amazonaws.com", "aws-cn": "amazonaws.com.cn", "aws-us-gov": "amazonaws.com"}
 
 
 def key_policy(ctx: StepContext) -> dict[str, Any]:
-    """The seed's key policy: the account's IAM policies decide, plus Logs and Kinesis."""
+    """The account's IAM policies decide, plus CloudWatch Logs for our log groups only.
+
+    The seed's "Allow Kinesis" statement (kms:Decrypt/GenerateDataKey for the service principal
+    kinesis.amazonaws.com, no condition) is gone: Kinesis uses the key with the permissions of
+    the producer or consumer calling it (AWS: "ensure that your Kinesis stream producers and
+    consumers (IAM principals) are users in the KMS master key policy"), which the first
+    statement delegates to IAM and the IoT rule and Lambda roles grant on this key only. A
+    grant to the service principal is never used, and without an aws:SourceAccount condition
+    it would name no account at all.
+    """
     account, region, partition = ctx.account, ctx.region, ctx.aws.partition
+    suffix = DNS_SUFFIX.get(partition, "amazonaws.com")
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -47,19 +62,12 @@ def key_policy(ctx: StepContext) -> dict[str, Any]:
             {
                 "Sid": "Allow CloudWatch Logs",
                 "Effect": "Allow",
-                "Principal": {"Service": f"logs.{region}.amazonaws.com"},
+                "Principal": {"Service": f"logs.{region}.{suffix}"},
                 "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
                            "kms:CreateGrant", "kms:DescribeKey"],
                 "Resource": "*",
                 "Condition": {"ArnLike": {
                     "kms:EncryptionContext:aws:logs:arn": f"arn:{partition}:logs:{region}:{account}:*"}},
-            },
-            {
-                "Sid": "Allow Kinesis",
-                "Effect": "Allow",
-                "Principal": {"Service": "kinesis.amazonaws.com"},
-                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
-                "Resource": "*",
             },
         ],
     }
@@ -98,7 +106,14 @@ class KmsKey(Resource):
         return Current(spec, ids, managed=ctx.owns(tags))
 
     def _find(self, ctx: StepContext) -> dict[str, Any] | None:
-        """Alias first (one call), then the recorded id, then a tag scan of the account's keys."""
+        """Alias first (one call), then the recorded id, then a tag scan of the account's keys.
+
+        The scan costs ListKeys plus one ListResourceTags per key in the account, and it runs
+        whenever the alias is gone: after a destroy, every `status`, `plan` and `destroy --wait`
+        poll would pay it again. It exists so that `up` and `destroy` never miss a key whose
+        alias and state record were both lost, so only they scan, and once per run: `plan` and
+        `status` report such a key as missing (the next `up` adopts it instead of making one).
+        """
         kms = ctx.client("kms")
         for key_ref in (ctx.names.kms_alias, ctx.recorded(self.logical_id).get("id")):
             if not key_ref:
@@ -106,7 +121,15 @@ class KmsKey(Resource):
             meta = _describe(kms, key_ref)
             if meta and meta["KeyState"] not in GONE_STATES:
                 return meta
-        return self._scan(ctx)
+        if ctx.read_only:
+            return None
+        if SCANNED not in ctx.memo:
+            ctx.memo[SCANNED] = self._scan(ctx)
+        found = ctx.memo[SCANNED]
+        if found is None:
+            return None
+        meta = _describe(kms, found["KeyId"])  # this run may have scheduled its deletion since
+        return meta if meta and meta["KeyState"] not in GONE_STATES else None
 
     def _scan(self, ctx: StepContext) -> dict[str, Any] | None:
         kms = ctx.client("kms")

@@ -69,13 +69,7 @@ class SensorBucket(Resource):
             "versioning": "Enabled",
             "encryption": key_arn if isinstance(key_arn, UnknownYet) else
             {"algorithm": "aws:kms", "kms_key": key_arn, "bucket_key": True},
-            "lifecycle": [{
-                "id": LIFECYCLE_RULE_ID,
-                "status": "Enabled",
-                "prefix": "",
-                "transitions": [{"days": ctx.config.storage.glacier_transition_days,
-                                 "storage_class": "GLACIER"}],
-            }],
+            "lifecycle": lifecycle(ctx),
             "public_access_block": dict(s3util.PUBLIC_ACCESS_BLOCK),
             "ownership": s3util.OWNER_ENFORCED,
             "policy": self._policy(ctx) if ctx.config.storage.enforce_tls else None,
@@ -96,7 +90,10 @@ class SensorBucket(Resource):
             return {
                 "versioning": versioning,
                 "encryption": _norm_encryption(ctx, encryption),
-                "lifecycle": [_norm_rule(r) for r in lifecycle["Rules"]] if lifecycle else None,
+                "lifecycle": {
+                    "min_object_size": lifecycle.get("TransitionDefaultMinimumObjectSize"),
+                    "rules": [_norm_rule(r) for r in lifecycle["Rules"]],
+                } if lifecycle else None,
             }
 
         return s3util.read_bucket_common(ctx, self.logical_id, name, self.arn(ctx), own_aspects)
@@ -129,6 +126,31 @@ class SensorBucket(Resource):
         s3util.delete_bucket(ctx.client("s3"), ctx.names.sensor_bucket)
 
 
+def lifecycle(ctx: StepContext) -> dict[str, Any]:
+    """Archive to Glacier, expire replaced versions, abort abandoned uploads.
+
+    ``min_object_size`` is S3's TransitionDefaultMinimumObjectSize, always sent: since
+    September 2024 a configuration that omits it stops objects under 128 KB from transitioning
+    (older configurations behave otherwise), so leaving it to the default makes the outcome
+    depend on when the bucket was configured. The default keeps small objects in STANDARD,
+    where a few-KB batch archive costs less than in Glacier (40 KB of overhead billed per
+    object, plus a transition fee); see docs/aws-behaviour.md.
+    """
+    storage = ctx.config.storage
+    return {
+        "min_object_size": storage.glacier_min_object_size,
+        "rules": [{
+            "id": LIFECYCLE_RULE_ID,
+            "status": "Enabled",
+            "prefix": "",
+            "transitions": [{"days": storage.glacier_transition_days, "storage_class": "GLACIER"}],
+            # A retried batch overwrites its archive object: the replaced version is a copy.
+            "noncurrent_expiration_days": storage.noncurrent_version_expiration_days,
+            "abort_incomplete_days": storage.abort_incomplete_upload_days,
+        }],
+    }
+
+
 def _norm_encryption(ctx: StepContext, answer: dict[str, Any] | None) -> dict[str, Any] | None:
     rules = (answer or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules") or []
     if not rules:
@@ -152,6 +174,9 @@ def _norm_rule(rule: dict[str, Any]) -> dict[str, Any]:
         "prefix": prefix,
         "transitions": [{"days": t.get("Days"), "storage_class": t.get("StorageClass")}
                         for t in rest.pop("Transitions", None) or []],
+        "noncurrent_expiration_days": (rest.pop("NoncurrentVersionExpiration", None) or {}).get("NoncurrentDays"),
+        "abort_incomplete_days": (rest.pop("AbortIncompleteMultipartUpload", None) or {}).get(
+            "DaysAfterInitiation"),
     }
     other = {k: v for k, v in rest.items() if v not in (None, [], {})}
     if filt:
@@ -175,15 +200,18 @@ def _set_encryption(s3: Any, name: str, want: dict[str, Any]) -> None:
     }]})
 
 
-def _set_lifecycle(s3: Any, name: str, want: list[dict[str, Any]]) -> None:
+def _set_lifecycle(s3: Any, name: str, want: dict[str, Any]) -> None:
     rules = [{
         "ID": rule["id"],
         "Status": rule["status"],
         "Filter": {"Prefix": rule["prefix"]},
         "Transitions": [{"Days": t["days"], "StorageClass": t["storage_class"]}
                         for t in rule["transitions"]],
-    } for rule in want]
-    s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": rules})
+        "NoncurrentVersionExpiration": {"NoncurrentDays": rule["noncurrent_expiration_days"]},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": rule["abort_incomplete_days"]},
+    } for rule in want["rules"]]
+    s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": rules},
+                                          TransitionDefaultMinimumObjectSize=want["min_object_size"])
 
 
 # Tags first, so that the ownership marker lands right after CreateBucket; the policy last,

@@ -17,6 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from iotpipe.aws import error_code
+from iotpipe.errors import QuotaError
 from iotpipe.steps import s3util
 from iotpipe.steps.base import (
     Change,
@@ -34,6 +35,18 @@ from iotpipe.steps.base import (
 )
 
 CLOUDTRAIL = "cloudtrail.amazonaws.com"
+# "Trails per Region: 5 ... This quota cannot be increased." A multi-region trail exists (as a
+# shadow trail) in every region and takes a place there too.
+# https://docs.aws.amazon.com/awscloudtrail/latest/userguide/WhatIsCloudTrail-Limits.html
+TRAILS_PER_REGION = 5
+# Since 2021-11-22 CloudTrail records IAM, STS and CloudFront events in us-east-1 only.
+# https://docs.aws.amazon.com/awscloudtrail/latest/userguide/cloudtrail-create-and-update-a-trail-by-using-the-aws-cli-update-trail.html
+GLOBAL_EVENTS_REGION = "us-east-1"
+DISABLED = "trail.enabled = false"
+
+
+def _disabled(ctx: StepContext) -> str | None:
+    return None if ctx.config.trail.enabled else DISABLED
 
 
 def bucket_arn(ctx: StepContext) -> str:
@@ -76,6 +89,9 @@ class TrailBucket(Resource):
     resource_type = "AWS::S3::Bucket"
 
     name_field = "trail_bucket"
+
+    def disabled_by(self, ctx: StepContext) -> str | None:
+        return _disabled(ctx)
 
     def desired(self, ctx: StepContext) -> Spec:
         return {
@@ -157,11 +173,48 @@ class Trail(Resource):
     depends_on = ("trail.bucket",)
     name_field = "trail"
 
+    def disabled_by(self, ctx: StepContext) -> str | None:
+        return _disabled(ctx)
+
+    def note(self, ctx: StepContext) -> str:
+        if ctx.config.trail.multi_region:
+            return ""
+        if ctx.region != GLOBAL_EVENTS_REGION:
+            return (f"trail.multi_region = false: a single-region trail in {ctx.region} records no "
+                    f"IAM, STS or CloudFront events (CloudTrail logs them in {GLOBAL_EVENTS_REGION} "
+                    "only), so changes to this env's roles go unaudited, and no other region's calls")
+        return ("trail.multi_region = false: the trail records calls made in us-east-1 only, "
+                "none of any other region")
+
+    def preflight(self, ctx: StepContext) -> None:
+        """Refuse before the first write when a new trail would be the region's sixth.
+
+        AWS would refuse CreateTrail (MaximumNumberOfTrailsExceededException) only at the
+        last step, with the rest of the env made. DescribeTrails in this region lists the
+        trails that take a place here: those whose home region it is and the shadows of other
+        regions' multi-region trails (another account's organization trail is not ours to count).
+        """
+        cloudtrail = ctx.client("cloudtrail")
+        name = self.name(ctx)
+        if get_or_none(cloudtrail.get_trail, Name=name) is not None:
+            return  # ours exists: no new place needed
+        trails = cloudtrail.describe_trails(includeShadowTrails=True).get("trailList", [])
+        others = [t for t in trails if t.get("Name") != name
+                  and f":{ctx.account}:" in t.get("TrailARN", f":{ctx.account}:")]
+        if len(others) >= TRAILS_PER_REGION:
+            listed = ", ".join(sorted(t.get("Name", "?") for t in others))
+            raise QuotaError(
+                f"CloudTrail allows {TRAILS_PER_REGION} trails per region and {ctx.region} has "
+                f"{len(others)} ({listed}); AWS does not raise this quota. Set trail.enabled = false "
+                f"(e.g. --set trail.enabled=false) to run env {ctx.env!r} without its own trail, or "
+                "remove a trail; nothing was created")
+
     def desired(self, ctx: StepContext) -> Spec:
         return {
             "s3_bucket_name": ctx.names.trail_bucket,
             "include_global_service_events": True,
-            "is_multi_region_trail": False,
+            # Multi-region by default (the seed's trail is single-region): see note().
+            "is_multi_region_trail": ctx.config.trail.multi_region,
             "log_file_validation": ctx.config.trail.log_file_validation,
             "event_selectors": [dict(s) for s in MANAGEMENT_EVENTS],
             "insight_selectors": ["ApiCallRateInsight"] if ctx.config.trail.insights else [],

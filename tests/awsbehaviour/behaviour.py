@@ -50,7 +50,7 @@ class Behaviour:
                     if arming.fired >= rule.times:
                         continue
                     arming.fired += 1
-                message = _fill(rule.message, call.params)
+                message = _fill(rule.message, {"region": call.region, **call.params})
                 self.fired.append((rule.name, call.operation, rule.code))
                 return rule, message
         return None
@@ -85,8 +85,10 @@ class Behaviour:
                         call.operation not in rule.reads:
                     continue
                 for arming in self._armings(rule, call):
-                    rule.patch(parsed, arming.key, rule.value)
-                    self.fired.append((rule.name, call.operation, str(rule.value)))
+                    value = rule.value(arming.extra.get("params", {})) if callable(rule.value) \
+                        else rule.value
+                    rule.patch(parsed, arming.key, value)
+                    self.fired.append((rule.name, call.operation, str(value)))
 
     def succeeded(self, call: Call, answer: dict[str, Any]) -> None:
         """A call went through: arm every rule it triggers, for the resource it acted on."""
@@ -96,7 +98,8 @@ class Behaviour:
                     continue
                 key = rule.trigger_key(call.params, answer) if rule.trigger_key else None
                 self.armed = [a for a in self.armed if not (a.rule is rule and a.key == key)]
-                self.armed.append(Armed(rule, key, call.now, extra={"answer": answer}))
+                self.armed.append(Armed(rule, key, call.now, extra={
+                    "params": dict(call.params), "answer": answer}))
 
     # -- plumbing ------------------------------------------------------------------------------
     def _armings(self, rule: Rule, call: Call, keyed: bool = True) -> list[Armed]:
@@ -170,7 +173,8 @@ def install(events: Any, behaviour: Behaviour) -> Behaviour:
 
     def before(model: Any, context: dict[str, Any], **_: Any) -> Any:
         params = context.get("awsbehaviour.params", {})
-        call = Call(model.service_model.service_name, model.name, params, behaviour.clock.now())
+        call = Call(model.service_model.service_name, model.name, params, behaviour.clock.now(),
+                    region=str(context.get("client_region") or ""))
         context["awsbehaviour.call"] = call
         refused = behaviour.refusal(call)
         if refused is not None:

@@ -27,6 +27,7 @@ class Call:
     now: float
     # Calls moto directly, bypassing every rule: for quota checks ("how many trails exist?").
     peek: Callable[..., dict[str, Any]] | None = None
+    region: str = ""  # the client's region, for "{region}" in messages (where known)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ class StateRule:
     """After ``after`` succeeded, reads show a transitional value for ``duration_s``.
 
     ``patch(parsed, key, value)`` writes ``value`` into the read's answer for resource ``key``
-    (a table's TableStatus, one mapping's State inside a list...).
+    (a table's TableStatus, one mapping's State inside a list...). A callable ``value`` is
+    called with the trigger's parameters: for a setting AWS keeps and moto forgets (what was
+    sent is what later reads show).
     """
 
     name: str

@@ -118,9 +118,18 @@ class Catalogue:
             if model.protocol in ("rest-json", "rest-xml"):
                 for op in model.operation_names:
                     service.routes.append(_route(op, model.operation_model(op)))
-                service.routes.sort(key=lambda r: -r.score)
+                # Same URI twice (PutBucketLifecycle and ...Configuration): the current
+                # operation, not the deprecated one; then the plain one (ListBuckets, not
+                # ListDirectoryBuckets, which lives on S3 Express endpoints).
+                service.routes.sort(key=lambda r, m=model: (
+                    -r.score, bool(m.operation_model(r.operation).deprecated), len(r.operation)))
             scope = model.metadata.get("signingName") or model.metadata["endpointPrefix"]
             self.by_scope[scope] = service
+
+    @staticmethod
+    def region(headers: Any) -> str:
+        match = _SCOPE.search(headers.get("Authorization", ""))
+        return match.group(1) if match else ""
 
     def identify(self, method: str, raw_path: str, headers: Any, body: bytes
                  ) -> tuple[_Service, str, dict[str, Any]] | None:
@@ -259,10 +268,10 @@ class BehaviourProxy:
         rules = list(rules)
         self.catalogue = _catalogue()
         for rule in rules:
-            if isinstance(rule, (StateRule, GhostRule)):
+            if isinstance(rule, GhostRule):
                 protocol = botocore.session.get_session().get_service_model(rule.service).protocol
                 if protocol not in JSON_PROTOCOLS:
-                    raise ValueError(f"{rule.name}: the proxy rewrites JSON answers only")
+                    raise ValueError(f"{rule.name}: the proxy serves ghosts as JSON answers only")
         parsed = urllib.parse.urlsplit(upstream)
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.upstream_url = upstream
@@ -349,7 +358,8 @@ class BehaviourProxy:
         if named is None:
             return self._forward(method, path, headers, body)
         service, operation, params = named
-        call = Call(service.name, operation, params, self.clock.now())
+        call = Call(service.name, operation, params, self.clock.now(),
+                    region=self.catalogue.region(headers))
         refused = self.behaviour.refusal(call)
         if refused is not None:
             rule, message = refused
@@ -400,10 +410,14 @@ class BehaviourProxy:
                 conn.close()
 
     def _patch(self, service: _Service, call: Call, headers: dict[str, str], body: bytes) -> bytes:
-        if service.model.protocol not in JSON_PROTOCOLS or not body or not any(
-                r.service == service.name and call.operation in (
-                    r.reads if isinstance(r, StateRule) else getattr(r, "list_reads", ()))
+        if not any(r.service == service.name and call.operation in (
+                r.reads if isinstance(r, StateRule) else getattr(r, "list_reads", ()))
                 for r in self.behaviour.rules):
+            return body
+        if service.model.protocol not in JSON_PROTOCOLS:
+            self._patch_headers(service, call, headers, body)
+            return body
+        if not body:
             return body
         parsed = json.loads(body)
         before = json.dumps(parsed, sort_keys=True)
@@ -415,6 +429,28 @@ class BehaviourProxy:
             if name.lower() == "x-amz-crc32":  # DynamoDB's checksum, which botocore verifies
                 headers[name] = str(zlib.crc32(raw))
         return raw
+
+    def _patch_headers(self, service: _Service, call: Call, headers: dict[str, str],
+                       body: bytes) -> None:
+        """An XML answer: the states may only change members AWS sends as headers
+        (S3's x-amz-transition-default-minimum-object-size); anything else is refused loudly."""
+        parsed = self._parse(service, call.operation, 200, headers, body)
+        before = json.loads(json.dumps(parsed, default=str))
+        self.behaviour.patch(call, parsed)
+        after = json.loads(json.dumps(parsed, default=str))
+        members = service.model.operation_model(call.operation).output_shape.members
+        for name in set(before) | set(after):
+            if name == "ResponseMetadata" or before.get(name) == after.get(name):
+                continue
+            where = members[name].serialization if name in members else {}
+            if where.get("location") != "header":
+                raise NotImplementedError(f"{call.operation}: the proxy rewrites only header "
+                                          f"members of XML answers, not {name}")
+            wire = where.get("name", name)
+            for existing in [k for k in headers if k.lower() == wire.lower()]:
+                del headers[existing]
+            if after.get(name) is not None:
+                headers[wire] = str(after[name])
 
     def _parse(self, service: _Service, operation: str, status: int, headers: dict[str, str],
                body: bytes) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.awsbehaviour import ALL_RULES
+from tests.awsbehaviour.rules import on_every_account
 from tests.awsbehaviour.proxy import TIMESHIM, BehaviourProxy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def proxy(server):
-    """Every rule of the behaviour table, in front of a freshly reset moto server."""
-    with BehaviourProxy(server, ALL_RULES, region=os.environ["AWS_DEFAULT_REGION"]) as running:
+    """Every rule of the behaviour table that holds for any caller, in front of a freshly reset
+    moto server."""
+    with BehaviourProxy(server, on_every_account(), region=os.environ["AWS_DEFAULT_REGION"]) as running:
         yield running
 
 

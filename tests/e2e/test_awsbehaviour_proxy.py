@@ -241,7 +241,7 @@ def test_the_proxy_stops_by_itself_when_idle(server):
                                                  connect_timeout=1)).list_queues()
 
 
-def test_state_and_ghost_rules_on_xml_services_are_refused_up_front(server):
+def test_ghost_rules_on_xml_services_are_refused_up_front(server):
     from tests.awsbehaviour import GhostRule
 
     ghost = GhostRule(name="test.s3-ghost", service="s3", reads=("HeadBucket",), body=lambda k: {},
@@ -249,3 +249,19 @@ def test_state_and_ghost_rules_on_xml_services_are_refused_up_front(server):
                       call_key=param("Bucket"))
     with pytest.raises(ValueError, match="JSON answers only"):
         BehaviourProxy(server, [ghost], region=REGION)
+
+
+def test_an_xml_answer_gets_the_states_of_its_header_members(through, clients):
+    """S3 keeps x-amz-transition-default-minimum-object-size; moto drops it (rule from i7b)."""
+    proxy, client = through(rules_named("s3.lifecycle-keeps-transition-minimum-object-size"))
+    s3 = client("s3")
+    s3.create_bucket(Bucket="bkt")
+    s3.put_bucket_lifecycle_configuration(
+        Bucket="bkt", TransitionDefaultMinimumObjectSize="varies_by_storage_class",
+        LifecycleConfiguration={"Rules": [{"ID": "r", "Status": "Enabled", "Filter": {},
+                                           "Expiration": {"Days": 1}}]})
+    got = s3.get_bucket_lifecycle_configuration(Bucket="bkt")
+    assert got["TransitionDefaultMinimumObjectSize"] == "varies_by_storage_class"
+    assert got["Rules"][0]["ID"] == "r"
+    direct = clients.s3.get_bucket_lifecycle_configuration(Bucket="bkt")
+    assert direct.get("TransitionDefaultMinimumObjectSize") != "varies_by_storage_class"

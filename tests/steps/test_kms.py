@@ -46,7 +46,7 @@ def test_key_and_alias_as_specified(engine):
     sids = {s["Sid"]: s for s in policy["Statement"]}
     assert sids["Enable IAM User Permissions"]["Principal"] == {"AWS": "arn:aws:iam::123456789012:root"}
     assert sids["Allow CloudWatch Logs"]["Principal"] == {"Service": f"logs.{REGION}.amazonaws.com"}
-    assert sids["Allow Kinesis"]["Principal"] == {"Service": "kinesis.amazonaws.com"}
+    assert "Allow Kinesis" not in sids  # Kinesis uses the key with its callers' permissions
     tags = {t["TagKey"]: t["TagValue"] for t in client().list_resource_tags(KeyId=meta["KeyId"])["Tags"]}
     assert tags == {"iotpipe:env": "dev", "iotpipe:resource": "kms.key", "managed-by": "iotpipe"}
 

@@ -40,3 +40,16 @@ def rules_named(*names: str) -> tuple[Rule, ...]:
     if missing:
         raise KeyError(f"no such behaviour rule: {missing}")
     return tuple(by_name[n] for n in names)
+
+
+def on_every_account(rules: tuple[Rule, ...] = ALL_RULES) -> tuple[Rule, ...]:
+    """The rules that hold for any caller: all but refusals armed always and unconditionally.
+
+    Such a rule (no trigger, no ``when``; e.g. a caller denied iam:PassRole) refuses every call
+    it names: it is a scenario a test picks with ``rules_named``, not how AWS treats everyone,
+    and with it no run could succeed.
+    """
+    from tests.awsbehaviour.model import ErrorRule
+
+    return tuple(r for r in rules if not (isinstance(r, ErrorRule) and r.after is None
+                                          and r.when is None))
