@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.awsbehaviour.rules import on_every_account
 from tests.awsbehaviour.proxy import TIMESHIM, BehaviourProxy
+from tests.awsbehaviour.rules import on_every_account
 
 REPO = Path(__file__).resolve().parents[2]
 
