@@ -119,7 +119,7 @@ class AwsContext:
 
     ``endpoint_url`` is only passed when given: boto3 already honours ``AWS_ENDPOINT_URL`` and
     ``AWS_ENDPOINT_URL_<SERVICE>`` itself, and passing ``None`` would not defeat that.
-    ``sleep`` is injectable so tests of the IAM propagation retry don't wait.
+    ``sleep`` and ``clock`` are injectable so tests of the retries and polls do not wait.
     """
 
     def __init__(
@@ -208,7 +208,7 @@ class AwsContext:
 class Transient:
     """One documented "try again later" answer of AWS, and how long it may last."""
 
-    name: str  # said in the error when the bound is exhausted
+    name: str  # added to AWS's message when the bound is exhausted
     matches: Callable[[BaseException], bool]
     timeout_s: float  # the whole bound, from the first attempt
     source: str
@@ -310,11 +310,19 @@ def call_with_retries(call: Callable[[], T], *transients: Transient,
                 raise
             remaining = transient.timeout_s - max(clock() - started, slept)
             if remaining <= 0:
+                _annotate(err, f"still refused after {transient.timeout_s:.0f}s of retries: {transient.name}")
                 raise
             delay = transient.first_delay_s if delay is None else min(delay * 2, transient.max_delay_s)
             pause = min(delay, remaining)
             sleep(pause)
             slept += pause
+
+
+def _annotate(err: BaseException, note: str) -> None:
+    """Say in the one line the operator sees (translate() reads the message) that we waited."""
+    if isinstance(err, ClientError):
+        error = err.response.setdefault("Error", {})
+        error["Message"] = f"{error.get('Message', '')} ({note})"
 
 
 @functools.cache

@@ -78,8 +78,9 @@ def test_the_retry_is_bounded_and_its_last_pause_ends_at_the_deadline():
         raise _error("InvalidParameterValueException",
                      "The role defined for the function cannot be assumed by Lambda.")
 
-    with pytest.raises(ClientError):
+    with pytest.raises(ClientError) as raised:
         call_with_retries(never, ROLE_NOT_ASSUMABLE_YET, sleep=clock.sleep, clock=clock.now)
+    assert "still refused after 120s of retries" in raised.value.response["Error"]["Message"]
     assert clock.slept[:4] == [1.0, 2.0, 4.0, 8.0]  # exponential backoff ...
     assert max(clock.slept) == ROLE_NOT_ASSUMABLE_YET.max_delay_s  # ... capped
     assert clock.total_slept == ROLE_NOT_ASSUMABLE_YET.timeout_s  # never past the bound
