@@ -533,6 +533,14 @@ class EventSourceMapping(Resource):
         # Lambda checks at creation that the function's role may read the stream and send to
         # the queue: a policy written seconds ago can still be invisible to it.
         created = ctx.aws.retry_while_role_propagates(lambda: lam.create_event_source_mapping(**params))
+        # Creating -> Enabled takes a while on AWS, and the iot step (next) makes the topic rule
+        # live: a LATEST mapping positions itself only once Enabled, so wait for it here.
+        state = self._settle(ctx, created["UUID"], None)
+        if desired["enabled"] and state != "Enabled":
+            reason = (get_or_none(lam.get_event_source_mapping, UUID=created["UUID"]) or {}).get(
+                "StateTransitionReason", "")
+            raise AwsCallError(f"event source mapping {created['UUID']} is {state or 'gone'} after "
+                               f"creation, not Enabled{': ' + reason if reason else ''}")
         return {"uuid": created["UUID"], "arn": self._esm_arn(ctx, created), "name": self.name(ctx)}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
