@@ -285,6 +285,15 @@ POLICY_DETACH_PROPAGATING = Transient(
     source="https://docs.aws.amazon.com/iot/latest/apireference/API_DetachThingPrincipal.html "
            "('DetachThingPrincipal is asynchronous. It might take several seconds')",
 )
+QUEUE_NAME_BEING_RELEASED = Transient(
+    "SQS keeps a deleted queue's name for 60 seconds",
+    _code_and_text({"AWS.SimpleQueueService.QueueDeletedRecently", "QueueDeletedRecently"}),
+    timeout_s=90.0,
+    max_delay_s=15.0,
+    source="https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_CreateQueue.html "
+           "(QueueDeletedRecently: 'You must wait 60 seconds after deleting a queue before you can "
+           "create another with the same name.')",
+)
 
 
 def call_with_retries(call: Callable[[], T], *transients: Transient,

@@ -104,7 +104,7 @@ def cli() -> None:
 @json_option
 @lock_option
 def up(opts: Options, json_mode: bool, lock_timeout: float) -> None:
-    """Converge the environment: kms, storage, stream, iot, lambda, trail.
+    """Converge the environment: kms, storage, stream, lambda, iot, trail.
 
     Safe to repeat: an environment already in shape costs read calls only.
 

@@ -27,7 +27,8 @@ ACTION_STYLE = {
     "pending": ("…", "yellow", "pending"),
 }
 PLAN_WORDS = {"create": "will be created", "update": "will be updated", "unchanged": "no changes"}
-HEALTH_STYLE = {"ok": "green", "missing": "red", "drifted": "yellow", "foreign": "magenta"}
+HEALTH_STYLE = {"ok": "green", "missing": "red", "drifted": "yellow", "foreign": "magenta",
+                "disabled": "dim", "unwanted": "yellow"}
 
 
 def _short(value: Any, limit: int = 70) -> str:
@@ -95,6 +96,8 @@ class Renderer:
             mark, style, _ = ACTION_STYLE[r.action]
             self.out.print(f"[{style}]{mark} {r.logical_id:<30}[/] [dim]{escape(r.name)}[/] "
                            f"{PLAN_WORDS.get(r.action, r.action)}")
+            if r.message:  # what the configuration gives up, or why a resource is left out
+                self.out.print(f"      [magenta]{escape(r.message)}[/]")
             if r.action == "update":
                 for c in r.changes:
                     self.out.print(f"      [yellow]{c.field}[/]: {escape(_short(c.current))} → "
@@ -115,6 +118,8 @@ class Renderer:
             health = r.health
             if r.changes:
                 health += ": " + ", ".join(c.field for c in r.changes)
+            elif r.health in ("disabled", "unwanted") and r.message:
+                health += f" ({r.message})"
             table.add_row(r.logical_id, r.resource_type, r.name,
                           r.ids.get("arn") or r.ids.get("id") or r.ids.get("uuid") or "",
                           f"[{style}]{escape(health)}[/]")

@@ -1,6 +1,6 @@
 """Every name iotpipe derives from an env satisfies its service's naming rules, or the config is
 refused before any AWS call. The rules here are written down again from the API references,
-independently of iotpipe.config.NAME_RULES, so that a mistake in one is caught by the other."""
+independently of iotpipe.naming.NAME_RULES, so that a mistake in one is caught by the other."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotpipe.config import NAME_RULES, Names, load_config
+from iotpipe.config import Names, load_config
 from iotpipe.errors import ConfigError
+from iotpipe.naming import NAME_RULES
 
 ACCOUNT = "123456789012"
 

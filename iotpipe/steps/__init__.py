@@ -1,4 +1,11 @@
-"""The pipeline's steps in convergence order; destroy walks them in reverse."""
+"""The pipeline's steps in convergence order; destroy walks them in reverse.
+
+The processor (lambda_) comes before its producer (iot): the topic rule starts delivering
+readings the moment it exists, and a mapping reading from LATEST only starts at the tip it
+finds once Enabled, so a reading the rule delivered earlier would be skipped. With the
+mapping created (and waited for) first, there is a reader before there is a writer; destroy,
+in reverse, stops the writer first.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ from importlib import import_module
 
 from iotpipe.steps.base import Resource
 
-STEP_ORDER = ("kms", "storage", "stream", "iot", "lambda_", "trail")
+STEP_ORDER = ("kms", "storage", "stream", "lambda_", "iot", "trail")
 
 
 def all_resources(steps: tuple[str, ...] = STEP_ORDER) -> list[Resource]:

@@ -14,7 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotpipe.aws import MAPPING_IN_USE, ROLE_NOT_ASSUMABLE_YET, is_not_found
+from iotpipe.aws import (
+    MAPPING_IN_USE,
+    QUEUE_NAME_BEING_RELEASED,
+    ROLE_NOT_ASSUMABLE_YET,
+    is_not_found,
+)
 from iotpipe.errors import AwsCallError
 from iotpipe.package import build_handler_zip, code_sha256
 from iotpipe.steps.base import (
@@ -204,8 +209,11 @@ class DeadLetterQueue(Resource):
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         sqs = ctx.client("sqs")
-        url = sqs.create_queue(QueueName=self.name(ctx), Attributes=self._attributes(desired),
-                               tags=desired["tags"])["QueueUrl"]
+        # A destroy that stopped after deleting the queue, then `up`: the name is refused for
+        # 60 s after the delete.
+        url = ctx.aws.retrying(lambda: sqs.create_queue(
+            QueueName=self.name(ctx), Attributes=self._attributes(desired), tags=desired["tags"],
+        ), QUEUE_NAME_BEING_RELEASED)["QueueUrl"]
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         return {"name": self.name(ctx), "arn": arn, "url": url}
 
@@ -557,6 +565,14 @@ class EventSourceMapping(Resource):
         # Lambda checks at creation that the function's role may read the stream and send to
         # the queue: a policy written seconds ago can still be invisible to it.
         created = ctx.aws.retrying(lambda: lam.create_event_source_mapping(**params), ROLE_NOT_ASSUMABLE_YET)
+        # Creating -> Enabled takes a while on AWS, and the iot step (next) makes the topic rule
+        # live: a LATEST mapping positions itself only once Enabled, so wait for it here.
+        state = self._settle(ctx, created["UUID"], None)
+        if desired["enabled"] and state != "Enabled":
+            reason = (get_or_none(lam.get_event_source_mapping, UUID=created["UUID"]) or {}).get(
+                "StateTransitionReason", "")
+            raise AwsCallError(f"event source mapping {created['UUID']} is {state or 'gone'} after "
+                               f"creation, not Enabled{': ' + reason if reason else ''}")
         return {"uuid": created["UUID"], "arn": self._esm_arn(ctx, created), "name": self.name(ctx)}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:

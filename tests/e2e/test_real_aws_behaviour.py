@@ -9,8 +9,10 @@ and every other rule the table holds (propagation errors, quotas...).
 
 from __future__ import annotations
 
+import io
 import json
 import time
+import zipfile
 from pathlib import Path
 
 from iotpipe.errors import ExitCode
@@ -24,6 +26,13 @@ STATES_MET_BY_UP = {"dynamodb.table-creating", "kinesis.stream-creating",
 
 def _ok(proc, *codes: int) -> None:
     assert proc.returncode in (codes or (0,)), (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+
+
+def _other_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("index.py", "def lambda_handler(event, context):\n    return {}\n")
+    return buf.getvalue()
 
 
 def _resources(proc) -> dict[str, dict]:
@@ -53,11 +62,27 @@ def test_up_converge_repair_devices_destroy(aws_iotpipe, proxy, clients):
         TableName="sensor-metrics-dev",
         PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": False})
     clients.logs.put_retention_policy(logGroupName="/aws/lambda/iot-processor-dev", retentionInDays=7)
+    lam = clients.client("lambda")
+    lam.update_function_code(FunctionName="iot-processor-dev", ZipFile=_other_zip())
+    clients.kinesis.increase_stream_retention_period(StreamName="iot-sensor-stream-dev",
+                                                     RetentionPeriodHours=48)
+    stream_arn = clients.kinesis.describe_stream_summary(
+        StreamName="iot-sensor-stream-dev")["StreamDescriptionSummary"]["StreamARN"]
+    clients.kinesis.update_stream_mode(StreamARN=stream_arn,
+                                       StreamModeDetails={"StreamMode": "PROVISIONED"})
+    mapping = lam.list_event_source_mappings(EventSourceArn=stream_arn)["EventSourceMappings"][0]
+    lam.update_event_source_mapping(UUID=mapping["UUID"], BatchSize=50)
     repaired = aws_iotpipe("up", "--env", "dev", "--json")
     _ok(repaired)
     updated = {lid for lid, r in _resources(repaired).items() if r["action"] == "update"}
-    assert updated == {"lambda.function", "storage.metrics_table", "lambda.log_group"}
-    assert "lambda.function-inprogress-after-UpdateFunctionConfiguration" in proxy.behaviour.fired_rules()
+    assert updated == {"lambda.function", "storage.metrics_table", "lambda.log_group",
+                       "stream.sensor_stream", "lambda.event_source_mapping"}
+    # Each repair met AWS's update state and waited it out before the next change.
+    assert proxy.behaviour.fired_rules() >= {
+        "lambda.function-inprogress-after-UpdateFunctionCode",
+        "lambda.function-inprogress-after-UpdateFunctionConfiguration",
+        "kinesis.stream-updating-after-UpdateStreamMode",
+        "kinesis.stream-updating-after-DecreaseStreamRetentionPeriod", "dynamodb.pitr-enabling"}
     verify_pipeline(clients, "dev", enforce_tls=True)
 
     for device in ("press-01", "press-02"):
@@ -75,6 +100,10 @@ def test_up_converge_repair_devices_destroy(aws_iotpipe, proxy, clients):
     assert "Please wait for 5 minutes after deprecation" in results["iot.thing_type"]["message"]
     assert {r["action"] for lid, r in results.items() if lid not in pending} == {"delete"}
     assert clients.iot.list_things()["things"] == []
+    # The stream and table were waited out while AWS still showed them DELETING.
+    assert proxy.behaviour.fired_rules() >= {"kinesis.stream-deleting", "dynamodb.table-deleting",
+                                             "iot.thing-type-delete-within-5-minutes",
+                                             "iot.delete-policy-after-detach"}
 
     # The operator comes back five minutes later (destroy --wait is the interrupted test's).
     proxy.clock.advance(300)

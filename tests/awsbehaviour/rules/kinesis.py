@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
-from tests.awsbehaviour.model import GhostRule, StateRule, param, set_path, trigger_param
+from typing import Any
+
+from tests.awsbehaviour.model import GhostRule, StateRule, set_path
 
 STATUS_DOC = ("https://docs.aws.amazon.com/kinesis/latest/APIReference/"
               "API_StreamDescriptionSummary.html (StreamStatus: CREATING, DELETING, ACTIVE, UPDATING)")
 SUMMARY = set_path("StreamDescriptionSummary", "StreamStatus")
 DESCRIBE = set_path("StreamDescription", "StreamStatus")
+
+
+def _stream(params: dict[str, Any]) -> str | None:
+    """Kinesis takes StreamName or StreamARN (UpdateStreamMode only the ARN): key by the name."""
+    name = params.get("StreamName")
+    arn = params.get("StreamARN")
+    return name if isinstance(name, str) else arn.rsplit("/", 1)[-1] if isinstance(arn, str) else None
+
+
+def _trigger(params: dict[str, Any], _answer: dict[str, Any]) -> str | None:
+    return _stream(params)
+
+
+def _ghost(name: str) -> dict[str, Any]:
+    """Both read shapes: DescribeStreamSummary (iotpipe's reads) and DescribeStream (the
+    stream_not_exists waiter's); botocore keeps the members of the operation's output."""
+    arn = f"arn:aws:kinesis:us-east-1:123456789012:stream/{name}"
+    return {
+        "StreamDescriptionSummary": {
+            "StreamName": name, "StreamStatus": "DELETING", "RetentionPeriodHours": 24,
+            "StreamARN": arn, "StreamCreationTimestamp": 0, "EnhancedMonitoring": [],
+            "OpenShardCount": 0},
+        "StreamDescription": {
+            "StreamName": name, "StreamStatus": "DELETING", "RetentionPeriodHours": 24,
+            "StreamARN": arn, "StreamCreationTimestamp": 0, "EnhancedMonitoring": [],
+            "Shards": [], "HasMoreShards": False},
+    }
 
 
 def _both(parsed, key, value):
@@ -20,7 +49,7 @@ def _updating(operation: str, seconds: float) -> StateRule:
         name=f"kinesis.stream-updating-after-{operation}",
         service="kinesis", reads=("DescribeStreamSummary", "DescribeStream"), value="UPDATING",
         patch=_both, after=("kinesis", operation), duration_s=seconds,
-        trigger_key=trigger_param("StreamName"), call_key=param("StreamName"),
+        trigger_key=_trigger, call_key=_stream,
         source=STATUS_DOC + f"; {operation}: 'the stream status is UPDATING' until it completes",
     )
 
@@ -30,7 +59,7 @@ RULES = (
         name="kinesis.stream-creating",
         service="kinesis", reads=("DescribeStreamSummary", "DescribeStream"), value="CREATING",
         patch=_both, after=("kinesis", "CreateStream"), duration_s=30.0,
-        trigger_key=trigger_param("StreamName"), call_key=param("StreamName"),
+        trigger_key=_trigger, call_key=_stream,
         source=STATUS_DOC + "; CreateStream: 'Kinesis Data Streams immediately returns and sets "
                "StreamStatus to CREATING'",
     ),
@@ -40,13 +69,10 @@ RULES = (
     _updating("UpdateStreamMode", 30.0),
     GhostRule(
         name="kinesis.stream-deleting",
-        service="kinesis", reads=("DescribeStreamSummary",),
-        body=lambda name: {"StreamDescriptionSummary": {
-            "StreamName": name, "StreamStatus": "DELETING", "RetentionPeriodHours": 24,
-            "StreamARN": f"arn:aws:kinesis:us-east-1:123456789012:stream/{name}",
-            "StreamCreationTimestamp": 0, "EnhancedMonitoring": [], "OpenShardCount": 0}},
+        service="kinesis", reads=("DescribeStreamSummary", "DescribeStream"),
+        body=_ghost,
         after=("kinesis", "DeleteStream"), duration_s=20.0,
-        trigger_key=trigger_param("StreamName"), call_key=param("StreamName"),
+        trigger_key=_trigger, call_key=_stream,
         source=STATUS_DOC + "; DeleteStream: 'Kinesis Data Streams might continue to accept "
                "data read and write operations ... while the stream is in the DELETING state'",
     ),
