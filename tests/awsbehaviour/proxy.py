@@ -471,8 +471,7 @@ class BehaviourProxy:
             timeout = 60  # an idle kept-alive connection frees its thread
 
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self._body()
                 try:
                     status, headers, data = proxy.handle(self.command, self.path, self.headers, body)
                 except Exception as err:  # noqa: BLE001 - a proxy bug shows as a 500, named
@@ -487,6 +486,20 @@ class BehaviourProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+
+            def _body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    chunks = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass  # trailers
+                            return b"".join(chunks)
+                        chunks.append(self.rfile.read(size))
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _serve
 

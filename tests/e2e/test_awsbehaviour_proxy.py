@@ -265,3 +265,22 @@ def test_an_xml_answer_gets_the_states_of_its_header_members(through, clients):
     assert got["Rules"][0]["ID"] == "r"
     direct = clients.s3.get_bucket_lifecycle_configuration(Bucket="bkt")
     assert direct.get("TransitionDefaultMinimumObjectSize") != "varies_by_storage_class"
+
+
+def test_a_chunked_request_body_is_forwarded_whole(through, clients):
+    import http.client
+
+    proxy, _client = through([])
+    clients.s3.create_bucket(Bucket="bkt")
+    conn = http.client.HTTPConnection(*proxy._server.server_address[:2], timeout=10)
+    conn.putrequest("PUT", "/bkt/chunked.txt")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.putheader("Authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/s3/"
+                                    "aws4_request, SignedHeaders=host, Signature=0")
+    conn.endheaders()
+    for part in (b"hello ", b"chunked ", b"world"):
+        conn.send(b"%x\r\n%s\r\n" % (len(part), part))
+    conn.send(b"0\r\n\r\n")
+    assert conn.getresponse().status == 200
+    assert clients.s3.get_object(Bucket="bkt", Key="chunked.txt")["Body"].read() == b"hello chunked world"
+    assert [(s.service, s.operation) for s in proxy.seen] == [("s3", "PutObject")]
