@@ -83,6 +83,8 @@ def test_up_converge_repair_devices_destroy(aws_iotpipe, proxy, clients):
         "lambda.function-inprogress-after-UpdateFunctionConfiguration",
         "kinesis.stream-updating-after-UpdateStreamMode",
         "kinesis.stream-updating-after-DecreaseStreamRetentionPeriod", "dynamodb.pitr-enabling"}
+    # Right after, while AWS still shows the mapping Updating and PITR ENABLING: in sync.
+    _ok(aws_iotpipe("status", "--env", "dev"))
     verify_pipeline(clients, "dev", enforce_tls=True)
 
     for device in ("press-01", "press-02"):
