@@ -1,4 +1,4 @@
-"""Fixtures for e2e tests through the AWS behaviour proxy (import them into a test module)."""
+"""Fixtures for e2e tests through the AWS behaviour proxy (conftest.py makes them available)."""
 
 from __future__ import annotations
 
