@@ -26,6 +26,15 @@ MANAGED_BY = "iotpipe"
 TAG_ENV = "iotpipe:env"
 TAG_RESOURCE = "iotpipe:resource"
 TAG_MANAGED_BY = "managed-by"
+# The region an env's resources live in. Regional resources are where they are, but IAM role
+# and S3 bucket names are global: the tag is what tells env dev in eu-west-1 from env dev in
+# us-east-1 (see StepContext.owns).
+TAG_REGION = "iotpipe:region"
+# The config tag keys iotpipe set, so a key dropped from the config is removed on the next
+# `up` instead of lingering forever (see config_tag_keys). Kept on the resource itself, so a
+# lost state file does not lose it.
+TAG_CONFIG_KEYS = "iotpipe:tags"
+TAG_VALUE_MAX = 256  # the smallest tag value limit of the services iotpipe tags
 
 Spec = dict[str, Any]
 
@@ -94,12 +103,27 @@ class StepContext:
 
     def tags(self, logical_id: str) -> dict[str, str]:
         """The tags every resource carries: the config's, then iotpipe's own (which win)."""
-        return {**self.config.tags, TAG_ENV: self.env, TAG_RESOURCE: logical_id,
-                TAG_MANAGED_BY: MANAGED_BY}
+        return {**self.config.tags, **encode_tag_keys(self.config.tags), TAG_ENV: self.env,
+                TAG_RESOURCE: logical_id, TAG_MANAGED_BY: MANAGED_BY, TAG_REGION: self.region}
 
-    def owns(self, tags: Mapping[str, str] | None) -> bool:
-        """True when ``tags`` mark the resource as iotpipe's for this env."""
-        return bool(tags) and tags.get(TAG_ENV) == self.env and tags.get(TAG_MANAGED_BY) == MANAGED_BY
+    def owns(self, tags: Mapping[str, str] | None, *, home_region: str | None = None) -> bool:
+        """True when ``tags`` mark the resource as iotpipe's for this env in this region.
+
+        A resource without the region tag (made before iotpipe recorded regions) is judged by
+        ``home_region``, where the resource itself says where it was made (a bucket's
+        location); regional resources pass nothing, since they are where this run looks.
+        """
+        if not (tags and tags.get(TAG_ENV) == self.env and tags.get(TAG_MANAGED_BY) == MANAGED_BY):
+            return False
+        region = tags.get(TAG_REGION) or home_region
+        return region is None or region == self.region
+
+    def other_region(self, tags: Mapping[str, str] | None, *, home_region: str | None = None) -> str | None:
+        """The region of another deployment of this env that owns the resource, else None."""
+        if not tags or tags.get(TAG_ENV) != self.env or tags.get(TAG_MANAGED_BY) != MANAGED_BY:
+            return None
+        region = tags.get(TAG_REGION) or home_region
+        return region if region and region != self.region else None
 
     def marker(self, logical_id: str) -> str:
         """A text marker for resources whose tags cannot be read back (IoT): kept in descriptions."""
@@ -209,7 +233,11 @@ def paginate(client: Any, operation: str, key: str, **kwargs: Any) -> list[Any]:
 
 @contextlib.contextmanager
 def ignore_not_found() -> Iterator[None]:
-    """Deleting or reading what is already gone is not an error."""
+    """Reading what is already gone is not an error.
+
+    Wrap exactly one call: around several, the first "not found" skips the rest silently
+    (a detached policy would skip DeleteRole). Deletes use ``tolerate_gone`` per call.
+    """
     try:
         yield
     except Exception as err:
@@ -217,11 +245,73 @@ def ignore_not_found() -> Iterator[None]:
             raise
 
 
+def tolerate_gone(call: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    """Run one delete-type call; "already gone" is success. True when the call did the work.
+
+    One call at a time (amazon.aws ``deletion_error_handler``): a missing inline policy must
+    not stop DeleteRole from running, so each call of a delete sequence tolerates its own
+    target being gone and the sequence always reaches its last call, whose answer says
+    whether the resource is really gone.
+    """
+    try:
+        call(*args, **kwargs)
+    except Exception as err:
+        if is_not_found(err):
+            return False
+        raise
+    return True
+
+
+def encode_tag_keys(config_tags: Mapping[str, str]) -> dict[str, str]:
+    """The ``iotpipe:tags`` tag(s) listing the config's tag keys, netstring-style.
+
+    Each key is written as ``<length>:<key>``: tag keys may hold any of the characters a tag
+    value may (spaces, ``:``, ``/``, ``=``...), so no separator could be unambiguous. A list
+    longer than one tag value spills over into ``iotpipe:tags:2``, ``iotpipe:tags:3``...;
+    config validation keeps the total within AWS's 50 tags per resource.
+    """
+    text = "".join(f"{len(k)}:{k}" for k in sorted(config_tags))
+    chunks = [text[i:i + TAG_VALUE_MAX] for i in range(0, len(text), TAG_VALUE_MAX)]
+    return {(TAG_CONFIG_KEYS if n == 0 else f"{TAG_CONFIG_KEYS}:{n + 1}"): chunk
+            for n, chunk in enumerate(chunks)}
+
+
+def decode_tag_keys(tags: Mapping[str, str]) -> set[str]:
+    """The config tag keys a resource's ``iotpipe:tags`` tag(s) say iotpipe set earlier.
+
+    Anything unreadable (hand-edited) yields the keys read so far: a key not listed is left
+    alone, which is the safe side.
+    """
+    text = tags.get(TAG_CONFIG_KEYS, "")
+    n = 2
+    while f"{TAG_CONFIG_KEYS}:{n}" in tags:
+        text += tags[f"{TAG_CONFIG_KEYS}:{n}"]
+        n += 1
+    keys: set[str] = set()
+    pos = 0
+    while pos < len(text):
+        colon = text.find(":", pos)
+        if colon <= pos or not text[pos:colon].isdigit():
+            break
+        length = int(text[pos:colon])
+        key = text[colon + 1:colon + 1 + length]
+        if len(key) != length:
+            break
+        keys.add(key)
+        pos = colon + 1 + length
+    return keys
+
+
 def filter_tags(ctx: StepContext, logical_id: str, tags: Mapping[str, str]) -> dict[str, str]:
-    """Only the tags iotpipe sets: tags others add out of band are not drift."""
+    """Only the tags iotpipe sets or set earlier: tags others add out of band are not drift.
+
+    A config tag iotpipe set on an earlier run (listed in ``iotpipe:tags``) is iotpipe's even
+    when the config no longer has it, so ``tag_changes`` removes it.
+    """
     wanted = ctx.tags(logical_id)
+    earlier = decode_tag_keys(tags)
     return {k: v for k, v in tags.items()
-            if k in wanted or k.startswith("iotpipe:") or k == TAG_MANAGED_BY}
+            if k in wanted or k in earlier or k.startswith("iotpipe:") or k == TAG_MANAGED_BY}
 
 
 def tag_changes(current: Mapping[str, str], desired: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:

@@ -19,13 +19,13 @@ from iotpipe.steps.base import (
     changed_fields,
     filter_tags,
     get_or_none,
-    ignore_not_found,
     paginate,
     policy_json,
     same,
     tag_changes,
     tag_dict,
     tag_list,
+    tolerate_gone,
 )
 
 PolicyFn = Callable[[StepContext], dict[str, Any]]
@@ -91,8 +91,7 @@ class LogGroup(Resource):
                 logs.untag_resource(resourceArn=self._arn(ctx), tagKeys=to_remove)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        with ignore_not_found():
-            ctx.client("logs").delete_log_group(logGroupName=self.name(ctx))
+        tolerate_gone(ctx.client("logs").delete_log_group, logGroupName=self.name(ctx))
 
 
 class Role(Resource):
@@ -196,14 +195,15 @@ class Role(Resource):
                 iam.untag_role(RoleName=name, TagKeys=to_remove)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
+        """IAM refuses DeleteRole while policies remain: each is removed first, each on its
+        own (one already gone does not skip the others, nor DeleteRole)."""
         iam = ctx.client("iam")
         name = self.name(ctx)
-        with ignore_not_found():
-            for arn in current.spec.get("managed_policies", []):
-                iam.detach_role_policy(RoleName=name, PolicyArn=arn)
-            for policy in current.spec.get("inline_policies", {}):
-                iam.delete_role_policy(RoleName=name, PolicyName=policy)
-            iam.delete_role(RoleName=name)
+        for arn in current.spec.get("managed_policies", []):
+            tolerate_gone(iam.detach_role_policy, RoleName=name, PolicyArn=arn)
+        for policy in current.spec.get("inline_policies", {}):
+            tolerate_gone(iam.delete_role_policy, RoleName=name, PolicyName=policy)
+        tolerate_gone(iam.delete_role, RoleName=name)
 
 
 def service_trust(service: str, *, pin_account: bool = True,

@@ -28,10 +28,10 @@ from iotpipe.steps.base import (
     StepContext,
     changed_fields,
     get_or_none,
-    ignore_not_found,
     paginate,
     policy_json,
     tag_list,
+    tolerate_gone,
 )
 from iotpipe.steps.common import LogGroup, Role, service_trust
 
@@ -205,8 +205,7 @@ class ThingType(Resource):
             stamp = current.spec.get("deprecation_date")
             deprecated_at = datetime.fromisoformat(stamp).astimezone(UTC) if stamp else None
         else:
-            with ignore_not_found():
-                iot.deprecate_thing_type(thingTypeName=name, undoDeprecate=False)
+            tolerate_gone(iot.deprecate_thing_type, thingTypeName=name, undoDeprecate=False)
             deprecated_at = datetime.now(UTC)
         try:
             iot.delete_thing_type(thingTypeName=name)
@@ -280,13 +279,13 @@ class DevicePolicy(Resource):
         """IoT refuses to delete a policy that is attached or has old versions: clear both first."""
         iot = ctx.client("iot")
         name = self.name(ctx)
-        with ignore_not_found():
-            for target in paginate(iot, "list_targets_for_policy", "targets", policyName=name):
-                iot.detach_policy(policyName=name, target=target)
-            for version in iot.list_policy_versions(policyName=name)["policyVersions"]:
-                if not version["isDefaultVersion"]:
-                    iot.delete_policy_version(policyName=name, policyVersionId=version["versionId"])
-            iot.delete_policy(policyName=name)
+        for target in get_or_none(paginate, iot, "list_targets_for_policy", "targets", policyName=name) or []:
+            tolerate_gone(iot.detach_policy, policyName=name, target=target)
+        versions = get_or_none(iot.list_policy_versions, policyName=name) or {}
+        for version in versions.get("policyVersions", []):
+            if not version["isDefaultVersion"]:
+                tolerate_gone(iot.delete_policy_version, policyName=name, policyVersionId=version["versionId"])
+        tolerate_gone(iot.delete_policy, policyName=name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,8 +361,7 @@ class TopicRule(Resource):
             lambda: iot.replace_topic_rule(ruleName=name, topicRulePayload=payload))
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        with ignore_not_found():
-            ctx.client("iot").delete_topic_rule(ruleName=self.name(ctx))
+        tolerate_gone(ctx.client("iot").delete_topic_rule, ruleName=self.name(ctx))
 
 
 def _payload(desired: Spec) -> dict[str, Any]:
@@ -444,14 +442,12 @@ def retire_certificate(ctx: StepContext, cert_arn: str, thing_name: str) -> bool
         return False
     things = paginate(iot, "list_principal_things", "things", principal=cert_arn)
     if thing_name in things:
-        with ignore_not_found():
-            iot.detach_thing_principal(thingName=thing_name, principal=cert_arn)
+        tolerate_gone(iot.detach_thing_principal, thingName=thing_name, principal=cert_arn)
     if any(t != thing_name for t in things):
         return False
     try:
         for policy in paginate(iot, "list_attached_policies", "policies", target=cert_arn):
-            with ignore_not_found():
-                iot.detach_policy(policyName=policy["policyName"], target=cert_arn)
+            tolerate_gone(iot.detach_policy, policyName=policy["policyName"], target=cert_arn)
         if found["certificateDescription"].get("status") == "ACTIVE":
             iot.update_certificate(certificateId=cert_id(cert_arn), newStatus="INACTIVE")
         retry_while_detaching(ctx, lambda: iot.delete_certificate(certificateId=cert_id(cert_arn)))
@@ -471,8 +467,7 @@ def delete_device(ctx: StepContext, thing_name: str, extra_certificates: tuple[s
     for arn in dict.fromkeys([*attached, *extra_certificates]):
         if retire_certificate(ctx, arn, thing_name):
             deleted.append(cert_id(arn))
-    with ignore_not_found():
-        retry_while_detaching(ctx, lambda: iot.delete_thing(thingName=thing_name))
+    tolerate_gone(retry_while_detaching, ctx, lambda: iot.delete_thing(thingName=thing_name))
     return deleted
 
 

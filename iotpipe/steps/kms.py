@@ -20,12 +20,12 @@ from iotpipe.steps.base import (
     changed_fields,
     filter_tags,
     get_or_none,
-    ignore_not_found,
     paginate,
     policy_json,
     tag_changes,
     tag_dict,
     tag_list,
+    tolerate_gone,
 )
 
 GONE_STATES = {"PendingDeletion", "PendingReplicaDeletion"}
@@ -207,8 +207,7 @@ class KmsAlias(Resource):
         ctx.client("kms").update_alias(AliasName=ctx.names.kms_alias, TargetKeyId=desired["target_key_id"])
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        with ignore_not_found():
-            ctx.client("kms").delete_alias(AliasName=ctx.names.kms_alias)
+        tolerate_gone(ctx.client("kms").delete_alias, AliasName=ctx.names.kms_alias)
 
 
 def _describe(kms: Any, key_ref: str) -> dict[str, Any] | None:

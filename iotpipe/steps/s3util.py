@@ -21,10 +21,10 @@ from iotpipe.steps.base import (
     StepContext,
     filter_tags,
     get_or_none,
-    ignore_not_found,
     policy_json,
     tag_dict,
     tag_list,
+    tolerate_gone,
 )
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys per request
@@ -134,8 +134,7 @@ def set_ownership(s3: Any, name: str, want: str) -> None:
 def set_policy(s3: Any, name: str, want: dict[str, Any] | None) -> None:
     """None removes the policy: any policy present is not ours to keep."""
     if want is None:
-        with ignore_not_found():
-            s3.delete_bucket_policy(Bucket=name)
+        tolerate_gone(s3.delete_bucket_policy, Bucket=name)
     else:
         s3.put_bucket_policy(Bucket=name, Policy=policy_json(want))
 
@@ -152,13 +151,10 @@ def set_tags(ctx: StepContext, s3: Any, name: str, logical_id: str, want: dict[s
 def delete_bucket(s3: Any, name: str) -> None:
     """Policy first (a Deny must not block the emptying; a TLS-only Deny blocks object
     deletes on the emulator), then every version and delete marker, then the bucket.
-    Whatever is already gone counts as done."""
-    with ignore_not_found():
-        s3.delete_bucket_policy(Bucket=name)
-    with ignore_not_found():
-        empty_bucket(s3, name)
-    with ignore_not_found():
-        s3.delete_bucket(Bucket=name)
+    Each step tolerates its own target being gone, and DeleteBucket always runs."""
+    tolerate_gone(s3.delete_bucket_policy, Bucket=name)
+    tolerate_gone(empty_bucket, s3, name)
+    tolerate_gone(s3.delete_bucket, Bucket=name)
 
 
 def empty_bucket(s3: Any, name: str) -> int:

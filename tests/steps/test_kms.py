@@ -48,7 +48,8 @@ def test_key_and_alias_as_specified(engine):
     assert sids["Allow CloudWatch Logs"]["Principal"] == {"Service": f"logs.{REGION}.amazonaws.com"}
     assert sids["Allow Kinesis"]["Principal"] == {"Service": "kinesis.amazonaws.com"}
     tags = {t["TagKey"]: t["TagValue"] for t in client().list_resource_tags(KeyId=meta["KeyId"])["Tags"]}
-    assert tags == {"iotpipe:env": "dev", "iotpipe:resource": "kms.key", "managed-by": "iotpipe"}
+    assert tags == {"iotpipe:env": "dev", "iotpipe:resource": "kms.key", "managed-by": "iotpipe",
+                    "iotpipe:region": REGION}
 
 
 def test_converged_run_makes_no_writes(engine, log):
