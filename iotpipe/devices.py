@@ -327,6 +327,11 @@ def add_device(
         type_name, policy_name = _require_deployed(ctx)
         iot = ctx.client("iot")
         paths = device_paths(engine.store.root, ctx.env, device_id)
+        early = None
+        with contextlib.suppress(StateError):  # an unreadable record is reported further on
+            early = _read_record(paths)
+        if early is not None:
+            _refuse_other_region(ctx, paths, early)  # before anything is written
         notes: list[str] = []
         action = "unchanged"
 
@@ -381,6 +386,7 @@ def _usable_record(
     iot = ctx.client("iot")
     record = _read_record(paths)
     if record is not None:
+        _refuse_other_region(ctx, paths, record)
         found = get_or_none(iot.describe_certificate, certificateId=record["certificate_id"])
         cert = found["certificateDescription"] if found else None
         if cert is None:
@@ -415,6 +421,23 @@ def _usable_record(
         raise _needs_rotation(ctx, device_id, paths, f"it has {len(attached)} certificate(s) attached but "
                               f"no private key in {paths.dir}")
     return None, None
+
+
+def _refuse_other_region(ctx: StepContext, paths: DevicePaths, record: dict[str, Any]) -> None:
+    """Stop, touching nothing, when the local certificate was issued in another region or account.
+
+    Its certificate is missing here because it lives there: deleting the key as "stale" would
+    cut off a device that is live in that region (AWS hands out a private key only once).
+    """
+    parts = str(record.get("certificate_arn", "")).split(":")
+    if len(parts) < 6:
+        return
+    region, account = parts[3], parts[4]
+    if (region, account) != (ctx.region, ctx.account):
+        raise StateError(
+            f"device files in {paths.dir} belong to a certificate of region {region} (account "
+            f"{account}), not {ctx.region} ({ctx.account}): left untouched; use a separate "
+            "--state-dir (and env name) per region")
 
 
 def _needs_rotation(ctx: StepContext, device_id: str, paths: DevicePaths, why: str) -> DeviceNeedsRotationError:
@@ -517,6 +540,8 @@ def remove_device(engine: Engine, device_id: str, *, lock_timeout: float = 0.0) 
             record = _read_record(paths)
         except StateError:
             record = None  # the directory goes anyway
+        if record is not None:
+            _refuse_other_region(ctx, paths, record)
         extra = (record["certificate_arn"],) if record else ()
         thing = get_or_none(iot.describe_thing, thingName=device_id)
         result = RemoveResult("absent", ctx.env, device_id)

@@ -67,8 +67,26 @@ class Current:
     ids: dict[str, str] = field(default_factory=dict)
     managed: bool = True  # carries iotpipe's marker for this env (tags, or a description)
     # False when AWS says outright that it belongs to someone else (a bucket of another
-    # account): then even a write-ahead "creating" record cannot make it ours.
+    # account, a role of this env's deployment in another region): then even a write-ahead
+    # "creating" record cannot make it ours.
     adoptable: bool = True
+    foreign_reason: str = ""  # why it is not ours, when the plain "no iotpipe:env tag" is wrong
+
+    @classmethod
+    def judged(cls, ctx: StepContext, spec: Spec, ids: dict[str, str], tags: Mapping[str, str] | None,
+               *, home_region: str | None = None) -> Current:
+        """A Current whose ownership comes from ``tags`` (see ``StepContext.owns``).
+
+        A resource of this env that another region's deployment owns is never adoptable:
+        IAM role and S3 bucket names are global, and rewriting them breaks that pipeline.
+        """
+        other = ctx.other_region(tags, home_region=home_region)
+        if other:
+            return cls(spec, ids, managed=False, adoptable=False, foreign_reason=(
+                f"belongs to env {ctx.env!r} deployed in {other}, not {ctx.region} (its name is "
+                f"global): give each region its own env name, e.g. --env {ctx.env}-{ctx.region} "
+                "(docs/runbooks/deploy.md)"))
+        return cls(spec, ids, managed=ctx.owns(tags, home_region=home_region))
 
 
 @dataclass

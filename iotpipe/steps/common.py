@@ -6,11 +6,14 @@ nothing of the step that uses it.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from iotpipe.config import Names
 from iotpipe.steps.base import (
+    TAG_REGION,
     Change,
     Current,
     Resource,
@@ -153,7 +156,8 @@ class Role(Resource):
             "managed_policies": attached,
             "tags": filter_tags(ctx, self.logical_id, tags),
         }
-        return Current(spec, {"name": name, "arn": role["Arn"]}, managed=ctx.owns(tags))
+        home = None if TAG_REGION in tags else policy_region(ctx, [spec["assume_role_policy"], *inline.values()])
+        return Current.judged(ctx, spec, {"name": name, "arn": role["Arn"]}, tags, home_region=home)
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         iam = ctx.client("iam")
@@ -204,6 +208,24 @@ class Role(Resource):
         for policy in current.spec.get("inline_policies", {}):
             tolerate_gone(iam.delete_role_policy, RoleName=name, PolicyName=policy)
         tolerate_gone(iam.delete_role, RoleName=name)
+
+
+def policy_region(ctx: StepContext, documents: list[Any]) -> str | None:
+    """The region a role was made for, from the ARNs its policies name; None when unknown.
+
+    IAM roles are global and have no region, but iotpipe's roles grant access to one
+    region's stream, table, key and log groups and trust one region's rule. A role made before
+    iotpipe tagged its region is judged by those ARNs: if they name only other regions, it
+    belongs to that region's deployment of this env. No regional ARN at all (a role rewritten
+    by hand) gives no evidence, and the role is judged by its env tags alone.
+    """
+    regions = set(_ARN_REGION.findall(json.dumps(documents, default=str)))
+    if not regions or ctx.region in regions:
+        return None
+    return sorted(regions)[0]
+
+
+_ARN_REGION = re.compile(r"arn:aws[a-z-]*:[a-z0-9-]+:([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}):")
 
 
 def service_trust(service: str, *, pin_account: bool = True,

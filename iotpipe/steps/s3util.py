@@ -16,6 +16,7 @@ from typing import Any
 from iotpipe.aws import error_code, is_not_found
 from iotpipe.errors import AwsCallError, OwnershipError
 from iotpipe.steps.base import (
+    TAG_REGION,
     Current,
     Spec,
     StepContext,
@@ -71,6 +72,7 @@ def read_bucket_common(ctx: StepContext, logical_id: str, name: str, arn: str,
             return Current({}, ids, managed=False, adoptable=False)
         raise
     tags = read_tags(s3, name)
+    home = None if TAG_REGION in tags else bucket_region(s3, name)
     spec = {
         **more(s3),
         "public_access_block": norm_public_access_block(get_or_none(s3.get_public_access_block, Bucket=name)),
@@ -78,7 +80,18 @@ def read_bucket_common(ctx: StepContext, logical_id: str, name: str, arn: str,
         "policy": norm_policy(get_or_none(s3.get_bucket_policy, Bucket=name)),
         "tags": filter_tags(ctx, logical_id, tags),
     }
-    return Current(spec, ids, managed=ctx.owns(tags))
+    return Current.judged(ctx, spec, ids, tags, home_region=home)
+
+
+def bucket_region(s3: Any, name: str) -> str | None:
+    """Where the bucket lives: GetBucketLocation answers no LocationConstraint for us-east-1
+    and the legacy "EU" for eu-west-1 (S3 API reference, GetBucketLocation). Used for a
+    bucket made before iotpipe tagged its region: its location says which region's env it is."""
+    found = get_or_none(s3.get_bucket_location, Bucket=name)
+    if found is None:
+        return None
+    location = found.get("LocationConstraint") or "us-east-1"
+    return "eu-west-1" if location == "EU" else location
 
 
 def read_tags(s3: Any, name: str) -> dict[str, str]:
