@@ -63,6 +63,9 @@ class _Section(BaseModel):
 
 class KmsConfig(_Section):
     deletion_window_days: int = Field(30, ge=7, le=30)
+    # A key put into PendingDeletion out of band is the key every bucket, table and stream is
+    # encrypted with: `up` cancels the deletion (false: `up` stops and names the date instead).
+    recover_pending_deletion: bool = True
 
 
 class StorageConfig(_Section):

@@ -165,7 +165,7 @@ class Engine:
                                 or "exists but is not managed by iotpipe for this env")
         changes = res.diff(current.spec, res.desired(self.ctx))
         return self._result(res, "read", health="drifted" if changes else "ok",
-                            changes=changes, ids=current.ids)
+                            changes=changes, ids=current.ids, message=current.condition)
 
     def _up_one(self, res: Resource) -> ResourceResult:
         desired = res.desired(self.ctx)

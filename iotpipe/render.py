@@ -115,6 +115,8 @@ class Renderer:
             health = r.health
             if r.changes:
                 health += ": " + ", ".join(c.field for c in r.changes)
+            if r.message:
+                health += f" — {r.message}"
             table.add_row(r.logical_id, r.resource_type, r.name,
                           r.ids.get("arn") or r.ids.get("id") or r.ids.get("uuid") or "",
                           f"[{style}]{escape(health)}[/]")

@@ -71,6 +71,9 @@ class Current:
     # "creating" record cannot make it ours.
     adoptable: bool = True
     foreign_reason: str = ""  # why it is not ours, when the plain "no iotpipe:env tag" is wrong
+    # A state worth naming beside the field diff, shown by `status` (a key that is
+    # "pending-deletion (until 2026-12-10 19:20 UTC)").
+    condition: str = ""
 
     @classmethod
     def judged(cls, ctx: StepContext, spec: Spec, ids: dict[str, str], tags: Mapping[str, str] | None,
