@@ -46,11 +46,13 @@ from iotpipe.errors import ConfigError, ExitCode, IotpipeError, OwnershipError, 
 from iotpipe.steps.base import StepContext, get_or_none, paginate
 from iotpipe.steps.iot import (
     DEVICE_MARKER_ATTRIBUTE,
+    DevicePolicy,
     cert_id,
     delete_device,
     device_marker_ok,
     retire_certificate,
     thing_certificates,
+    thing_type_is_ours,
 )
 
 DEVICE_ID = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
@@ -295,12 +297,19 @@ def _require_deployed(ctx: StepContext) -> tuple[str, str]:
     if found is None:
         raise EnvNotDeployedError(f"env {ctx.env!r} is not deployed (no thing type {type_name}): "
                                   f"run `iotpipe up --env {ctx.env}` first")
+    if not thing_type_is_ours(ctx, found):
+        raise OwnershipError(f"thing type {type_name} exists but is not iotpipe's for env {ctx.env!r}: "
+                             "no device is registered with it")
     if found.get("thingTypeMetadata", {}).get("deprecated"):
         raise EnvNotDeployedError(f"thing type {type_name} is deprecated (env {ctx.env!r} is being "
                                   f"destroyed): run `iotpipe up --env {ctx.env}` to restore it first")
-    if get_or_none(iot.get_policy, policyName=policy_name) is None:
+    policy = DevicePolicy().read(ctx)
+    if policy is None:
         raise EnvNotDeployedError(f"env {ctx.env!r} is not fully deployed (no device policy "
                                   f"{policy_name}): run `iotpipe up --env {ctx.env}` first")
+    if not policy.managed:
+        raise OwnershipError(f"IoT policy {policy_name} exists but is not iotpipe's for env {ctx.env!r}: "
+                             "no certificate is attached to it")
     return type_name, policy_name
 
 
