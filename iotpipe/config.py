@@ -188,9 +188,9 @@ class PipelineConfig(_Section):
                 raise ValueError(f"tag {key!r} is reserved")
             if not re.fullmatch(r"[\w\s.:/=+\-@]*", key + value):
                 raise ValueError(f"tag {key!r} holds characters AWS does not accept in tags")
-        # iotpipe lists the keys in tag values of 256 characters ("<length>:<key>" each, see
+        # iotpipe lists the keys in tag values of 256 characters ("<length>=<key>" each, see
         # steps.base.encode_tag_keys); with its own 4 tags that must fit AWS's 50 per resource.
-        listed = sum(len(f"{len(k)}:{k}") for k in tags)
+        listed = sum(len(f"{len(k)}={k}") for k in tags)
         if listed > 256 * (50 - 4 - len(tags)):
             raise ValueError("tag keys too long in total: iotpipe records them on every resource "
                              "(in tags of 256 characters) and AWS allows 50 tags per resource")

@@ -286,12 +286,14 @@ def tolerate_gone(call: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
 def encode_tag_keys(config_tags: Mapping[str, str]) -> dict[str, str]:
     """The ``iotpipe:tags`` tag(s) listing the config's tag keys, netstring-style.
 
-    Each key is written as ``<length>:<key>``: tag keys may hold any of the characters a tag
-    value may (spaces, ``:``, ``/``, ``=``...), so no separator could be unambiguous. A list
+    Each key is written as ``<length>=<key>``: tag keys may hold any of the characters a tag
+    value may (spaces, ``:``, ``/``, ``=``...), so no separator could be unambiguous. ``=``
+    rather than ``:`` because Kinesis lists only ``_ . / = + - % @`` as valid in tag values
+    (https://docs.aws.amazon.com/kinesis/latest/APIReference/API_Tag.html). A list
     longer than one tag value spills over into ``iotpipe:tags:2``, ``iotpipe:tags:3``...;
     config validation keeps the total within AWS's 50 tags per resource.
     """
-    text = "".join(f"{len(k)}:{k}" for k in sorted(config_tags))
+    text = "".join(f"{len(k)}={k}" for k in sorted(config_tags))
     chunks = [text[i:i + TAG_VALUE_MAX] for i in range(0, len(text), TAG_VALUE_MAX)]
     return {(TAG_CONFIG_KEYS if n == 0 else f"{TAG_CONFIG_KEYS}:{n + 1}"): chunk
             for n, chunk in enumerate(chunks)}
@@ -311,15 +313,15 @@ def decode_tag_keys(tags: Mapping[str, str]) -> set[str]:
     keys: set[str] = set()
     pos = 0
     while pos < len(text):
-        colon = text.find(":", pos)
-        if colon <= pos or not text[pos:colon].isdigit():
+        sep = text.find("=", pos)
+        if sep <= pos or not text[pos:sep].isdigit():
             break
-        length = int(text[pos:colon])
-        key = text[colon + 1:colon + 1 + length]
+        length = int(text[pos:sep])
+        key = text[sep + 1:sep + 1 + length]
         if len(key) != length:
             break
         keys.add(key)
-        pos = colon + 1 + length
+        pos = sep + 1 + length
     return keys
 
 
