@@ -51,6 +51,16 @@ ACCESS_DENIED_CODES = frozenset({
     "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
     "AuthFailure", "InvalidAccessKeyId",
 })
+# Calls an endpoint may lack, with harmless parameters to probe them. moto (the emulator) has
+# no IoT ListTagsForResource: in-process it raises NotImplementedError, in server mode it
+# answers HTTP 500 without an AWS error code. On AWS the probe's rule does not exist, so the
+# answer is an ordinary ResourceNotFoundException: supported.
+CAPABILITY_PROBES: dict[str, Callable[[AwsContext], dict[str, Any]]] = {
+    "iot.list_tags_for_resource": lambda aws: {
+        "resourceArn": aws.arn("iot", "rule/iotpipe_capability_probe")},
+}
+
+
 def error_code(err: BaseException) -> str:
     if isinstance(err, ClientError):
         return str(err.response.get("Error", {}).get("Code", ""))
@@ -151,6 +161,9 @@ class AwsContext:
         )
         self._clients: dict[str, Any] = {}
         self._account: str | None = None
+        # "service.operation" -> whether this endpoint implements it; filled by ``supports``
+        # (tests set entries to model AWS where the emulator falls short).
+        self.capabilities: dict[str, bool] = {}
 
     @property
     def events(self):
@@ -198,6 +211,31 @@ class AwsContext:
     def retrying(self, call: Callable[[], T], *transients: Transient) -> T:
         """``call_with_retries`` on this run's injected sleep and clock."""
         return call_with_retries(call, *transients, sleep=self.sleep, clock=self.clock)
+
+    def supports(self, capability: str) -> bool:
+        """Whether the endpoint implements ``capability`` ("iot.list_tags_for_resource").
+
+        The one place that knows the emulator lacks some calls: probed once per run, with a
+        client that does not retry (a server-mode 500 would otherwise be retried ten times),
+        so resources use the real mechanism on AWS and a documented fallback elsewhere.
+        """
+        if capability not in self.capabilities:
+            service, operation = capability.split(".", 1)
+            kwargs: dict[str, Any] = {"config": self._config.merge(Config(retries={"total_max_attempts": 1}))}
+            if self.endpoint_url:
+                kwargs["endpoint_url"] = self.endpoint_url
+            probe = self.session.client(service, **kwargs)
+            try:
+                getattr(probe, operation)(**CAPABILITY_PROBES[capability](self))
+                supported = True
+            except NotImplementedError:
+                supported = False
+            except ClientError as err:
+                status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                # An unimplemented call on the emulator: 500/501 with no AWS error code.
+                supported = not (status >= 500 and error_code(err) in {str(status), "NotImplemented", ""})
+            self.capabilities[capability] = supported
+        return self.capabilities[capability]
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ class _Section(BaseModel):
 
 class KmsConfig(_Section):
     deletion_window_days: int = Field(30, ge=7, le=30)
+    # A key put into PendingDeletion out of band is the key every bucket, table and stream is
+    # encrypted with: `up` cancels the deletion (false: `up` stops and names the date instead).
+    recover_pending_deletion: bool = True
 
 
 class StorageConfig(_Section):
@@ -197,6 +200,12 @@ class PipelineConfig(_Section):
                 raise ValueError(f"tag {key!r} is reserved")
             if not re.fullmatch(r"[\w\s.:/=+\-@]*", key + value):
                 raise ValueError(f"tag {key!r} holds characters AWS does not accept in tags")
+        # iotpipe lists the keys in tag values of 256 characters ("<length>=<key>" each, see
+        # steps.base.encode_tag_keys); with its own 4 tags that must fit AWS's 50 per resource.
+        listed = sum(len(f"{len(k)}={k}") for k in tags)
+        if listed > 256 * (50 - 4 - len(tags)):
+            raise ValueError("tag keys too long in total: iotpipe records them on every resource "
+                             "(in tags of 256 characters) and AWS allows 50 tags per resource")
         return tags
 
     @field_validator("anomaly")

@@ -46,11 +46,13 @@ from iotpipe.errors import ConfigError, ExitCode, IotpipeError, OwnershipError, 
 from iotpipe.steps.base import StepContext, get_or_none, paginate
 from iotpipe.steps.iot import (
     DEVICE_MARKER_ATTRIBUTE,
+    DevicePolicy,
     cert_id,
     delete_device,
     device_marker_ok,
     retire_certificate,
     thing_certificates,
+    thing_type_is_ours,
 )
 
 DEVICE_ID = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
@@ -295,12 +297,19 @@ def _require_deployed(ctx: StepContext) -> tuple[str, str]:
     if found is None:
         raise EnvNotDeployedError(f"env {ctx.env!r} is not deployed (no thing type {type_name}): "
                                   f"run `iotpipe up --env {ctx.env}` first")
+    if not thing_type_is_ours(ctx, found):
+        raise OwnershipError(f"thing type {type_name} exists but is not iotpipe's for env {ctx.env!r}: "
+                             "no device is registered with it")
     if found.get("thingTypeMetadata", {}).get("deprecated"):
         raise EnvNotDeployedError(f"thing type {type_name} is deprecated (env {ctx.env!r} is being "
                                   f"destroyed): run `iotpipe up --env {ctx.env}` to restore it first")
-    if get_or_none(iot.get_policy, policyName=policy_name) is None:
+    policy = DevicePolicy().read(ctx)
+    if policy is None:
         raise EnvNotDeployedError(f"env {ctx.env!r} is not fully deployed (no device policy "
                                   f"{policy_name}): run `iotpipe up --env {ctx.env}` first")
+    if not policy.managed:
+        raise OwnershipError(f"IoT policy {policy_name} exists but is not iotpipe's for env {ctx.env!r}: "
+                             "no certificate is attached to it")
     return type_name, policy_name
 
 
@@ -327,6 +336,11 @@ def add_device(
         type_name, policy_name = _require_deployed(ctx)
         iot = ctx.client("iot")
         paths = device_paths(engine.store.root, ctx.env, device_id)
+        early = None
+        with contextlib.suppress(StateError):  # an unreadable record is reported further on
+            early = _read_record(paths)
+        if early is not None:
+            _refuse_other_region(ctx, paths, early)  # before anything is written
         notes: list[str] = []
         action = "unchanged"
 
@@ -381,6 +395,7 @@ def _usable_record(
     iot = ctx.client("iot")
     record = _read_record(paths)
     if record is not None:
+        _refuse_other_region(ctx, paths, record)
         found = get_or_none(iot.describe_certificate, certificateId=record["certificate_id"])
         cert = found["certificateDescription"] if found else None
         if cert is None:
@@ -415,6 +430,23 @@ def _usable_record(
         raise _needs_rotation(ctx, device_id, paths, f"it has {len(attached)} certificate(s) attached but "
                               f"no private key in {paths.dir}")
     return None, None
+
+
+def _refuse_other_region(ctx: StepContext, paths: DevicePaths, record: dict[str, Any]) -> None:
+    """Stop, touching nothing, when the local certificate was issued in another region or account.
+
+    Its certificate is missing here because it lives there: deleting the key as "stale" would
+    cut off a device that is live in that region (AWS hands out a private key only once).
+    """
+    parts = str(record.get("certificate_arn", "")).split(":")
+    if len(parts) < 6:
+        return
+    region, account = parts[3], parts[4]
+    if (region, account) != (ctx.region, ctx.account):
+        raise StateError(
+            f"device files in {paths.dir} belong to a certificate of region {region} (account "
+            f"{account}), not {ctx.region} ({ctx.account}): left untouched; use a separate "
+            "--state-dir (and env name) per region")
 
 
 def _needs_rotation(ctx: StepContext, device_id: str, paths: DevicePaths, why: str) -> DeviceNeedsRotationError:
@@ -517,6 +549,8 @@ def remove_device(engine: Engine, device_id: str, *, lock_timeout: float = 0.0) 
             record = _read_record(paths)
         except StateError:
             record = None  # the directory goes anyway
+        if record is not None:
+            _refuse_other_region(ctx, paths, record)
         extra = (record["certificate_arn"],) if record else ()
         thing = get_or_none(iot.describe_thing, thingName=device_id)
         result = RemoveResult("absent", ctx.env, device_id)

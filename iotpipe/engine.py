@@ -177,10 +177,11 @@ class Engine:
         self.ctx.refs[res.logical_id] = current.ids
         if not self._is_ours(res, current):
             return self._result(res, "read", health="foreign", ids=current.ids,
-                                message="exists but is not managed by iotpipe for this env")
+                                message=current.foreign_reason
+                                or "exists but is not managed by iotpipe for this env")
         changes = res.diff(current.spec, res.desired(self.ctx))
         return self._result(res, "read", health="drifted" if changes else "ok",
-                            changes=changes, ids=current.ids)
+                            changes=changes, ids=current.ids, message=current.condition)
 
     def _up_one(self, res: Resource) -> ResourceResult:
         if why := res.disabled_by(self.ctx):
@@ -219,7 +220,9 @@ class Engine:
             return self._result(res, "absent")
         if not self._is_ours(res, current):
             return self._result(res, "skipped", health="foreign", ids=current.ids,
-                                message="exists but is not managed by iotpipe for this env: left alone")
+                                message=(current.foreign_reason
+                                         or "exists but is not managed by iotpipe for this env")
+                                + ": left alone")
         try:
             res.delete(self.ctx, current)
         except DeletionPending as pending:
@@ -292,6 +295,9 @@ class Engine:
 
     def _check_owned(self, res: Resource, current: Current) -> None:
         if not self._is_ours(res, current):
+            if current.foreign_reason:
+                raise OwnershipError(f"{res.resource_type} {res.name(self.ctx)!r} ({res.logical_id}) "
+                                     f"{current.foreign_reason}; nothing was written to it")
             raise OwnershipError(
                 f"{res.resource_type} {res.name(self.ctx)!r} ({res.logical_id}) exists but is not "
                 f"managed by iotpipe for env {self.ctx.env!r} (no iotpipe:env tag): rename, adopt by "

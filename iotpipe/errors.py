@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     OWNERSHIP = 68  # a resource with our name exists but is not iotpipe's for this env
     ENDPOINT = 69  # the AWS endpoint cannot be reached
     ABORTED = 70  # the operator declined a confirmation or stdin is not a terminal
+    KEY_PENDING_DELETION = 72  # the env's KMS key is pending deletion and config says not to recover it
     QUOTA = 73  # an AWS quota that cannot be raised would be exceeded (CloudTrail's 5 trails)
     LOCKED = 75  # another run holds the env's lock
     ACCESS_DENIED = 77  # AWS refused a call for lack of permission

@@ -120,6 +120,8 @@ class Renderer:
                 health += ": " + ", ".join(c.field for c in r.changes)
             elif r.health in ("disabled", "unwanted") and r.message:
                 health += f" ({r.message})"
+            elif r.message:
+                health += f" — {r.message}"
             table.add_row(r.logical_id, r.resource_type, r.name,
                           r.ids.get("arn") or r.ids.get("id") or r.ids.get("uuid") or "",
                           f"[{style}]{escape(health)}[/]")

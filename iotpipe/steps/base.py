@@ -26,6 +26,15 @@ MANAGED_BY = "iotpipe"
 TAG_ENV = "iotpipe:env"
 TAG_RESOURCE = "iotpipe:resource"
 TAG_MANAGED_BY = "managed-by"
+# The region an env's resources live in. Regional resources are where they are, but IAM role
+# and S3 bucket names are global: the tag is what tells env dev in eu-west-1 from env dev in
+# us-east-1 (see StepContext.owns).
+TAG_REGION = "iotpipe:region"
+# The config tag keys iotpipe set, so a key dropped from the config is removed on the next
+# `up` instead of lingering forever (see config_tag_keys). Kept on the resource itself, so a
+# lost state file does not lose it.
+TAG_CONFIG_KEYS = "iotpipe:tags"
+TAG_VALUE_MAX = 256  # the smallest tag value limit of the services iotpipe tags
 
 Spec = dict[str, Any]
 
@@ -58,8 +67,29 @@ class Current:
     ids: dict[str, str] = field(default_factory=dict)
     managed: bool = True  # carries iotpipe's marker for this env (tags, or a description)
     # False when AWS says outright that it belongs to someone else (a bucket of another
-    # account): then even a write-ahead "creating" record cannot make it ours.
+    # account, a role of this env's deployment in another region): then even a write-ahead
+    # "creating" record cannot make it ours.
     adoptable: bool = True
+    foreign_reason: str = ""  # why it is not ours, when the plain "no iotpipe:env tag" is wrong
+    # A state worth naming beside the field diff, shown by `status` (a key that is
+    # "pending-deletion (until 2026-12-10 19:20 UTC)").
+    condition: str = ""
+
+    @classmethod
+    def judged(cls, ctx: StepContext, spec: Spec, ids: dict[str, str], tags: Mapping[str, str] | None,
+               *, home_region: str | None = None) -> Current:
+        """A Current whose ownership comes from ``tags`` (see ``StepContext.owns``).
+
+        A resource of this env that another region's deployment owns is never adoptable:
+        IAM role and S3 bucket names are global, and rewriting them breaks that pipeline.
+        """
+        other = ctx.other_region(tags, home_region=home_region)
+        if other:
+            return cls(spec, ids, managed=False, adoptable=False, foreign_reason=(
+                f"belongs to env {ctx.env!r} deployed in {other}, not {ctx.region} (its name is "
+                f"global): give each region its own env name, e.g. --env {ctx.env}-{ctx.region} "
+                "(docs/runbooks/deploy.md)"))
+        return cls(spec, ids, managed=ctx.owns(tags, home_region=home_region))
 
 
 @dataclass
@@ -97,12 +127,27 @@ class StepContext:
 
     def tags(self, logical_id: str) -> dict[str, str]:
         """The tags every resource carries: the config's, then iotpipe's own (which win)."""
-        return {**self.config.tags, TAG_ENV: self.env, TAG_RESOURCE: logical_id,
-                TAG_MANAGED_BY: MANAGED_BY}
+        return {**self.config.tags, **encode_tag_keys(self.config.tags), TAG_ENV: self.env,
+                TAG_RESOURCE: logical_id, TAG_MANAGED_BY: MANAGED_BY, TAG_REGION: self.region}
 
-    def owns(self, tags: Mapping[str, str] | None) -> bool:
-        """True when ``tags`` mark the resource as iotpipe's for this env."""
-        return bool(tags) and tags.get(TAG_ENV) == self.env and tags.get(TAG_MANAGED_BY) == MANAGED_BY
+    def owns(self, tags: Mapping[str, str] | None, *, home_region: str | None = None) -> bool:
+        """True when ``tags`` mark the resource as iotpipe's for this env in this region.
+
+        A resource without the region tag (made before iotpipe recorded regions) is judged by
+        ``home_region``, where the resource itself says where it was made (a bucket's
+        location); regional resources pass nothing, since they are where this run looks.
+        """
+        if not (tags and tags.get(TAG_ENV) == self.env and tags.get(TAG_MANAGED_BY) == MANAGED_BY):
+            return False
+        region = tags.get(TAG_REGION) or home_region
+        return region is None or region == self.region
+
+    def other_region(self, tags: Mapping[str, str] | None, *, home_region: str | None = None) -> str | None:
+        """The region of another deployment of this env that owns the resource, else None."""
+        if not tags or tags.get(TAG_ENV) != self.env or tags.get(TAG_MANAGED_BY) != MANAGED_BY:
+            return None
+        region = tags.get(TAG_REGION) or home_region
+        return region if region and region != self.region else None
 
     def marker(self, logical_id: str) -> str:
         """A text marker for resources whose tags cannot be read back (IoT): kept in descriptions."""
@@ -230,7 +275,11 @@ def paginate(client: Any, operation: str, key: str, **kwargs: Any) -> list[Any]:
 
 @contextlib.contextmanager
 def ignore_not_found() -> Iterator[None]:
-    """Deleting or reading what is already gone is not an error."""
+    """Reading what is already gone is not an error.
+
+    Wrap exactly one call: around several, the first "not found" skips the rest silently
+    (a detached policy would skip DeleteRole). Deletes use ``tolerate_gone`` per call.
+    """
     try:
         yield
     except Exception as err:
@@ -238,11 +287,75 @@ def ignore_not_found() -> Iterator[None]:
             raise
 
 
+def tolerate_gone(call: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+    """Run one delete-type call; "already gone" is success. True when the call did the work.
+
+    One call at a time (amazon.aws ``deletion_error_handler``): a missing inline policy must
+    not stop DeleteRole from running, so each call of a delete sequence tolerates its own
+    target being gone and the sequence always reaches its last call, whose answer says
+    whether the resource is really gone.
+    """
+    try:
+        call(*args, **kwargs)
+    except Exception as err:
+        if is_not_found(err):
+            return False
+        raise
+    return True
+
+
+def encode_tag_keys(config_tags: Mapping[str, str]) -> dict[str, str]:
+    """The ``iotpipe:tags`` tag(s) listing the config's tag keys, netstring-style.
+
+    Each key is written as ``<length>=<key>``: tag keys may hold any of the characters a tag
+    value may (spaces, ``:``, ``/``, ``=``...), so no separator could be unambiguous. ``=``
+    rather than ``:`` because Kinesis lists only ``_ . / = + - % @`` as valid in tag values
+    (https://docs.aws.amazon.com/kinesis/latest/APIReference/API_Tag.html). A list
+    longer than one tag value spills over into ``iotpipe:tags:2``, ``iotpipe:tags:3``...;
+    config validation keeps the total within AWS's 50 tags per resource.
+    """
+    text = "".join(f"{len(k)}={k}" for k in sorted(config_tags))
+    chunks = [text[i:i + TAG_VALUE_MAX] for i in range(0, len(text), TAG_VALUE_MAX)]
+    return {(TAG_CONFIG_KEYS if n == 0 else f"{TAG_CONFIG_KEYS}:{n + 1}"): chunk
+            for n, chunk in enumerate(chunks)}
+
+
+def decode_tag_keys(tags: Mapping[str, str]) -> set[str]:
+    """The config tag keys a resource's ``iotpipe:tags`` tag(s) say iotpipe set earlier.
+
+    Anything unreadable (hand-edited) yields the keys read so far: a key not listed is left
+    alone, which is the safe side.
+    """
+    text = tags.get(TAG_CONFIG_KEYS, "")
+    n = 2
+    while f"{TAG_CONFIG_KEYS}:{n}" in tags:
+        text += tags[f"{TAG_CONFIG_KEYS}:{n}"]
+        n += 1
+    keys: set[str] = set()
+    pos = 0
+    while pos < len(text):
+        sep = text.find("=", pos)
+        if sep <= pos or not text[pos:sep].isdigit():
+            break
+        length = int(text[pos:sep])
+        key = text[sep + 1:sep + 1 + length]
+        if len(key) != length:
+            break
+        keys.add(key)
+        pos = sep + 1 + length
+    return keys
+
+
 def filter_tags(ctx: StepContext, logical_id: str, tags: Mapping[str, str]) -> dict[str, str]:
-    """Only the tags iotpipe sets: tags others add out of band are not drift."""
+    """Only the tags iotpipe sets or set earlier: tags others add out of band are not drift.
+
+    A config tag iotpipe set on an earlier run (listed in ``iotpipe:tags``) is iotpipe's even
+    when the config no longer has it, so ``tag_changes`` removes it.
+    """
     wanted = ctx.tags(logical_id)
+    earlier = decode_tag_keys(tags)
     return {k: v for k, v in tags.items()
-            if k in wanted or k.startswith("iotpipe:") or k == TAG_MANAGED_BY}
+            if k in wanted or k in earlier or k.startswith("iotpipe:") or k == TAG_MANAGED_BY}
 
 
 def tag_changes(current: Mapping[str, str], desired: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:

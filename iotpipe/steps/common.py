@@ -6,11 +6,14 @@ nothing of the step that uses it.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 from iotpipe.config import Names
 from iotpipe.steps.base import (
+    TAG_REGION,
     Change,
     Current,
     Resource,
@@ -19,13 +22,13 @@ from iotpipe.steps.base import (
     changed_fields,
     filter_tags,
     get_or_none,
-    ignore_not_found,
     paginate,
     policy_json,
     same,
     tag_changes,
     tag_dict,
     tag_list,
+    tolerate_gone,
 )
 
 PolicyFn = Callable[[StepContext], dict[str, Any]]
@@ -91,8 +94,7 @@ class LogGroup(Resource):
                 logs.untag_resource(resourceArn=self._arn(ctx), tagKeys=to_remove)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        with ignore_not_found():
-            ctx.client("logs").delete_log_group(logGroupName=self.name(ctx))
+        tolerate_gone(ctx.client("logs").delete_log_group, logGroupName=self.name(ctx))
 
 
 class Role(Resource):
@@ -157,7 +159,8 @@ class Role(Resource):
         # RoleId is the principal behind the name: a role deleted and re-created under the same
         # name gets a new one, and grants made to the old one (Lambda's KMS grant) are void.
         ids = {"name": name, "arn": role["Arn"], "id": role.get("RoleId", "")}
-        return Current(spec, ids, managed=ctx.owns(tags))
+        home = None if TAG_REGION in tags else policy_region(ctx, [spec["assume_role_policy"], *inline.values()])
+        return Current.judged(ctx, spec, ids, tags, home_region=home)
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         iam = ctx.client("iam")
@@ -199,14 +202,33 @@ class Role(Resource):
                 iam.untag_role(RoleName=name, TagKeys=to_remove)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
+        """IAM refuses DeleteRole while policies remain: each is removed first, each on its
+        own (one already gone does not skip the others, nor DeleteRole)."""
         iam = ctx.client("iam")
         name = self.name(ctx)
-        with ignore_not_found():
-            for arn in current.spec.get("managed_policies", []):
-                iam.detach_role_policy(RoleName=name, PolicyArn=arn)
-            for policy in current.spec.get("inline_policies", {}):
-                iam.delete_role_policy(RoleName=name, PolicyName=policy)
-            iam.delete_role(RoleName=name)
+        for arn in current.spec.get("managed_policies", []):
+            tolerate_gone(iam.detach_role_policy, RoleName=name, PolicyArn=arn)
+        for policy in current.spec.get("inline_policies", {}):
+            tolerate_gone(iam.delete_role_policy, RoleName=name, PolicyName=policy)
+        tolerate_gone(iam.delete_role, RoleName=name)
+
+
+def policy_region(ctx: StepContext, documents: list[Any]) -> str | None:
+    """The region a role was made for, from the ARNs its policies name; None when unknown.
+
+    IAM roles are global and have no region, but iotpipe's roles grant access to one
+    region's stream, table, key and log groups and trust one region's rule. A role made before
+    iotpipe tagged its region is judged by those ARNs: if they name only other regions, it
+    belongs to that region's deployment of this env. No regional ARN at all (a role rewritten
+    by hand) gives no evidence, and the role is judged by its env tags alone.
+    """
+    regions = set(_ARN_REGION.findall(json.dumps(documents, default=str)))
+    if not regions or ctx.region in regions:
+        return None
+    return sorted(regions)[0]
+
+
+_ARN_REGION = re.compile(r"arn:aws[a-z-]*:[a-z0-9-]+:([a-z]{2}(?:-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}):")
 
 
 def service_trust(service: str, *, pin_account: bool = True,

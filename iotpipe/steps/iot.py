@@ -1,9 +1,11 @@
 """IoT Core: the topic rule that routes sensor data to Kinesis, its role and error log group,
 the thing type sensors register as, and the least-privilege policy devices connect with.
 
-IoT resources take tags at creation but moto cannot read them back (no ListTagsForResource),
-so the thing type and the topic rule carry iotpipe's marker in their description instead:
-that is what makes them ours. The device policy has no description (see DevicePolicy).
+Ownership of the thing type, the device policy and the topic rule comes from the tags AWS
+returns (ListTagsForResource; they are set at creation). The emulator cannot read IoT tags
+back (``AwsContext.supports`` finds out once per run): there, and only there, the thing type
+and the topic rule are judged by iotpipe's marker in their description, and the device
+policy, which has no description, by the thing type (see DevicePolicy).
 
 Fixes over the seed: the rule role may use the stream's KMS key (the stream is encrypted, so
 PutRecord needs kms:GenerateDataKey), the rule has an error action writing to the IoT log group
@@ -35,10 +37,11 @@ from iotpipe.steps.base import (
     StepContext,
     changed_fields,
     get_or_none,
-    ignore_not_found,
     paginate,
     policy_json,
+    tag_dict,
     tag_list,
+    tolerate_gone,
 )
 from iotpipe.steps.common import LogGroup, Role, service_trust
 
@@ -62,6 +65,22 @@ ROLE_POLICY_NAME = "iot-kinesis-policy"
 
 class ThingTypeImmutableError(IotpipeError):
     """A thing type's properties cannot be changed in place; only replacing it helps."""
+
+
+def iot_tags(ctx: StepContext, arn: str) -> dict[str, str] | None:
+    """The IoT resource's tags; None where the endpoint cannot read them (the emulator)."""
+    if not ctx.aws.supports("iot.list_tags_for_resource"):
+        return None
+    return tag_dict(paginate(ctx.client("iot"), "list_tags_for_resource", "tags", resourceArn=arn))
+
+
+def thing_type_is_ours(ctx: StepContext, found: dict[str, Any]) -> bool:
+    """A DescribeThingType answer is ours by its tags, or by its marker where tags are unreadable."""
+    tags = iot_tags(ctx, found["thingTypeArn"])
+    if tags is not None:
+        return ctx.owns(tags)
+    description = (found.get("thingTypeProperties") or {}).get("thingTypeDescription") or ""
+    return ctx.marker(ThingType.logical_id) in description
 
 
 def rule_arn(ctx: StepContext) -> str:
@@ -175,7 +194,7 @@ class ThingType(Resource):
         }
         ids = {"name": found["thingTypeName"], "arn": found["thingTypeArn"],
                "id": found.get("thingTypeId", "")}
-        return Current(spec, ids, managed=ctx.marker(self.logical_id) in description)
+        return Current(spec, ids, managed=thing_type_is_ours(ctx, found))
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         made = ctx.client("iot").create_thing_type(
@@ -216,8 +235,7 @@ class ThingType(Resource):
             stamp = current.spec.get("deprecation_date")
             deprecated_at = datetime.fromisoformat(stamp).astimezone(UTC) if stamp else None
         else:
-            with ignore_not_found():
-                iot.deprecate_thing_type(thingTypeName=name, undoDeprecate=False)
+            tolerate_gone(iot.deprecate_thing_type, thingTypeName=name, undoDeprecate=False)
             deprecated_at = datetime.now(UTC)
         try:
             iot.delete_thing_type(thingTypeName=name)
@@ -243,10 +261,12 @@ class ThingType(Resource):
 class DevicePolicy(Resource):
     """The IoT policy attached to sensor certificates.
 
-    Ownership: an IoT policy has no description to carry a marker and its tags cannot be read
-    back on the emulator, so a policy with our deterministic, env-specific name is treated as
-    ours. Changing the document keeps the name (a new default version), so attachments to
-    certificates survive an update.
+    Ownership: the policy's tags (set in CreatePolicy). A policy with our name that someone
+    else made carries no iotpipe tags for this env and is foreign: `up` refuses it and
+    `destroy` never detaches its targets. An IoT policy has no description for a marker, so
+    where tags cannot be read (the emulator) it is judged by this env's thing type, which `up`
+    makes just before it. Changing the document keeps the name (a new default version), so
+    attachments to certificates survive an update.
     """
 
     logical_id = "iot.device_policy"
@@ -263,8 +283,13 @@ class DevicePolicy(Resource):
             return None
         ids = {"name": found["policyName"], "arn": found["policyArn"],
                "version": str(found.get("defaultVersionId", ""))}
-        # Managed by name: see the class docstring.
-        return Current({"document": found.get("policyDocument")}, ids, managed=True)
+        tags = iot_tags(ctx, found["policyArn"])
+        if tags is None:  # the emulator: see the class docstring
+            thing_type = get_or_none(ctx.client("iot").describe_thing_type, thingTypeName=ctx.names.thing_type)
+            managed = thing_type is not None and thing_type_is_ours(ctx, thing_type)
+        else:
+            managed = ctx.owns(tags)
+        return Current({"document": found.get("policyDocument")}, ids, managed=managed)
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         made = ctx.client("iot").create_policy(
@@ -298,21 +323,22 @@ class DevicePolicy(Resource):
         """
         iot = ctx.client("iot")
         name = self.name(ctx)
-        with ignore_not_found():
-            for target in paginate(iot, "list_targets_for_policy", "targets", policyName=name):
-                iot.detach_policy(policyName=name, target=target)
-            for version in iot.list_policy_versions(policyName=name)["policyVersions"]:
-                if not version["isDefaultVersion"]:
-                    iot.delete_policy_version(policyName=name, policyVersionId=version["versionId"])
-            try:
-                ctx.aws.retrying(lambda: iot.delete_policy(policyName=name), POLICY_DELETE_AFTER_DETACH)
-            except Exception as err:
-                if not POLICY_DELETE_AFTER_DETACH.matches(err):
-                    raise
-                raise DeletionPending(
-                    f"IoT policy {name} was detached from its certificates, but IoT still sees it "
-                    f"attached (it can take up to {POLICY_DETACH_DELAY.seconds // 60} minutes) — run "
-                    f"`iotpipe destroy` again then, or use --wait (AWS said: {error_message(err)})") from err
+        for target in get_or_none(paginate, iot, "list_targets_for_policy", "targets", policyName=name) or []:
+            tolerate_gone(iot.detach_policy, policyName=name, target=target)
+        versions = get_or_none(iot.list_policy_versions, policyName=name) or {}
+        for version in versions.get("policyVersions", []):
+            if not version["isDefaultVersion"]:
+                tolerate_gone(iot.delete_policy_version, policyName=name, policyVersionId=version["versionId"])
+        try:
+            ctx.aws.retrying(lambda: tolerate_gone(iot.delete_policy, policyName=name),
+                             POLICY_DELETE_AFTER_DETACH)
+        except Exception as err:
+            if not POLICY_DELETE_AFTER_DETACH.matches(err):
+                raise
+            raise DeletionPending(
+                f"IoT policy {name} was detached from its certificates, but IoT still sees it "
+                f"attached (it can take up to {POLICY_DETACH_DELAY.seconds // 60} minutes) — run "
+                f"`iotpipe destroy` again then, or use --wait (AWS said: {error_message(err)})") from err
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,7 +388,9 @@ class TopicRule(Resource):
             "error_action": _without_defaults(rule["errorAction"]) if rule.get("errorAction") else None,
         }
         ids = {"name": name, "arn": found.get("ruleArn") or listed.get("ruleArn", rule_arn(ctx))}
-        return Current(spec, ids, managed=ctx.marker(self.logical_id) in description)
+        tags = iot_tags(ctx, ids["arn"])
+        managed = ctx.owns(tags) if tags is not None else ctx.marker(self.logical_id) in description
+        return Current(spec, ids, managed=managed)
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         iot = ctx.client("iot")
@@ -389,8 +417,7 @@ class TopicRule(Resource):
                          ROLE_NOT_ASSUMABLE_YET)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        with ignore_not_found():
-            ctx.client("iot").delete_topic_rule(ruleName=self.name(ctx))
+        tolerate_gone(ctx.client("iot").delete_topic_rule, ruleName=self.name(ctx))
 
 
 def _payload(desired: Spec) -> dict[str, Any]:
@@ -460,14 +487,12 @@ def retire_certificate(ctx: StepContext, cert_arn: str, thing_name: str) -> bool
         return False
     things = paginate(iot, "list_principal_things", "things", principal=cert_arn)
     if thing_name in things:
-        with ignore_not_found():
-            iot.detach_thing_principal(thingName=thing_name, principal=cert_arn)
+        tolerate_gone(iot.detach_thing_principal, thingName=thing_name, principal=cert_arn)
     if any(t != thing_name for t in things):
         return False
     try:
         for policy in paginate(iot, "list_attached_policies", "policies", target=cert_arn):
-            with ignore_not_found():
-                iot.detach_policy(policyName=policy["policyName"], target=cert_arn)
+            tolerate_gone(iot.detach_policy, policyName=policy["policyName"], target=cert_arn)
         if found["certificateDescription"].get("status") == "ACTIVE":
             iot.update_certificate(certificateId=cert_id(cert_arn), newStatus="INACTIVE")
         retry_while_detaching(ctx, lambda: iot.delete_certificate(certificateId=cert_id(cert_arn)))
@@ -487,8 +512,7 @@ def delete_device(ctx: StepContext, thing_name: str, extra_certificates: tuple[s
     for arn in dict.fromkeys([*attached, *extra_certificates]):
         if retire_certificate(ctx, arn, thing_name):
             deleted.append(cert_id(arn))
-    with ignore_not_found():
-        retry_while_detaching(ctx, lambda: iot.delete_thing(thingName=thing_name))
+    tolerate_gone(retry_while_detaching, ctx, lambda: iot.delete_thing(thingName=thing_name))
     return deleted
 
 
@@ -523,11 +547,12 @@ class Devices(Resource):
         found = get_or_none(ctx.client("iot").describe_thing_type, thingTypeName=ctx.names.thing_type)
         if found is None:
             return None
-        ours = sum(device_marker_ok(ctx, t) for t in self.things(ctx))
+        things = self.things(ctx)
+        ours = sum(device_marker_ok(ctx, t) for t in things)
+        foreign = sorted(t["thingName"] for t in things if not device_marker_ok(ctx, t))
         # A same-name thing type that is not ours makes its things not ours either.
-        type_is_ours = ctx.marker(ThingType.logical_id) in (
-            found.get("thingTypeProperties", {}).get("thingTypeDescription") or "")
-        return Current({}, {"count": str(ours)}, managed=type_is_ours)
+        return Current({"foreign_things": foreign}, {"count": str(ours)},
+                       managed=thing_type_is_ours(ctx, found))
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         return {"count": "0"}  # devices are registered with `iotpipe device add`
@@ -536,12 +561,10 @@ class Devices(Resource):
         """Nothing to converge: ``desired`` is empty."""
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        foreign = []
-        for thing in self.things(ctx):
-            if device_marker_ok(ctx, thing):
-                delete_device(ctx, thing["thingName"])
-            else:
-                foreign.append(thing["thingName"])
+        """Refuses before deleting any device when a thing of the type is not ours: a destroy
+        that cannot finish must not stop halfway through the fleet."""
+        things = self.things(ctx)
+        foreign = [t["thingName"] for t in things if not device_marker_ok(ctx, t)]
         if foreign:
             raise OwnershipError(
                 f"thing type {ctx.names.thing_type} has things iotpipe does not own for env "
@@ -549,6 +572,8 @@ class Devices(Resource):
                 "AWS cannot delete the type while they use it; delete them or move them to "
                 "another type (`aws iot update-thing --thing-name NAME --remove-thing-type`), "
                 "then run destroy again")
+        for thing in things:
+            delete_device(ctx, thing["thingName"])
 
 
 RESOURCES: tuple[Resource, ...] = (

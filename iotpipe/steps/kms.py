@@ -7,9 +7,11 @@ CreateKey answer was lost is found and adopted rather than duplicated).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from iotpipe.aws import KEY_NOT_FOUND_YET, is_not_found
+from iotpipe.errors import ExitCode, IotpipeError
 from iotpipe.steps.base import (
     TAG_RESOURCE,
     Change,
@@ -20,12 +22,12 @@ from iotpipe.steps.base import (
     changed_fields,
     filter_tags,
     get_or_none,
-    ignore_not_found,
     paginate,
     policy_json,
     tag_changes,
     tag_dict,
     tag_list,
+    tolerate_gone,
 )
 
 GONE_STATES = {"PendingDeletion", "PendingReplicaDeletion"}
@@ -34,6 +36,13 @@ SCANNED = "kms.key:scan"  # StepContext.memo: the tag scan's answer, once per ru
 
 # Regional service principals end in the partition's DNS suffix: logs.cn-north-1.amazonaws.com.cn.
 DNS_SUFFIX = {"aws": "amazonaws.com", "aws-cn": "amazonaws.com.cn", "aws-us-gov": "amazonaws.com"}
+PENDING_DELETION = "PendingDeletion"
+
+
+class KeyPendingDeletionError(IotpipeError):
+    """The env's key is scheduled for deletion and the config says not to recover it."""
+
+    exit_code = ExitCode.KEY_PENDING_DELETION
 
 
 def key_policy(ctx: StepContext) -> dict[str, Any]:
@@ -86,6 +95,7 @@ class KmsKey(Resource):
             "rotation": True,
             "policy": key_policy(ctx),
             "tags": ctx.tags(self.logical_id),
+            "pending_deletion": None,
         }
 
     def read(self, ctx: StepContext) -> Current | None:
@@ -95,18 +105,27 @@ class KmsKey(Resource):
             return None
         key_id = meta["KeyId"]
         tags = tag_dict(paginate(kms, "list_resource_tags", "Tags", KeyId=key_id), "TagKey", "TagValue")
+        pending = _deletion_date(meta)
         spec = {
             "description": meta.get("Description", ""),
             "enabled": meta.get("KeyState") == "Enabled",
             "rotation": kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"],
             "policy": kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"],
             "tags": filter_tags(ctx, self.logical_id, tags),
+            "pending_deletion": pending,
         }
         ids = {"id": key_id, "arn": meta["Arn"], "name": ctx.names.kms_alias}
-        return Current(spec, ids, managed=ctx.owns(tags))
+        return Current(spec, ids, managed=ctx.owns(tags),
+                       condition=f"pending-deletion (until {pending})" if pending else "")
 
     def _find(self, ctx: StepContext) -> dict[str, Any] | None:
         """Alias first (one call), then the recorded id, then a tag scan of the account's keys.
+
+        A key the alias or the state file names is the env's key even while PendingDeletion:
+        everything the pipeline stored is encrypted with it, so it is recovered, never
+        replaced (a second key would leave the old data unreadable once the first is gone).
+        The tag scan skips such keys: after `destroy` (alias deleted, record forgotten) a new
+        env gets a new key.
 
         The scan costs ListKeys plus one ListResourceTags per key in the account, and it runs
         whenever the alias is gone: after a destroy, every `status`, `plan` and `destroy --wait`
@@ -119,7 +138,7 @@ class KmsKey(Resource):
             if not key_ref:
                 continue
             meta = _describe(kms, key_ref)
-            if meta and meta["KeyState"] not in GONE_STATES:
+            if meta and meta["KeyState"] not in GONE_STATES - {PENDING_DELETION}:
                 return meta
         if ctx.read_only:
             return None
@@ -167,7 +186,13 @@ class KmsKey(Resource):
         kms = ctx.client("kms")
         key_id = current.ids["id"]
         fields = changed_fields(changes)
-        if "enabled" in fields:
+        if "pending_deletion" in fields:
+            self._recover(ctx, current)
+            # Pending deletion reads rotation as off; cancelling restores the earlier status
+            # (GetKeyRotationStatus, AWS KMS API reference): look again before enabling it.
+            if "rotation" in fields and kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"]:
+                fields.discard("rotation")
+        elif "enabled" in fields:
             kms.enable_key(KeyId=key_id)
         if "description" in fields:
             kms.update_key_description(KeyId=key_id, Description=desired["description"])
@@ -182,6 +207,23 @@ class KmsKey(Resource):
                 kms.tag_resource(KeyId=key_id, Tags=tag_list(to_set, "TagKey", "TagValue"))
             if to_remove:
                 kms.untag_resource(KeyId=key_id, TagKeys=to_remove)
+
+    @staticmethod
+    def _recover(ctx: StepContext, current: Current) -> None:
+        """CancelKeyDeletion, then EnableKey: a cancelled key comes back Disabled, and AWS
+        refuses EnableKey (KMSInvalidStateException) while the deletion is still pending.
+        See https://docs.aws.amazon.com/kms/latest/developerguide/deleting-keys-cancelling-key-deletion.html
+        """
+        key_id = current.ids["id"]
+        if not ctx.config.kms.recover_pending_deletion:
+            raise KeyPendingDeletionError(
+                f"KMS key {key_id} ({ctx.names.kms_alias}) is scheduled for deletion on "
+                f"{current.spec['pending_deletion']} and kms.recover_pending_deletion is false: "
+                f"cancel it (`aws kms cancel-key-deletion --key-id {key_id}`) or set "
+                "kms.recover_pending_deletion = true; data encrypted with it is unreadable once it is gone")
+        kms = ctx.client("kms")
+        kms.cancel_key_deletion(KeyId=key_id)
+        kms.enable_key(KeyId=key_id)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
         kms = ctx.client("kms")
@@ -233,8 +275,17 @@ class KmsAlias(Resource):
         ctx.client("kms").update_alias(AliasName=ctx.names.kms_alias, TargetKeyId=desired["target_key_id"])
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        with ignore_not_found():
-            ctx.client("kms").delete_alias(AliasName=ctx.names.kms_alias)
+        tolerate_gone(ctx.client("kms").delete_alias, AliasName=ctx.names.kms_alias)
+
+
+def _deletion_date(meta: dict[str, Any]) -> str | None:
+    """When a key pending deletion goes for good (UTC, to the minute); None when it is not."""
+    if meta.get("KeyState") != PENDING_DELETION:
+        return None
+    when = meta.get("DeletionDate")
+    if not isinstance(when, datetime):
+        return "an unknown date"
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _describe(kms: Any, key_ref: str) -> dict[str, Any] | None:

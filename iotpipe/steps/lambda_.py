@@ -33,9 +33,9 @@ from iotpipe.steps.base import (
     diff_specs,
     filter_tags,
     get_or_none,
-    ignore_not_found,
     paginate,
     tag_changes,
+    tolerate_gone,
 )
 from iotpipe.steps.common import LogGroup, Role, service_trust
 
@@ -235,8 +235,7 @@ class DeadLetterQueue(Resource):
                 sqs.untag_queue(QueueUrl=url, TagKeys=to_remove)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        with ignore_not_found():
-            ctx.client("sqs").delete_queue(QueueUrl=current.ids["url"])
+        tolerate_gone(ctx.client("sqs").delete_queue, QueueUrl=current.ids["url"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,8 +420,8 @@ class Function(Resource):
             lam.get_waiter("function_updated_v2").wait(FunctionName=current.ids["name"])
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        with ignore_not_found():
-            ctx.client("lambda").delete_function(FunctionName=current.ids.get("name") or self.name(ctx))
+        tolerate_gone(ctx.client("lambda").delete_function,
+                      FunctionName=current.ids.get("name") or self.name(ctx))
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,9 +503,8 @@ class EventSourceMapping(Resource):
             "lambda", f"event-source-mapping:{mapping['UUID']}")
 
     def _tags(self, ctx: StepContext, mapping: dict[str, Any]) -> dict[str, str]:
-        with ignore_not_found():
-            return ctx.client("lambda").list_tags(Resource=self._esm_arn(ctx, mapping)).get("Tags", {})
-        return {}
+        found = get_or_none(ctx.client("lambda").list_tags, Resource=self._esm_arn(ctx, mapping))
+        return found.get("Tags", {}) if found else {}
 
     def read(self, ctx: StepContext) -> Current | None:
         lam = ctx.client("lambda")
@@ -609,9 +607,9 @@ class EventSourceMapping(Resource):
         the function and stream go next in destroy's order, so it is waited out here.
         """
         if self._settle(ctx, uuid, state) is not None:  # else gone, or already being deleted
-            with ignore_not_found():
-                lam = ctx.client("lambda")
-                ctx.aws.retrying(lambda: lam.delete_event_source_mapping(UUID=uuid), MAPPING_IN_USE)
+            lam = ctx.client("lambda")
+            ctx.aws.retrying(lambda: tolerate_gone(lam.delete_event_source_mapping, UUID=uuid),
+                             MAPPING_IN_USE)
         self._wait_gone(ctx, uuid)
 
     @staticmethod

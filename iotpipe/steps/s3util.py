@@ -16,15 +16,16 @@ from typing import Any
 from iotpipe.aws import BUCKET_NAME_BEING_RELEASED, error_code, is_not_found
 from iotpipe.errors import AwsCallError, OwnershipError
 from iotpipe.steps.base import (
+    TAG_REGION,
     Current,
     Spec,
     StepContext,
     filter_tags,
     get_or_none,
-    ignore_not_found,
     policy_json,
     tag_dict,
     tag_list,
+    tolerate_gone,
 )
 
 DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys per request
@@ -71,6 +72,7 @@ def read_bucket_common(ctx: StepContext, logical_id: str, name: str, arn: str,
             return Current({}, ids, managed=False, adoptable=False)
         raise
     tags = read_tags(s3, name)
+    home = None if TAG_REGION in tags else bucket_region(s3, name)
     spec = {
         **more(s3),
         "public_access_block": norm_public_access_block(get_or_none(s3.get_public_access_block, Bucket=name)),
@@ -78,7 +80,18 @@ def read_bucket_common(ctx: StepContext, logical_id: str, name: str, arn: str,
         "policy": norm_policy(get_or_none(s3.get_bucket_policy, Bucket=name)),
         "tags": filter_tags(ctx, logical_id, tags),
     }
-    return Current(spec, ids, managed=ctx.owns(tags))
+    return Current.judged(ctx, spec, ids, tags, home_region=home)
+
+
+def bucket_region(s3: Any, name: str) -> str | None:
+    """Where the bucket lives: GetBucketLocation answers no LocationConstraint for us-east-1
+    and the legacy "EU" for eu-west-1 (S3 API reference, GetBucketLocation). Used for a
+    bucket made before iotpipe tagged its region: its location says which region's env it is."""
+    found = get_or_none(s3.get_bucket_location, Bucket=name)
+    if found is None:
+        return None
+    location = found.get("LocationConstraint") or "us-east-1"
+    return "eu-west-1" if location == "EU" else location
 
 
 def read_tags(s3: Any, name: str) -> dict[str, str]:
@@ -135,8 +148,7 @@ def set_ownership(s3: Any, name: str, want: str) -> None:
 def set_policy(s3: Any, name: str, want: dict[str, Any] | None) -> None:
     """None removes the policy: any policy present is not ours to keep."""
     if want is None:
-        with ignore_not_found():
-            s3.delete_bucket_policy(Bucket=name)
+        tolerate_gone(s3.delete_bucket_policy, Bucket=name)
     else:
         s3.put_bucket_policy(Bucket=name, Policy=policy_json(want))
 
@@ -153,13 +165,10 @@ def set_tags(ctx: StepContext, s3: Any, name: str, logical_id: str, want: dict[s
 def delete_bucket(s3: Any, name: str) -> None:
     """Policy first (a Deny must not block the emptying; a TLS-only Deny blocks object
     deletes on the emulator), then every version and delete marker, then the bucket.
-    Whatever is already gone counts as done."""
-    with ignore_not_found():
-        s3.delete_bucket_policy(Bucket=name)
-    with ignore_not_found():
-        empty_bucket(s3, name)
-    with ignore_not_found():
-        s3.delete_bucket(Bucket=name)
+    Each step tolerates its own target being gone, and DeleteBucket always runs."""
+    tolerate_gone(s3.delete_bucket_policy, Bucket=name)
+    tolerate_gone(empty_bucket, s3, name)
+    tolerate_gone(s3.delete_bucket, Bucket=name)
 
 
 def empty_bucket(s3: Any, name: str) -> int:

@@ -28,13 +28,13 @@ from iotpipe.steps.base import (
     changed_fields,
     filter_tags,
     get_or_none,
-    ignore_not_found,
     known_key,
     our_key_arn,
     paginate,
     tag_changes,
     tag_dict,
     tag_list,
+    tolerate_gone,
 )
 
 LIFECYCLE_RULE_ID = "archive-old-data"
@@ -356,12 +356,11 @@ class MetricsTable(Resource):
     def delete(self, ctx: StepContext, current: Current) -> None:
         ddb = ctx.client("dynamodb")
         name = ctx.names.metrics_table
-        with ignore_not_found():
-            if current.spec.get("deletion_protection"):
+        if current.spec.get("deletion_protection"):
+            _wait_active(ddb, name)
+            if tolerate_gone(ddb.update_table, TableName=name, DeletionProtectionEnabled=False):
                 _wait_active(ddb, name)
-                ddb.update_table(TableName=name, DeletionProtectionEnabled=False)
-                _wait_active(ddb, name)
-            ddb.delete_table(TableName=name)
+        tolerate_gone(ddb.delete_table, TableName=name)
         ddb.get_waiter("table_not_exists").wait(TableName=name, WaiterConfig=TABLE_WAIT)
 
 

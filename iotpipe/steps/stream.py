@@ -21,10 +21,10 @@ from iotpipe.steps.base import (
     changed_fields,
     filter_tags,
     get_or_none,
-    ignore_not_found,
     known_key,
     our_key_arn,
     tag_changes,
+    tolerate_gone,
 )
 
 ADD_TAGS_MAX = 10  # AddTagsToStream takes at most 10 tags per call
@@ -116,8 +116,7 @@ class SensorStream(Resource):
         """EnforceConsumerDeletion: registered enhanced fan-out consumers die with the stream."""
         kinesis = ctx.client("kinesis")
         name = ctx.names.stream
-        with ignore_not_found():
-            kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+        tolerate_gone(kinesis.delete_stream, StreamName=name, EnforceConsumerDeletion=True)
         kinesis.get_waiter("stream_not_exists").wait(StreamName=name, WaiterConfig=STREAM_WAIT)
 
 

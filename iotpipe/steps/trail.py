@@ -28,10 +28,10 @@ from iotpipe.steps.base import (
     changed_fields,
     filter_tags,
     get_or_none,
-    ignore_not_found,
     tag_changes,
     tag_dict,
     tag_list,
+    tolerate_gone,
 )
 
 CLOUDTRAIL = "cloudtrail.amazonaws.com"
@@ -287,8 +287,7 @@ class Trail(Resource):
                 cloudtrail.stop_logging(Name=name)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        with ignore_not_found():
-            ctx.client("cloudtrail").delete_trail(Name=self.name(ctx))
+        tolerate_gone(ctx.client("cloudtrail").delete_trail, Name=self.name(ctx))
 
     @staticmethod
     def _put_insights(cloudtrail: Any, name: str, desired: Spec) -> None:

@@ -1,0 +1,18 @@
+"""The emulator boundary in server mode: moto answers IoT ListTagsForResource with HTTP 500 and
+no AWS error code (MOTO-NOTES.md); the probe says "not supported" after one request, not after
+botocore's ten retries."""
+
+from __future__ import annotations
+
+import os
+
+from iotpipe.aws import AwsContext
+from tests.support import CallLog
+
+
+def test_server_mode_probe_reports_iot_tags_unreadable_in_one_request(server):
+    aws = AwsContext(os.environ["AWS_DEFAULT_REGION"], endpoint_url=server)
+    log = CallLog().attach(aws.events)
+    assert aws.supports("iot.list_tags_for_resource") is False
+    assert aws.supports("iot.list_tags_for_resource") is False
+    assert log.counts()["iot.ListTagsForResource"] == 1
