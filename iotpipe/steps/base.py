@@ -60,6 +60,10 @@ class Current:
     # False when AWS says outright that it belongs to someone else (a bucket of another
     # account): then even a write-ahead "creating" record cannot make it ours.
     adoptable: bool = True
+    # Things of someone else's inside or on a resource of ours that AWS would not let us
+    # delete around (a foreign thing of our thing type): destroy stops before its first
+    # delete, naming them, instead of failing halfway through.
+    blockers: tuple[str, ...] = ()
 
 
 @dataclass

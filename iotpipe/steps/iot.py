@@ -507,11 +507,14 @@ class Devices(Resource):
         found = get_or_none(ctx.client("iot").describe_thing_type, thingTypeName=ctx.names.thing_type)
         if found is None:
             return None
-        ours = sum(device_marker_ok(ctx, t) for t in self.things(ctx))
+        things = self.things(ctx)
+        ours = sum(device_marker_ok(ctx, t) for t in things)
         # A same-name thing type that is not ours makes its things not ours either.
         type_is_ours = ctx.marker(ThingType.logical_id) in (
             found.get("thingTypeProperties", {}).get("thingTypeDescription") or "")
-        return Current({}, {"count": str(ours)}, managed=type_is_ours)
+        # Someone else's things of our type: AWS keeps the type while they use it.
+        foreign = tuple(sorted(t["thingName"] for t in things if not device_marker_ok(ctx, t)))
+        return Current({}, {"count": str(ours)}, managed=type_is_ours, blockers=foreign)
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         return {"count": "0"}  # devices are registered with `iotpipe device add`
