@@ -187,10 +187,10 @@ class Engine:
         current = res.read(self.ctx)
         if current is None:
             return self._result(res, "read", health="missing")
-        self.ctx.refs[res.logical_id] = current.ids
         if not self._is_ours(res, current):
             return self._result(res, "read", health="foreign", ids=current.ids,
                                 message="exists but is not managed by iotpipe for this env")
+        self.ctx.refs[res.logical_id] = current.ids  # only ours: later reads trust these ids
         changes = res.diff(current.spec, res.desired(self.ctx))
         return self._result(res, "read", health="drifted" if changes else "ok",
                             changes=changes, ids=current.ids)

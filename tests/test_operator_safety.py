@@ -402,3 +402,22 @@ def test_state_store_refuses_an_env_that_is_a_path(tmp_path):
 
     with pytest.raises(StateError):
         StateStore(tmp_path, "../escape", "us-east-1")
+
+
+def test_destroy_checks_the_state_file_before_asking_or_reading_aws(cli, tmp_path, capsys):
+    state = tmp_path / ".iotpipe" / "state" / "dev.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{truncated")
+    assert cli("destroy", *EMU) == ExitCode.STATE  # not 70: the state is checked first
+    assert cli.log.calls == [] and state.read_text() == "{truncated"
+
+
+def test_status_of_an_alias_to_someone_elses_key_is_foreign(make):
+    """The foreign key's ids must not vouch for the alias that points at it."""
+    kms = boto3.client("kms", region_name=REGION)
+    foreign = kms.create_key(Description="someone else's")["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName="alias/iot-manufacturing-dev", TargetKeyId=foreign)
+    from iotpipe.steps import kms as kms_step
+
+    status = {r.logical_id: r.health for r in make(resources=kms_step.RESOURCES).status().resources}
+    assert status == {"kms.key": "foreign", "kms.alias": "foreign"}
