@@ -421,3 +421,17 @@ def test_status_of_an_alias_to_someone_elses_key_is_foreign(make):
 
     status = {r.logical_id: r.health for r in make(resources=kms_step.RESOURCES).status().resources}
     assert status == {"kms.key": "foreign", "kms.alias": "foreign"}
+
+
+def test_no_doc_line_removes_the_whole_state_directory():
+    """It holds every device's private key, which AWS cannot hand out again."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    whole_dir = re.compile(r"\brm\s+(?:-\w+\s+)*(?:\S*/)?\.iotpipe/?(?:\s|$|`)")
+    docs = [repo / "README.md", *sorted((repo / "docs").rglob("*.md"))]
+    offending = [f"{path.name}: {line}" for path in docs for line in path.read_text().splitlines()
+                 if whole_dir.search(line)]
+    assert offending == []
+    assert whole_dir.search("rm -rf .iotpipe") and whole_dir.search("rm -r ./.iotpipe/")
+    assert not whole_dir.search("rm .iotpipe/state/line7.json")
