@@ -64,16 +64,71 @@ def lock_option(func: Any) -> Any:
                         metavar="SECONDS", help="Wait this long for another run's lock instead of failing.")(func)
 
 
-def _build(opts: Options, renderer: Any, lock_timeout: float = 0.0) -> Any:
-    from iotpipe.aws import AwsContext, default_region
+def _config(opts: Options) -> Any:
+    """The validated config: every command calls this before it asks, locks or calls AWS."""
+    from iotpipe.aws import default_region
     from iotpipe.config import load_config
-    from iotpipe.engine import make_engine
 
     fallback = None if opts.region else default_region(opts.profile)
-    config = load_config(opts.env, opts.config, region=opts.region, fallback_region=fallback,
-                         assignments=opts.sets)
+    return load_config(opts.env, opts.config, region=opts.region, fallback_region=fallback,
+                       assignments=opts.sets)
+
+
+def _engine(opts: Options, config: Any, renderer: Any, lock_timeout: float = 0.0) -> Any:
+    from iotpipe.aws import AwsContext
+    from iotpipe.engine import make_engine
+
     aws = AwsContext(config.region, profile=opts.profile, endpoint_url=opts.endpoint_url)
     return make_engine(config, aws, opts.state_dir, on_event=renderer.progress, lock_timeout=lock_timeout)
+
+
+def _build(opts: Options, renderer: Any, lock_timeout: float = 0.0) -> Any:
+    return _engine(opts, _config(opts), renderer, lock_timeout)
+
+
+def _target(opts: Options, engine: Any) -> Any:
+    """Where this run works, for the header (after the engine exists: it needs the account)."""
+    from urllib.parse import urlsplit
+
+    from iotpipe.config import config_file_for
+    from iotpipe.render import Target
+
+    path = config_file_for(opts.env, opts.config)
+    config = str(path) if path else f"built-in defaults: config/{opts.env}.toml not found"
+    if opts.sets:
+        config += " + --set " + " ".join(opts.sets)
+    aws = engine.ctx.aws
+    url = aws.endpoint_url or aws.client("sts").meta.endpoint_url  # honours AWS_ENDPOINT_URL
+    host = urlsplit(url).hostname or ""
+    endpoint = "AWS (default endpoints)" if host.endswith((".amazonaws.com", ".amazonaws.com.cn")) else url
+    return Target(env=opts.env, account=engine.ctx.account, region=engine.ctx.region, endpoint=endpoint,
+                  config_file=str(path) if path else None, config=config, state_file=str(engine.store.path))
+
+
+def _guard_defaults(engine: Any, renderer: Any, target: Any, yes: bool) -> None:
+    """`up` without the env's config file on a live env: warn what the defaults would change,
+    and ask (or, without a terminal, refuse unless --yes) when that deletes data."""
+    from iotpipe.engine import loses_data
+
+    preview = engine.plan()  # reads only
+    changes = [(r, c) for r in preview.resources if r.action == "update" for c in r.changes]
+    if not changes:
+        return
+    lossy = [(r, c) for r, c in changes if loses_data(r, c)]
+    renderer.defaults_warning(target, changes, bool(lossy))
+    if not lossy or yes:
+        return
+    if not sys.stdin.isatty():
+        raise AbortedError("refusing to shorten a retention with built-in defaults without --yes "
+                           "(stdin is not a terminal): pass --config with the env's file, or --yes")
+    if not click.confirm("Apply the built-in defaults anyway?", default=False, err=True):
+        raise AbortedError("up cancelled: nothing was changed")
+
+
+def _local_keys(opts: Options) -> list[str]:
+    from iotpipe.devices import local_key_files
+
+    return local_key_files(opts.state_dir, opts.env)
 
 
 def _renderer(json_mode: bool = False) -> Any:
@@ -103,10 +158,15 @@ def cli() -> None:
 @common_options
 @json_option
 @lock_option
-def up(opts: Options, json_mode: bool, lock_timeout: float) -> None:
+@click.option("--yes", "-y", is_flag=True,
+              help="Apply built-in defaults that shorten a live retention without asking (only asked "
+                   "when no config file is used on an env that exists).")
+def up(opts: Options, json_mode: bool, lock_timeout: float, yes: bool) -> None:
     """Converge the environment: kms, storage, stream, lambda, iot, trail.
 
-    Safe to repeat: an environment already in shape costs read calls only.
+    Safe to repeat: an environment already in shape costs read calls only. Without a config
+    file, on an env that exists, it warns which live settings the built-in defaults would
+    change, and asks first when that deletes data (a shorter stream or log retention).
 
     \b
     Examples:
@@ -115,25 +175,46 @@ def up(opts: Options, json_mode: bool, lock_timeout: float) -> None:
       iotpipe up --env dev --set lambda.memory_mb=512 --json
     """
     renderer = _renderer(json_mode)
-    result = _build(opts, renderer, lock_timeout).up()
-    renderer.run_summary(result)
+    engine = _build(opts, renderer, lock_timeout)
+    target = _target(opts, engine)
+    renderer.header(target)
+    if target.config_file is None:
+        _guard_defaults(engine, renderer, target, yes)
+    renderer.run_summary(engine.up())
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @common_options
 @json_option
-def plan(opts: Options, json_mode: bool) -> None:
+@click.option("--destroy", "destroy_", is_flag=True,
+              help="Show what `destroy` would delete, skip and leave, without changing anything.")
+def plan(opts: Options, json_mode: bool, destroy_: bool) -> None:
     """Show what `up` would do, field by field, without changing anything.
 
     Exit 0 when nothing would change, 2 when changes are pending, another code on error.
+    With --destroy: what `destroy` would do; exit 2 when it would delete something, 0 when
+    nothing, 68 when a resource iotpipe does not own would stop it.
 
     \b
     Examples:
       iotpipe plan --env dev
       iotpipe plan --env prod --json | jq '.resources[] | select(.action != "unchanged")'
+      iotpipe plan --env ci-1234 --destroy
     """
     renderer = _renderer(json_mode)
-    result = _build(opts, renderer).plan()
+    engine = _build(opts, renderer)
+    renderer.header(_target(opts, engine))
+    if destroy_:
+        from iotpipe.engine import blocked_error
+
+        preview = engine.destroy_plan()
+        renderer.destroy_preview(preview, _local_keys(opts))
+        if (blocked := blocked_error(preview)) is not None:
+            raise blocked
+        if any(r.action in ("delete", "scheduled") for r in preview.resources):
+            raise SystemExit(ExitCode.CHANGES_PENDING)
+        return
+    result = engine.plan()
     renderer.plan(result)
     if not result.in_sync:
         raise SystemExit(ExitCode.CHANGES_PENDING)
@@ -153,7 +234,9 @@ def status(opts: Options, json_mode: bool) -> None:
       iotpipe status --env dev --json
     """
     renderer = _renderer(json_mode)
-    result = _build(opts, renderer).status()
+    engine = _build(opts, renderer)
+    renderer.header(_target(opts, engine))
+    result = engine.status()
     renderer.status(result)
     if not result.in_sync:
         raise SystemExit(ExitCode.CHANGES_PENDING)
@@ -184,33 +267,46 @@ def outputs(opts: Options, json_mode: bool) -> None:
 def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait: bool) -> None:
     """Remove every resource of the env, in reverse order; a second run is a quiet success.
 
-    Buckets are emptied (every version and delete marker), the KMS key is scheduled for
-    deletion (kms.deletion_window_days), and resources iotpipe does not own are left alone.
-    AWS deletes an IoT thing type only 5 minutes after it was deprecated, and may see the
-    device policy attached for up to 5 minutes after it was detached: destroy deletes
-    everything else, reports those as pending (exit 3), and the next run finishes them, or
-    use --wait.
+    It first reads everything and shows what would go (account, region, endpoint, config,
+    every resource), then asks. Buckets are emptied (every version and delete marker), the
+    KMS key is scheduled for deletion (kms.deletion_window_days), resources iotpipe does not
+    own are left alone, and local device key files are kept. A thing of the env's type that
+    is not iotpipe's stops destroy (exit 68) before anything is deleted. AWS deletes an IoT
+    thing type only 5 minutes after it was deprecated, and may see the device policy attached
+    for up to 5 minutes after it was detached: destroy deletes everything else, reports those
+    as pending (exit 3), and the next run finishes them, or use --wait.
 
     \b
     Examples:
+      iotpipe plan --env dev --destroy       what destroy would do, without asking
       iotpipe destroy --env dev
       iotpipe destroy --env ci-1234 --yes --wait
     """
-    if not yes:
-        if not sys.stdin.isatty():
-            raise AbortedError("refusing to destroy without --yes: stdin is not a terminal")
-        if not click.confirm(f"Destroy every iotpipe resource of env {opts.env!r}?", default=False):
-            raise AbortedError("destroy cancelled")
     renderer = _renderer(json_mode)
-    engine = _build(opts, renderer, lock_timeout)
-    result = engine.destroy()
+    engine = _build(opts, renderer, lock_timeout)  # config and state are checked first
+    target = _target(opts, engine)
+    renderer.header(target)
+
+    def confirm(preview: Any) -> bool:
+        if yes:
+            return True
+        renderer.destroy_preview(preview, _local_keys(opts), to_stderr=json_mode)
+        if not sys.stdin.isatty():  # even with nothing to delete: a script needs --yes every time
+            raise AbortedError("refusing to destroy without --yes: stdin is not a terminal "
+                               "(what would go is listed above; nothing was deleted)")
+        if not any(r.action in ("delete", "scheduled") for r in preview.resources):
+            return True  # nothing to ask about
+        return click.confirm(f"Delete these resources of env {target.env!r} (account {target.account}, "
+                             f"{target.region})?", default=False, err=json_mode)
+
+    result = engine.destroy(confirm)
     aws = engine.ctx.aws
     deadline = aws.clock() + WAIT_FOR_PENDING_S
     while wait and any(r.action == "pending" for r in result.resources) and aws.clock() < deadline:
         renderer.message("waiting 10s for AWS to allow deleting what is pending…")
         aws.sleep(10)  # no AWS waiter exists for IoT's 5-minute windows (thing type, detached policy)
         result = engine.destroy()
-    renderer.run_summary(result)
+    renderer.run_summary(result, kept_keys=_local_keys(opts))
     if any(r.action == "pending" for r in result.resources):
         raise SystemExit(ExitCode.INCOMPLETE)
 
@@ -300,6 +396,7 @@ def device_remove(opts: Options, device_id: str, json_mode: bool, lock_timeout: 
     from iotpipe.devices import remove_device, validate_device_id
 
     validate_device_id(device_id)
+    config = _config(opts)  # a bad --env/--set is refused before the question
     if not yes:
         if not sys.stdin.isatty():
             raise AbortedError("refusing to remove a device without --yes: stdin is not a terminal")
@@ -307,7 +404,7 @@ def device_remove(opts: Options, device_id: str, json_mode: bool, lock_timeout: 
                              default=False):
             raise AbortedError("device remove cancelled")
     renderer = _renderer(json_mode)
-    engine = _build(opts, renderer)
+    engine = _engine(opts, config, renderer)
     renderer.device_removed(remove_device(engine, device_id, lock_timeout=lock_timeout))
 
 
@@ -316,24 +413,33 @@ def device_remove(opts: Options, device_id: str, json_mode: bool, lock_timeout: 
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), envvar="IOTPIPE_STATE_DIR",
               default=Path(".iotpipe"), show_default=True, help="Where state and lock files live.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def unlock(env: str, state_dir: Path, yes: bool) -> None:
+@click.option("--force", is_flag=True, help="Remove the lock even though its holder still runs on this host.")
+def unlock(env: str, state_dir: Path, yes: bool, force: bool) -> None:
     """Remove an env's lock left behind by a run that is gone (on another host, say).
 
     A lock left by a dead process on this host is taken over automatically; use this for
-    the rest, after making sure the holder is not running.
+    the rest, after making sure the holder is not running. A lock whose process still runs
+    on this host is kept unless --force.
 
     \b
     Example:
       iotpipe unlock --env dev
     """
-    from iotpipe.state import StateStore, describe_lock
+    from iotpipe.config import validate_env
+    from iotpipe.errors import LockHeldError
+    from iotpipe.state import StateStore, describe_lock, holder_is_alive
 
+    validate_env(env)  # the env names a file under the state directory
     renderer = _renderer()
     store = StateStore(state_dir, env, region="")
     holder = store.read_lock()
     if holder is None:
         renderer.message(f"env {env!r} is not locked")
         return
+    if holder_is_alive(holder) and not force:
+        raise LockHeldError(f"env {env!r} is locked by {describe_lock(holder)}, which is still running "
+                            "on this host: wait for it to finish, or pass --force if that process is "
+                            "not an iotpipe run")
     renderer.lock_holder(f"env {env!r} is locked by {describe_lock(holder)}")
     if not yes:
         if not sys.stdin.isatty():

@@ -58,6 +58,15 @@ def bucket_name_problem(name: str) -> str | None:
     return None
 
 
+def _check_env(value: str) -> str:
+    if not _ENV_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid env name: use 1-24 lowercase letters, digits and inner "
+            "hyphens (it becomes part of S3 bucket and IoT rule names)"
+        )
+    return value
+
+
 class _Section(BaseModel):
     # strict: "256" in a TOML file is a mistake to report, not a value to coerce
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, strict=True)
@@ -174,12 +183,7 @@ class PipelineConfig(_Section):
     @field_validator("env")
     @classmethod
     def _env(cls, value: str) -> str:
-        if not _ENV_RE.match(value):
-            raise ValueError(
-                f"{value!r} is not a valid env name: use 1-24 lowercase letters, digits and inner "
-                "hyphens (it becomes part of S3 bucket and IoT rule names)"
-            )
-        return value
+        return _check_env(value)
 
     @field_validator("region")
     @classmethod
@@ -293,6 +297,26 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: {loc + ': ' if loc else ''}{msg}{more}"
 
 
+def validate_env(env: str) -> str:
+    """The env name as every command accepts it; raise ConfigError otherwise.
+
+    Commands that read no config (`unlock`) still build file paths from the env, so a name
+    like ``../x`` must be refused before it reaches the state directory.
+    """
+    try:
+        return _check_env(env)
+    except ValueError as err:
+        raise ConfigError(f"--env: {err}") from None
+
+
+def config_file_for(env: str, path: Path | None) -> Path | None:
+    """The config file a command uses: ``path``, else ``config/<env>.toml`` when it exists."""
+    if path is not None:
+        return Path(path)
+    candidate = Path("config") / f"{env}.toml"
+    return candidate if candidate.is_file() else None
+
+
 def parse_assignment(text: str) -> tuple[list[str], Any]:
     """Parse a `--set section.key=value` flag; the value is read as TOML, else as a string."""
     key, sep, raw = text.partition("=")
@@ -321,9 +345,7 @@ def load_config(
     """
     source = "defaults"
     data: dict[str, Any] = {}
-    if path is None:
-        candidate = Path("config") / f"{env}.toml"
-        path = candidate if candidate.is_file() else None
+    path = config_file_for(env, path)
     if path is not None:
         source = str(path)
         try:
@@ -339,6 +361,11 @@ def load_config(
     data["env"] = env
     for assignment in assignments:
         keys, value = parse_assignment(assignment)
+        if keys == ["env"] and value != env:
+            # One env per command: the confirmation, the lock and the state file are --env's,
+            # so a different env here would make them guard the wrong resources.
+            raise ConfigError(f"--set {assignment!r}: env is set by --env ({env!r}); "
+                              "run the command with --env instead")
         target = data
         for key in keys[:-1]:
             nxt = target.setdefault(key, {})

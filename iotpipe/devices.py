@@ -568,3 +568,13 @@ def remove_device(engine: Engine, device_id: str, *, lock_timeout: float = 0.0) 
             shutil.rmtree(paths.dir)
             result.local_files_removed = True
         return result
+
+
+def local_key_files(state_root: Path, env: str) -> list[str]:
+    """The env's private key files in this state directory: `destroy` names them, never deletes.
+
+    A key is the one copy there is (AWS hands it out once), and a device may still use it
+    (another region, a certificate re-registered by hand): only the operator may remove it.
+    """
+    root = Path(state_root) / "devices" / env
+    return sorted(str(p) for p in root.glob(f"*/{KEY_FILE}") if p.is_file())

@@ -16,12 +16,23 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError
 
 from iotpipe.aws import translate
-from iotpipe.errors import IotpipeError, OwnershipError
+from iotpipe.errors import AbortedError, IotpipeError, OwnershipError
 from iotpipe.state import StateStore
 from iotpipe.steps.base import Change, Current, DeletionPending, Resource, StepContext
 
-Action = Literal["create", "update", "unchanged", "delete", "absent", "skipped", "pending", "read"]
-Health = Literal["ok", "missing", "drifted", "foreign", "deleted", "pending", "disabled", "unwanted", ""]
+Action = Literal["create", "update", "unchanged", "delete", "absent", "skipped", "pending", "read",
+                 "scheduled", "blocked"]
+Health = Literal["ok", "missing", "drifted", "foreign", "deleted", "pending", "pending-deletion",
+                 "disabled", "unwanted", ""]
+
+KMS_KEY_TYPE = "AWS::KMS::Key"  # destroy schedules it for deletion; AWS deletes it after the window
+# Said before the operator confirms a destroy: what goes with a resource besides itself.
+DESTROY_NOTES = {
+    "AWS::S3::Bucket": "emptied first: every object version and delete marker",
+    "AWS::DynamoDB::Table": "with every item in it",
+    "AWS::Kinesis::Stream": "with the records it still holds",
+    "AWS::Logs::LogGroup": "with its log events",
+}
 
 # The seed's outputs, under the seed's keys: logical id and which id of it.
 OUTPUT_KEYS: dict[str, tuple[str, str]] = {
@@ -135,9 +146,28 @@ class Engine:
     def up(self) -> RunResult:
         return self._run("up", self._up_one, reverse=False, lock=True)
 
-    def destroy(self) -> RunResult:
-        result = self._run("destroy", self._destroy_one, reverse=True, lock=True)
-        if all(r.action in ("delete", "absent") for r in result.resources):
+    def destroy_plan(self) -> RunResult:
+        """What `destroy` would do, in its order, from reads only (`plan --destroy`)."""
+        self._account()
+        return self._survey()
+
+    def destroy(self, confirm: Callable[[RunResult], bool] | None = None) -> RunResult:
+        """Read everything, stop on a blocker, let ``confirm`` see the survey, then delete.
+
+        All reads and ownership checks happen before the first delete, under the lock, so a
+        resource that is not ours can only be skipped (named) or stop destroy while nothing
+        is gone yet: never halfway through.
+        """
+
+        def survey_then_confirm() -> None:
+            survey = self._survey()
+            if (blocked := blocked_error(survey)) is not None:
+                raise blocked
+            if confirm is not None and not confirm(survey):
+                raise AbortedError("destroy cancelled: nothing was deleted")
+
+        result = self._run("destroy", self._destroy_one, reverse=True, lock=True, before=survey_then_confirm)
+        if all(r.action in ("delete", "scheduled", "absent") for r in result.resources):
             self.store.remove_if_empty()
         return result
 
@@ -174,11 +204,11 @@ class Engine:
         current = res.read(self.ctx)
         if current is None:
             return self._result(res, "read", health="missing")
-        self.ctx.refs[res.logical_id] = current.ids
         if not self._is_ours(res, current):
             return self._result(res, "read", health="foreign", ids=current.ids,
                                 message=current.foreign_reason
                                 or "exists but is not managed by iotpipe for this env")
+        self.ctx.refs[res.logical_id] = current.ids  # only ours: later reads trust these ids
         changes = res.diff(current.spec, res.desired(self.ctx))
         return self._result(res, "read", health="drifted" if changes else "ok",
                             changes=changes, ids=current.ids, message=current.condition)
@@ -213,6 +243,48 @@ class Engine:
             self.ctx.refs[res.logical_id] = ids
         return self._result(res, "update", changes=changes, ids=ids)
 
+    def _survey(self) -> RunResult:
+        """Read every resource (in `up` order, so each read has the ids of those before it)."""
+        result = RunResult("destroy-plan", self.ctx.env, self.ctx.region, self.ctx.account)
+        for res in self.resources:
+            self.on_event(Event("start", res.logical_id, verb="read"))
+            item = self._guarded(res, self._survey_one)
+            result.resources.append(item)
+            self.on_event(Event("done", res.logical_id, verb="read", result=item))
+        result.resources.reverse()  # shown in the order destroy works
+        return result
+
+    def _survey_one(self, res: Resource) -> ResourceResult:
+        current = res.read(self.ctx)
+        if current is None:
+            return self._result(res, "absent")
+        if not self._is_ours(res, current):
+            return self._result(res, "skipped", health="foreign", ids=current.ids,
+                                message=(current.foreign_reason
+                                         or "exists but is not managed by iotpipe for this env")
+                                + ": left alone")
+        self.ctx.refs[res.logical_id] = current.ids  # only ours: later reads trust these ids
+        if current.blockers:
+            shown = ", ".join(current.blockers[:5]) + (", ..." if len(current.blockers) > 5 else "")
+            return self._result(res, "blocked", health="foreign", ids=current.ids,
+                                message=f"holds what iotpipe does not own for env {self.ctx.env!r} "
+                                        f"({shown}), which AWS will not delete it around: remove "
+                                        "or move those, then run destroy again")
+        if res.resource_type == KMS_KEY_TYPE:
+            return self._result(res, "scheduled", ids=current.ids, message=self._key_note())
+        note = DESTROY_NOTES.get(res.resource_type, "")
+        if res.resource_type == "AWS::S3::Bucket" and current.spec.get("versioning") == "Enabled":
+            note = "versioned: " + note
+        if res.logical_id == "iot.devices":
+            note = (f"{current.ids.get('count', '?')} device(s): their certificates (deactivated first), "
+                    "then the things")
+        return self._result(res, "delete", ids=current.ids, message=note)
+
+    def _key_note(self) -> str:
+        days = self.ctx.config.kms.deletion_window_days
+        return (f"scheduled for deletion ({days} days): recoverable until then with "
+                "`aws kms cancel-key-deletion`")
+
     def _destroy_one(self, res: Resource) -> ResourceResult:
         current = res.read(self.ctx)
         if current is None:
@@ -228,16 +300,22 @@ class Engine:
         except DeletionPending as pending:
             return self._result(res, "pending", health="pending", ids=current.ids, message=str(pending))
         self.store.forget(res.logical_id)
+        if res.resource_type == KMS_KEY_TYPE:  # AWS keeps it, disabled, for the window
+            return self._result(res, "scheduled", health="pending-deletion", ids=current.ids,
+                                message=self._key_note())
         return self._result(res, "delete", health="deleted", ids=current.ids)
 
     # -- plumbing --------------------------------------------------------------------------------
     def _run(self, command: str, one: Callable[[Resource], ResourceResult], *, reverse: bool,
-             lock: bool) -> RunResult:
+             lock: bool, before: Callable[[], None] | None = None) -> RunResult:
         started = time.monotonic()
         account = self._account()
         result = RunResult(command, self.ctx.env, self.ctx.region, account)
         self.ctx.read_only = not lock
         with self._maybe_lock(command, lock):
+            if before is not None:
+                before()  # under the lock, before anything is written
+                started = time.monotonic()  # not counting the time the operator took to answer
             if lock:
                 self.store.set_account(account)
             if command in ("up", "plan"):
@@ -313,6 +391,38 @@ class Engine:
             if value:
                 out[key] = value
         return out
+
+
+def blocked_error(survey: RunResult) -> OwnershipError | None:
+    """The error that stops destroy when its survey found something of someone else's in the way."""
+    blocked = [r for r in survey.resources if r.action == "blocked"]
+    if not blocked:
+        return None
+    return OwnershipError("destroy stopped before deleting anything: " + "; ".join(
+        f"{r.logical_id} ({r.name}) {r.message}" for r in blocked))
+
+
+# Settings that delete data the moment `up` lowers them:
+# - Kinesis DecreaseStreamRetentionPeriod: "This operation may result in lost data. For example,
+#   if the stream's retention period is 48 hours and is decreased to 24 hours, any data already
+#   in the stream that is older than 24 hours is inaccessible."
+#   (https://docs.aws.amazon.com/kinesis/latest/APIReference/API_DecreaseStreamRetentionPeriod.html)
+# - CloudWatch Logs PutRetentionPolicy: log events that reach the retention setting are marked
+#   for deletion and deleted (typically within 72 hours); a group without a retention policy
+#   (None here) keeps them forever (DeleteRetentionPolicy: "Log events do not expire if they
+#   belong to log groups without a retention policy").
+#   (https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_PutRetentionPolicy.html)
+RETENTION_FIELDS = frozenset({("AWS::Kinesis::Stream", "retention_hours"),
+                              ("AWS::Logs::LogGroup", "retention_days")})
+
+
+def loses_data(result: ResourceResult, change: Change) -> bool:
+    """True when applying ``change`` to the live resource deletes data already stored."""
+    if (result.resource_type, change.field) not in RETENTION_FIELDS:
+        return False
+    if not isinstance(change.desired, int):
+        return False
+    return change.current is None or (isinstance(change.current, int) and change.current > change.desired)
 
 
 def _creation(desired: dict[str, Any]) -> list[Change]:

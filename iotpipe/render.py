@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
@@ -25,8 +26,12 @@ ACTION_STYLE = {
     "absent": (" ", "dim", "absent"),
     "skipped": ("!", "magenta", "skipped"),
     "pending": ("…", "yellow", "pending"),
+    "scheduled": ("-", "red", "scheduled"),
+    "blocked": ("!", "red", "blocked"),
 }
 PLAN_WORDS = {"create": "will be created", "update": "will be updated", "unchanged": "no changes"}
+DESTROY_WORDS = {"delete": "will be deleted", "scheduled": "will be",
+                 "absent": "does not exist", "skipped": "will be left alone", "blocked": "stops destroy"}
 HEALTH_STYLE = {"ok": "green", "missing": "red", "drifted": "yellow", "foreign": "magenta",
                 "disabled": "dim", "unwanted": "yellow"}
 
@@ -34,6 +39,24 @@ HEALTH_STYLE = {"ok": "green", "missing": "red", "drifted": "yellow", "foreign":
 def _short(value: Any, limit: int = 70) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a command works. Shown first, so an operator sees the env, account, region,
+    endpoint and config before anything is touched (and scripts get them in --json)."""
+
+    env: str
+    account: str
+    region: str
+    endpoint: str
+    config_file: str | None  # None: built-in defaults
+    config: str  # the file, or "built-in defaults: config/<env>.toml not found"
+    state_file: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "config_file": self.config_file, "config": self.config,
+                "state_file": self.state_file}
 
 
 class Renderer:
@@ -44,6 +67,57 @@ class Renderer:
             self.out.width = 200  # piped into a file or CI log: don't fold ARNs into 80 columns
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self._status: Any = None
+        self.target: Target | None = None
+
+    # -- where ---------------------------------------------------------------------------------
+    def header(self, target: Target) -> None:
+        """The top of every AWS command's output; in --json its fields join the document."""
+        self.target = target
+        if self.json_mode:
+            return
+        self.out.print(f"[bold]env {escape(target.env)}[/] · account {target.account} · region "
+                       f"{target.region} · endpoint {escape(target.endpoint)}")
+        self.out.print(f"[dim]config: {escape(target.config)} · state: {escape(target.state_file)}[/]")
+
+    def _document(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {**data, **self.target.as_dict()} if self.target else data
+
+    def defaults_warning(self, target: Target, changes: list[tuple[ResourceResult, Any]], data_loss: bool) -> None:
+        """`up` with built-in defaults on a live env: say what the defaults would change."""
+        shown = "; ".join(f"{r.logical_id} {c.field}: {_short(c.current, 30)} → {_short(c.desired, 30)}"
+                          for r, c in changes[:8]) + ("; ..." if len(changes) > 8 else "")
+        self.err.print(f"[yellow]warning:[/] config/{escape(target.env)}.toml not found and env "
+                       f"{escape(target.env)} exists: the built-in defaults would change {len(changes)} "
+                       f"live setting(s): {escape(shown)}")
+        if data_loss:
+            self.err.print("[yellow]warning:[/] shortening a retention deletes what is older than the new "
+                           "period (stream records, log events); pass --config with the env's file to keep them")
+
+    def destroy_preview(self, preview: RunResult, kept_keys: list[str], *, to_stderr: bool = False) -> None:
+        """Everything `destroy` would touch, in its order, before it asks (`plan --destroy` too)."""
+        if self.json_mode and not to_stderr:
+            self.json(self._document({**preview.as_dict(), "local_key_files": kept_keys}))
+            return
+        out = self.err if to_stderr else self.out
+        for r in preview.resources:
+            mark, style, _ = ACTION_STYLE.get(r.action, (" ", "", r.action))
+            line = (f"[{style}]{mark} {r.logical_id:<30}[/] [dim]{escape(r.name)}[/] "
+                    f"{DESTROY_WORDS.get(r.action, r.action)}")
+            if r.message and r.action != "absent":
+                line += f"  [{style or 'dim'}]{escape(r.message)}[/]"
+            out.print(line)
+        counts = preview.count()
+        out.print(f"\nDestroy: {counts.get('delete', 0)} to delete, {counts.get('scheduled', 0)} to schedule "
+                  f"for deletion, {counts.get('skipped', 0)} left alone (not iotpipe's), "
+                  f"{counts.get('absent', 0)} already absent.")
+        if kept_keys:
+            out.print(self._kept_keys_line(kept_keys, future=True))
+
+    @staticmethod
+    def _kept_keys_line(kept_keys: list[str], *, future: bool) -> str:
+        verb = "will be left" if future else "left"
+        return (f"Local device key files {verb} in place ({len(kept_keys)}): {escape(', '.join(kept_keys))}; "
+                "destroy never deletes private keys: remove them yourself once no device needs them")
 
     # -- live progress -------------------------------------------------------------------------
     def progress(self, event: Event) -> None:
@@ -77,19 +151,22 @@ class Renderer:
                            f"{escape(_short(change.desired))}")
 
     # -- final results -------------------------------------------------------------------------
-    def run_summary(self, result: RunResult) -> None:
+    def run_summary(self, result: RunResult, kept_keys: list[str] | None = None) -> None:
         if self.json_mode:
-            self.json(result.as_dict())
+            extra = {"local_key_files": kept_keys} if kept_keys is not None else {}
+            self.json(self._document({**result.as_dict(), **extra}))
             return
         counts = result.count()
         parts = [f"{n} {ACTION_STYLE[a][2]}" for a, n in counts.items() if a in ACTION_STYLE]
         self.out.print(f"\n[bold]{result.command}[/] env [bold]{result.env}[/] "
                        f"({result.region}, account {result.account}): {', '.join(parts) or 'nothing to do'} "
                        f"in {result.elapsed_s:.1f}s")
+        if kept_keys:
+            self.out.print(self._kept_keys_line(kept_keys, future=False))
 
     def plan(self, result: RunResult) -> None:
         if self.json_mode:
-            self.json(result.as_dict())
+            self.json(self._document(result.as_dict()))
             return
         pending = [r for r in result.resources if r.action != "unchanged"]
         for r in result.resources:
@@ -108,7 +185,7 @@ class Renderer:
 
     def status(self, result: RunResult) -> None:
         if self.json_mode:
-            self.json(result.as_dict())
+            self.json(self._document(result.as_dict()))
             return
         table = Table(title=f"env {result.env} ({result.region}, account {result.account})")
         for column in ("resource", "type", "name", "arn / id", "status"):

@@ -62,6 +62,9 @@ class StateStore:
     """``<root>/state/<env>.json`` and ``<root>/locks/<env>.lock``."""
 
     def __init__(self, root: Path, env: str, region: str) -> None:
+        if not env or env in {".", ".."} or "/" in env or "\\" in env:
+            # Every caller validates the env first; this keeps a slip from reaching the filesystem.
+            raise StateError(f"env {env!r} cannot name a state file")
         self.root = Path(root)
         self.env = env
         self.region = region
@@ -261,6 +264,26 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:  # noqa: BLE001 - no user name in some containers
         return str(os.getuid())
+
+
+def holder_is_alive(holder: dict[str, Any] | None) -> bool:
+    """True when the lock's holder is a process on this host that still runs.
+
+    `unlock` must not pull a lock from under a live run: two runs at once can each create
+    the same resource, or one destroy what the other is building.
+    """
+    if not holder or holder.get("Host") != socket.gethostname():
+        return False
+    pid = holder.get("Pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
 
 
 def _is_stale(holder: dict[str, Any]) -> bool:

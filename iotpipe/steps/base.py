@@ -75,6 +75,11 @@ class Current:
     # "pending-deletion (until 2026-12-10 19:20 UTC)").
     condition: str = ""
 
+    # Things of someone else's inside or on a resource of ours that AWS would not let us
+    # delete around (a foreign thing of our thing type): destroy stops before its first
+    # delete, naming them, instead of failing halfway through.
+    blockers: tuple[str, ...] = ()
+
     @classmethod
     def judged(cls, ctx: StepContext, spec: Spec, ids: dict[str, str], tags: Mapping[str, str] | None,
                *, home_region: str | None = None) -> Current:

@@ -550,9 +550,10 @@ class Devices(Resource):
         things = self.things(ctx)
         ours = sum(device_marker_ok(ctx, t) for t in things)
         foreign = sorted(t["thingName"] for t in things if not device_marker_ok(ctx, t))
-        # A same-name thing type that is not ours makes its things not ours either.
+        # A same-name thing type that is not ours makes its things not ours either. Someone
+        # else's things of our type are blockers: AWS keeps the type while they use it.
         return Current({"foreign_things": foreign}, {"count": str(ours)},
-                       managed=thing_type_is_ours(ctx, found))
+                       managed=thing_type_is_ours(ctx, found), blockers=tuple(foreign))
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         return {"count": "0"}  # devices are registered with `iotpipe device add`

@@ -87,8 +87,11 @@ def test_lock_held_by_a_live_process(iotpipe, tmp_path):
         assert proc.returncode == ExitCode.LOCKED
         line = _one_line_error(proc)
         assert f"pid {sleeper.pid}" in line and "operation up" in line
-        unlock = iotpipe("unlock", "--env", "dev", "--yes")
-        assert unlock.returncode == 0 and not lock.exists()
+        unlock = iotpipe("unlock", "--env", "dev", "--yes")  # the holder still runs here
+        assert unlock.returncode == ExitCode.LOCKED and lock.exists()
+        assert f"pid {sleeper.pid}" in _one_line_error(unlock) and "--force" in _one_line_error(unlock)
+        forced = iotpipe("unlock", "--env", "dev", "--yes", "--force")
+        assert forced.returncode == 0 and not lock.exists()
     finally:
         sleeper.kill()
         sleeper.wait()

@@ -304,7 +304,7 @@ def test_destroy_leaves_nothing(engine, log):
         iot.device_policy_document(engine.ctx)), setAsDefault=False)
     result = engine.destroy()
     assert {r.logical_id: r.action for r in result.resources} == {
-        r.logical_id: "delete" for r in RESOURCES}
+        r.logical_id: "scheduled" if r.logical_id == "kms.key" else "delete" for r in RESOURCES}
     assert_nothing_left()
     assert log.counts(mutating_only=True)["iot.DetachPolicy"] == 1
     again = engine.destroy()
@@ -331,7 +331,8 @@ def test_thing_type_deletion_pending_then_finished_on_next_destroy(engine, make,
     deprecated_at, deletable_from = (datetime.fromisoformat(t) for t in stamps.groups())
     assert deletable_from - deprecated_at == timedelta(minutes=5)
     assert "run `iotpipe destroy` again" in pending.message
-    assert all(r.action == "delete" for r in result.resources if r.logical_id != "iot.thing_type")
+    assert all(r.action == ("scheduled" if r.logical_id == "kms.key" else "delete")
+               for r in result.resources if r.logical_id != "iot.thing_type")
     meta = client("iot").describe_thing_type(thingTypeName=THING_TYPE)["thingTypeMetadata"]
     assert meta["deprecated"] is True
     assert first.store.get("iot.thing_type") is not None  # still recorded: not forgotten

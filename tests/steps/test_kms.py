@@ -134,7 +134,8 @@ def test_destroy_schedules_deletion_with_the_configured_window(make, log):
     kid = key_id()
     log.clear()
     result = engine.destroy()
-    assert [r.action for r in result.resources] == ["delete", "delete"]
+    assert [r.action for r in result.resources] == ["delete", "scheduled"]  # the key is not gone yet
+    assert result.resources[1].message.startswith("scheduled for deletion (9 days)")
     assert log.counts(mutating_only=True) == {"kms.DeleteAlias": 1, "kms.ScheduleKeyDeletion": 1}
     assert client().describe_key(KeyId=kid)["KeyMetadata"]["KeyState"] == "PendingDeletion"
     assert not [a for a in client().list_aliases()["Aliases"] if a["AliasName"] == ALIAS]
