@@ -40,8 +40,9 @@ def common_options(func: Any) -> Any:
                   help="Config file [default: config/<env>.toml when it exists, else built-in defaults].")
     @click.option("--region", help="AWS region [default: AWS_REGION, AWS_DEFAULT_REGION, the profile, the config file, ap-southeast-1].")
     @click.option("--profile", envvar="AWS_PROFILE", help="AWS profile name [env: AWS_PROFILE].")
-    @click.option("--endpoint-url", help="AWS endpoint, e.g. an emulator [env: AWS_ENDPOINT_URL, read by boto3].")
-    @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), envvar="IOTPIPE_STATE_DIR",
+    @click.option("--endpoint-url", callback=_check_endpoint,
+                  help="AWS endpoint, e.g. an emulator [env: AWS_ENDPOINT_URL, read by boto3].")
+    @click.option("--state-dir", type=click.Path(path_type=Path), envvar="IOTPIPE_STATE_DIR",
                   default=Path(".iotpipe"), show_default=True, help="Where state and lock files live [env: IOTPIPE_STATE_DIR].")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                   help="Override a config key, e.g. --set lambda.memory_mb=512 (repeatable).")
@@ -51,6 +52,18 @@ def common_options(func: Any) -> Any:
         return func(opts, **kwargs)
 
     return wrapper
+
+
+def _check_endpoint(ctx: click.Context | None, param: Any, value: str | None) -> str | None:
+    """botocore only says "Invalid endpoint" (as an internal error) for a URL without a scheme."""
+    for origin, url in (("--endpoint-url", value), ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL"))):
+        if url and not url.lower().startswith(("http://", "https://")):
+            raise click.BadParameter(f"{url!r} has no scheme: use http://{url} or https://{url}",
+                                     ctx=ctx, param=param if origin == "--endpoint-url" else None,
+                                     param_hint=origin)
+        if value:
+            break
+    return value
 
 
 def json_option(func: Any) -> Any:
@@ -65,12 +78,14 @@ def lock_option(func: Any) -> Any:
 def _build(opts: Options, renderer: Any, lock_timeout: float = 0.0) -> Any:
     from iotpipe.aws import AwsContext, default_region
     from iotpipe.config import load_config
-    from iotpipe.engine import make_engine
+    from iotpipe.engine import Event, make_engine
 
     fallback = None if opts.region else default_region(opts.profile)
     config = load_config(opts.env, opts.config, region=opts.region, fallback_region=fallback,
                          assignments=opts.sets)
     aws = AwsContext(config.region, profile=opts.profile, endpoint_url=opts.endpoint_url)
+    # retries of the first call (STS, inside make_engine) are said too; the engine takes over after
+    aws.on_progress = lambda progress: renderer.progress(Event("progress", "", progress=progress))
     return make_engine(config, aws, opts.state_dir, on_event=renderer.progress, lock_timeout=lock_timeout)
 
 

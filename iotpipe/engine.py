@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from iotpipe.aws import translate
 from iotpipe.errors import IotpipeError, OwnershipError
+from iotpipe.progress import Progress
 from iotpipe.state import StateStore
 from iotpipe.steps.base import Change, Current, DeletionPending, Resource, StepContext
 
@@ -98,10 +99,11 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Event:
-    kind: Literal["start", "done"]
+    kind: Literal["start", "done", "progress"]
     logical_id: str
     verb: str = ""
     result: ResourceResult | None = None
+    progress: Progress | None = None  # kind "progress": what a wait is waiting for
 
 
 EventSink = Callable[[Event], None]
@@ -123,6 +125,12 @@ class Engine:
         self.on_event = on_event or (lambda _e: None)
         self.lock_timeout = lock_timeout
         ctx.recorded = lambda lid: dict(rec.ids) if (rec := store.get(lid)) else {}
+        self._doing = ("", "")  # (command, logical id) that progress reports belong to
+        ctx.aws.on_progress = store.on_progress = self._progress
+
+    def _progress(self, progress: Progress) -> None:
+        command, logical_id = self._doing
+        self.on_event(Event("progress", logical_id, verb=command, progress=progress))
 
     # -- commands ------------------------------------------------------------------------------
     def plan(self) -> RunResult:
@@ -210,11 +218,13 @@ class Engine:
         started = time.monotonic()
         account = self._account()
         result = RunResult(command, self.ctx.env, self.ctx.region, account)
+        self._doing = (command, "")
         with self._maybe_lock(command, lock):
             if lock:
                 self.store.set_account(account)
             order = reversed(self.resources) if reverse else self.resources
             for res in order:
+                self._doing = (command, res.logical_id)
                 self.on_event(Event("start", res.logical_id, verb=command))
                 item = self._guarded(res, one)
                 result.resources.append(item)

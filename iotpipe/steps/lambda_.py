@@ -350,7 +350,7 @@ class Function(Resource):
         }
         # A role made seconds ago is not assumable by Lambda yet (IAM is eventually consistent).
         created = ctx.aws.retry_while_role_propagates(lambda: lam.create_function(**params))
-        lam.get_waiter("function_active_v2").wait(FunctionName=name)
+        ctx.aws.wait(lam, "function_active_v2", FunctionName=name)
         return {"name": name, "arn": created["FunctionArn"]}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
@@ -365,13 +365,13 @@ class Function(Resource):
             # A new role ARN meets the same IAM propagation delay as at creation.
             ctx.aws.retry_while_role_propagates(
                 lambda: lam.update_function_configuration(FunctionName=name, **config))
-            lam.get_waiter("function_updated_v2").wait(FunctionName=name)
+            ctx.aws.wait(lam, "function_updated_v2", FunctionName=name)
         if fields & {"code_sha256", "architectures"}:
             code: dict[str, Any] = {"ZipFile": build_handler_zip()}
             if "architectures" in fields:
                 code["Architectures"] = desired["architectures"]
             lam.update_function_code(FunctionName=name, **code)
-            lam.get_waiter("function_updated_v2").wait(FunctionName=name)
+            ctx.aws.wait(lam, "function_updated_v2", FunctionName=name)
         if "tags" in fields:  # tags are not a function update: no waiting needed
             to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
             if to_set:
@@ -384,9 +384,9 @@ class Function(Resource):
         """A function still being created or updated (a crashed run) refuses changes: wait."""
         lam = ctx.client("lambda")
         if current.spec.get("state") == "Pending":
-            lam.get_waiter("function_active_v2").wait(FunctionName=current.ids["name"])
+            ctx.aws.wait(lam, "function_active_v2", FunctionName=current.ids["name"])
         elif current.spec.get("last_update_status") == "InProgress":
-            lam.get_waiter("function_updated_v2").wait(FunctionName=current.ids["name"])
+            ctx.aws.wait(lam, "function_updated_v2", FunctionName=current.ids["name"])
 
     def delete(self, ctx: StepContext, current: Current) -> None:
         with ignore_not_found():
