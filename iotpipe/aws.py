@@ -105,7 +105,7 @@ def translate(err: BaseException) -> BaseException:
     if isinstance(err, ValueError) and str(err).startswith("Invalid endpoint"):
         return EndpointError(f"{err}: an endpoint URL needs a scheme, e.g. http://127.0.0.1:5000")
     if isinstance(err, WaiterError):
-        return AwsCallError(f"gave up waiting ({err.name}): {err.kwargs.get('reason', err)}")
+        return AwsCallError(f"gave up waiting ({err.kwargs.get('name')}): {err.kwargs.get('reason', err)}")
     if isinstance(err, ClientError):
         op = err.operation_name
         if is_access_denied(err):

@@ -244,7 +244,7 @@ class Engine:
         if not lock:
             yield
             return
-        with self.store.lock(command, timeout=self.lock_timeout):
+        with self.store.lock(command, timeout=self.lock_timeout, sleep=self.ctx.aws.sleep, clock=self.ctx.aws.clock):
             self.store.reload()  # another run may have written while we waited for the lock
             yield
 

@@ -427,6 +427,8 @@ def retry_while_detaching(ctx: StepContext, call: Any) -> Any:
                            and any(w in error_message(err).lower() for w in ("attached", "detached")))
             if not propagating or ctx.aws.clock() + delay > deadline:
                 raise
+            ctx.aws.report("detach-propagation", f"AWS still sees a detached certificate as attached "
+                           f"({error_message(err)}), retrying in {delay:.0f} s", delay=delay)
             ctx.aws.sleep(delay)
             delay = min(delay * 2, 8.0)
 

@@ -588,6 +588,8 @@ class EventSourceMapping(Resource):
                 raise AwsCallError(
                     f"event source mapping {uuid} is still {state} after {ESM_SETTLE_TIMEOUT_S:.0f}s; "
                     "run again later")
+            ctx.aws.report("waiter", f"waiting for event source mapping {uuid}: AWS reports State = {state}",
+                           state=state)
             ctx.aws.sleep(ESM_POLL_S)
 
 
