@@ -81,8 +81,10 @@ def _build(opts: Options, renderer: Any, lock_timeout: float = 0.0) -> Any:
     from iotpipe.engine import Event, make_engine
 
     fallback = None if opts.region else default_region(opts.profile)
+    origin = next((var for var in ("AWS_REGION", "AWS_DEFAULT_REGION") if os.environ.get(var)),
+                  f"the region of AWS profile {opts.profile or 'default'!r}")
     config = load_config(opts.env, opts.config, region=opts.region, fallback_region=fallback,
-                         assignments=opts.sets)
+                         fallback_region_source=origin, assignments=opts.sets)
     aws = AwsContext(config.region, profile=opts.profile, endpoint_url=opts.endpoint_url)
     # retries of the first call (STS, inside make_engine) are said too; the engine takes over after
     aws.on_progress = lambda progress: renderer.progress(Event("progress", "", progress=progress))
