@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from iotpipe import __version__
-from iotpipe.errors import AbortedError, ExitCode, IotpipeError
+from iotpipe.errors import AbortedError, ExitCode, IotpipeError, NotDeployedError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -187,7 +187,15 @@ def outputs(opts: Options, json_mode: bool) -> None:
     """
     renderer = _renderer(json_mode)
     result = _build(opts, renderer).outputs()
+    missing = [r.logical_id for r in result.resources if r.health == "missing"]
+    if not result.outputs:
+        raise NotDeployedError(f"env {opts.env!r} is not deployed in {result.region} (account {result.account}): "
+                               f"run `iotpipe up --env {opts.env}`")
     renderer.outputs(result.outputs)
+    if missing:
+        renderer.warning(f"env {opts.env!r} is not fully deployed (missing: {', '.join(missing)}): "
+                         f"run `iotpipe up --env {opts.env}`")
+        raise SystemExit(ExitCode.CHANGES_PENDING)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -425,34 +433,59 @@ def emulator(port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and a documented exit code for every expected failure."""
-    renderer = None
+    args = list(sys.argv[1:] if argv is None else argv)
+    json_mode = "--json" in (args[:args.index("--")] if "--" in args else args)
     try:
-        cli.main(args=argv, prog_name="iotpipe", standalone_mode=False)
+        cli.main(args=args, prog_name="iotpipe", standalone_mode=False)
         return ExitCode.OK
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else ExitCode.ERROR
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-        _error(renderer, "interrupted: re-run the same command to continue where it stopped")
-        return ExitCode.INTERRUPTED
+        return _fail(json_mode, ExitCode.INTERRUPTED,
+                     "interrupted: re-run the same command to continue where it stopped")
+    except click.exceptions.NoArgsIsHelpError as err:  # bare `iotpipe` (or `iotpipe device`)
+        click.echo(err.ctx.get_help() if err.ctx else cli.get_help(click.Context(cli, info_name="iotpipe")))
+        return ExitCode.OK
     except click.UsageError as err:
-        _error(renderer, err.format_message() + (f" (see `{err.ctx.command_path} --help`)" if err.ctx else ""))
-        return ExitCode.USAGE
+        return _fail(json_mode, ExitCode.USAGE, _usage_message(err, args))
     except click.ClickException as err:
-        _error(renderer, err.format_message())
-        return ExitCode.USAGE
+        return _fail(json_mode, ExitCode.USAGE, err.format_message())
     except IotpipeError as err:
-        _error(renderer, str(err))
-        return err.exit_code
+        return _fail(json_mode, err.exit_code, str(err))
     except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
         typed = _translate(err)
         if isinstance(typed, IotpipeError):
-            _error(renderer, str(typed))
-            return typed.exit_code
+            return _fail(json_mode, typed.exit_code, str(typed))
         if os.environ.get("IOTPIPE_DEBUG"):
             raise
-        _error(renderer, f"internal error: {err.__class__.__name__}: {err} "
-                         "(set IOTPIPE_DEBUG=1 for the traceback and please report it)")
-        return ExitCode.ERROR
+        return _fail(json_mode, ExitCode.ERROR, f"internal error: {err.__class__.__name__}: {err} "
+                                                "(set IOTPIPE_DEBUG=1 for the traceback and please report it)")
+
+
+def _usage_message(err: click.UsageError, args: list[str]) -> str:
+    """Click's message and where to look next; for an option put before the command, the
+    command line that works (every option belongs to a command, none to `iotpipe` itself)."""
+    if isinstance(err, click.NoSuchOption) and err.ctx is not None and err.ctx.command is cli:
+        names = [a for a in args if a in cli.commands]  # type: ignore[attr-defined]
+        if names:
+            at = args.index(names[0])
+            fixed = " ".join(["iotpipe", *args[at:at + 1], *args[:at], *args[at + 1:]])
+            return f"{err.option_name} goes after the command: `{fixed}`"
+    return err.format_message() + (f" (see `{err.ctx.command_path} --help`)" if err.ctx else "")
+
+
+def _fail(json_mode: bool, code: ExitCode, text: str) -> int:
+    """The one error line on stderr; with --json, the same as a JSON object on stdout too."""
+    try:
+        from iotpipe.render import Renderer
+
+        renderer = Renderer(json_mode=json_mode)
+        renderer.error(text)
+        if json_mode:
+            renderer.error_json(int(code), ExitCode(code).name, text)
+    except Exception:  # noqa: BLE001 - even rich failing must not hide the message
+        sys.stderr.write(f"error: {text}\n")
+    return code
 
 
 def _translate(err: Exception) -> Exception:
@@ -462,15 +495,3 @@ def _translate(err: Exception) -> Exception:
 
         return translate(err)
     return err
-
-
-def _error(renderer: Any, text: str) -> None:
-    try:
-        from iotpipe.render import Renderer
-
-        (renderer or Renderer()).error(text)
-    except Exception:  # noqa: BLE001 - even rich failing must not hide the message
-        sys.stderr.write(f"error: {text}\n")
-
-
-

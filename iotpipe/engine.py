@@ -42,6 +42,9 @@ OUTPUT_KEYS: dict[str, tuple[str, str]] = {
     "iot_topic_rule_name": ("iot.topic_rule", "name"),
     "iot_device_policy_name": ("iot.device_policy", "name"),
     "cloudtrail_bucket_name": ("trail.bucket", "name"),
+    "iot_rule_role_arn": ("iot.rule_role", "arn"),
+    "lambda_role_arn": ("lambda.role", "arn"),
+    "dead_letter_queue_arn": ("lambda.dlq", "arn"),
 }
 
 
@@ -149,7 +152,19 @@ class Engine:
         return result
 
     def outputs(self) -> RunResult:
-        return self._run("outputs", self._status_one, reverse=False, lock=False)
+        """Names and ARNs, plus what a device integrator needs: where to connect, what to publish."""
+        result = self._run("outputs", self._status_one, reverse=False, lock=False)
+        if result.outputs:
+            from iotpipe.steps.iot import SENSOR_TOPIC_FILTER
+
+            endpoint = self.ctx.client("iot").describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
+            result.outputs = {
+                "region": self.ctx.region, "account_id": result.account, "iot_data_endpoint": endpoint,
+                "iot_topic_pattern": SENSOR_TOPIC_FILTER,
+                "iot_device_topic": SENSOR_TOPIC_FILTER.replace("+", "<device_id>"),
+                **result.outputs,
+            }
+        return result
 
     # -- per resource --------------------------------------------------------------------------
     def _plan_one(self, res: Resource) -> ResourceResult:

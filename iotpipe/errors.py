@@ -67,6 +67,12 @@ class AbortedError(IotpipeError):
     exit_code = ExitCode.ABORTED
 
 
+class NotDeployedError(IotpipeError):
+    """Nothing of the env exists yet: like `status` with missing resources, exit 2 (run `up`)."""
+
+    exit_code = ExitCode.CHANGES_PENDING
+
+
 class AwsCallError(IotpipeError):
     """An AWS error we did not expect, reduced to service, operation, code and message."""
 

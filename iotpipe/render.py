@@ -247,6 +247,15 @@ class Renderer:
         if not self.json_mode:
             self.out.print(text)
 
+    def warning(self, text: str) -> None:
+        """A result that is not whole: on stderr, so stdout stays the (JSON) result."""
+        self._stop_spinner()
+        self.err.print(f"[yellow]warning:[/] {escape(text)}")
+
+    def error_json(self, code: int, name: str, message: str) -> None:
+        """``--json``: the error as an object on stdout too, for scripts that parse stdout only."""
+        self.json({"error": True, "code": code, "name": name, "message": message})
+
     def json(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
         sys.stdout.flush()
