@@ -412,23 +412,33 @@ def demo(readings: int, keep: bool, json_mode: bool) -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True,
+              help="TCP port on 127.0.0.1 to listen on (0: any free port, printed at start).")
 def emulator(port: int) -> None:
-    """Run the embedded AWS emulator in the foreground until Ctrl-C.
+    """Run the embedded AWS emulator (moto) on 127.0.0.1 in the foreground until Ctrl-C.
+
+    Its state lives in memory and is gone when it stops. Any access key works; boto3 and the
+    AWS CLI still need one, and a region.
 
     \b
-    Example:
-      iotpipe emulator --port 5000 &
-      iotpipe up --env local --endpoint-url http://127.0.0.1:5000
+    Example (two terminals):
+      iotpipe emulator --port 5000
+      export AWS_ENDPOINT_URL=http://127.0.0.1:5000 AWS_DEFAULT_REGION=us-east-1 \\
+             AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+      iotpipe up --env local --config config/local.toml
+      aws dynamodb list-tables
     """
     import threading
 
     from iotpipe.local.emulator import embedded_emulator
 
     renderer = _renderer()
-    with embedded_emulator(port) as url:
-        renderer.message(f"AWS emulator listening at {url} (Ctrl-C to stop; state is in memory)")
-        threading.Event().wait()
+    try:
+        with embedded_emulator(port) as url:
+            renderer.message(f"AWS emulator listening at {url} (Ctrl-C to stop; state is in memory)")
+            threading.Event().wait()
+    except KeyboardInterrupt:  # the way to stop it: a clean exit, not "interrupted"
+        renderer.message("emulator stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
