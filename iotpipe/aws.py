@@ -264,7 +264,7 @@ class AwsContext:
 
         IAM is eventually consistent: Lambda's CreateFunction and IoT's CreateTopicRule reject
         a role for several seconds after CreateRole succeeded. This is the documented case for
-        our own retry (DESIGN.md rule 7); it is bounded and everything else is raised at once.
+        our own retry (every other retry is botocore's); it is bounded and everything else is raised at once.
         """
         deadline = self.clock() + ROLE_PROPAGATION_TIMEOUT_S
         delay = 1.0

@@ -20,6 +20,25 @@ from iotpipe.errors import AbortedError, ExitCode, IotpipeError, NotDeployedErro
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+# What each command can exit with, checked against README's tables by tests/test_docs.py.
+# Every command: OK, ERROR (a bug, an unexpected AWS error), USAGE, INTERRUPTED; every command
+# that talks to AWS (common_options) also CONFIG, STATE, CREDENTIALS, ENDPOINT, ACCESS_DENIED.
+EVERY_COMMAND = (ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.INTERRUPTED)
+AWS_COMMAND = (ExitCode.CONFIG, ExitCode.STATE, ExitCode.CREDENTIALS, ExitCode.ENDPOINT, ExitCode.ACCESS_DENIED)
+EXIT_CODES: dict[str, tuple[ExitCode, ...]] = {  # the rest, per command path
+    "up": (ExitCode.OWNERSHIP, ExitCode.LOCKED),
+    "plan": (ExitCode.CHANGES_PENDING, ExitCode.OWNERSHIP),
+    "status": (ExitCode.CHANGES_PENDING,),
+    "outputs": (ExitCode.CHANGES_PENDING,),
+    "destroy": (ExitCode.INCOMPLETE, ExitCode.OWNERSHIP, ExitCode.ABORTED, ExitCode.LOCKED),
+    "device add": (ExitCode.CHANGES_PENDING, ExitCode.CONFIG, ExitCode.STATE, ExitCode.OWNERSHIP, ExitCode.LOCKED),
+    "device list": (ExitCode.CHANGES_PENDING,),
+    "device remove": (ExitCode.OWNERSHIP, ExitCode.ABORTED, ExitCode.LOCKED),
+    "unlock": (ExitCode.ABORTED,),
+    "demo": (ExitCode.CONFIG, ExitCode.ENDPOINT),
+    "emulator": (ExitCode.CONFIG, ExitCode.ENDPOINT),
+}
+
 
 @dataclass
 class Options:

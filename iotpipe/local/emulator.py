@@ -19,7 +19,7 @@ def configure(url: str) -> None:
     """Switch Lambda to moto's docker-free backend before anything exists.
 
     Without it moto tries to run Docker on every Kinesis put once an event source mapping
-    exists; functions created before the switch would disappear (MOTO-NOTES.md).
+    exists; functions created before the switch would disappear (moto 5.2).
     """
     request = urllib.request.Request(
         f"{url}/moto-api/config", data=json.dumps({"lambda": {"use_docker": False}}).encode(),
