@@ -246,7 +246,8 @@ def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait
     result = engine.destroy()
     deadline_polls = 36 if wait else 0
     while deadline_polls and any(r.action == "pending" for r in result.resources):
-        renderer.message("waiting 10s for AWS to allow deleting the deprecated thing type…")
+        renderer.wait_line(f"waiting for AWS to allow deleting the deprecated thing type: "
+                           f"{(36 - deadline_polls) * 10} s of 360 s")
         engine.ctx.aws.sleep(10)  # no AWS waiter exists for the thing-type deprecation window
         deadline_polls -= 1
         result = engine.destroy()

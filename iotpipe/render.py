@@ -84,7 +84,8 @@ class Renderer:
         if event.kind == "start":
             if self.out.is_terminal:
                 self._stop_spinner()
-                self._status = self.out.status(f"{event.verb}: {event.logical_id}")
+                spinner = "dots" if self.out.encoding.startswith("utf") else "line"  # ASCII terminals
+                self._status = self.out.status(f"{event.verb}: {event.logical_id}", spinner=spinner)
                 self._status.start()
             return
         self._stop_spinner()

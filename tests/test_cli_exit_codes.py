@@ -98,3 +98,29 @@ def test_unwritable_state_directory_is_a_state_error(hooked, capsys, monkeypatch
     assert "internal error" not in lines[0]
     assert _nothing_in_aws()
     assert not list((tmp_path / ".iotpipe").rglob("*.tmp"))  # no half-written temp file left
+
+
+def test_destroy_wait_says_how_long_of_how_long(hooked, capsys, monkeypatch):
+    assert main(["up", "--set", "storage.enforce_tls=false"]) == ExitCode.OK
+    slept: list[float] = []
+    original = aws_module.AwsContext.__init__
+
+    def no_real_sleep(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.sleep = slept.append
+
+    monkeypatch.setattr(aws_module.AwsContext, "__init__", no_real_sleep)
+    refusals = []
+
+    def refuse_twice(model, **kwargs):
+        refusals.append(1)
+        if len(refusals) <= 2:
+            fail_with("InvalidRequestException", "Can not delete thing type until 5 minutes after deprecation")(
+                model=model, **kwargs)
+
+    hooked.append(("before-call.iot.DeleteThingType", refuse_twice))
+    capsys.readouterr()
+    assert main(["destroy", "--yes", "--wait"]) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert "deprecated thing type: 0 s of 360 s" in err and "deprecated thing type: 10 s of 360 s" in err
+    assert slept == [10, 10]
