@@ -52,6 +52,7 @@ def test_outputs_carry_what_a_device_integrator_needs(iotpipe, clients):
     outputs = json.loads(iotpipe("outputs", *SETS, "--json").stdout)
     assert outputs["region"] == "us-east-1" and outputs["account_id"] == "123456789012"
     # moto invents a new prefix per call; AWS's format is <prefix>-ats.iot.<region>.amazonaws.com
+    # (https://docs.aws.amazon.com/iot/latest/apireference/API_DescribeEndpoint.html, iot:Data-ATS)
     assert re.fullmatch(r"[a-z0-9]+-ats\.iot\.us-east-1\.amazonaws\.com", outputs["iot_data_endpoint"])
     assert outputs["iot_topic_pattern"] == "manufacturing/sensors/+/data"
     assert outputs["iot_device_topic"] == "manufacturing/sensors/<device_id>/data"

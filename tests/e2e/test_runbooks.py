@@ -20,7 +20,10 @@ ORDER = ["deploy.md", "devices.md", "drift.md", "interrupted-run.md", "teardown.
 BLOCK = re.compile(r"(?:<!-- setup: (?P<setup>[\w-]+) -->\n)?```(?P<lang>\w+)\n(?P<body>.*?)```", re.S)
 EXPECT = re.compile(r"#\s*exit\s+(\d+)\s*$")
 ENV = "line7"
-BARE = {"emulator.md"}  # run in a shell with nothing set: they must say every variable they need
+# Run in a shell with nothing set: they must say every variable they need. The AWS CLI has no
+# default region ("You must specify a region"); it reads AWS_DEFAULT_REGION, see
+# https://docs.aws.amazon.com/cli/latest/userguide/cli-configure-envvars.html
+BARE = {"emulator.md"}
 
 
 def _blocks(path: Path):
