@@ -17,17 +17,23 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import boto3
+import botocore
 import botocore.loaders
 import botocore.session
+import jmespath
 from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
+    ConnectionClosedError,
     EndpointConnectionError,
     NoCredentialsError,
     NoRegionError,
     PartialCredentialsError,
     ProfileNotFound,
+    ReadTimeoutError,
+    WaiterError,
 )
+from botocore.parsers import ResponseParserError
 
 from iotpipe import __version__
 from iotpipe.errors import (
@@ -36,6 +42,7 @@ from iotpipe.errors import (
     CredentialsError,
     EndpointError,
 )
+from iotpipe.progress import Progress, ProgressSink, ignore
 
 T = TypeVar("T")
 
@@ -116,10 +123,26 @@ def translate(err: BaseException) -> BaseException:
         return CredentialsError("no AWS region: pass --region or set AWS_REGION")
     if isinstance(err, EndpointConnectionError):
         return EndpointError(f"cannot reach AWS endpoint {err.kwargs.get('endpoint_url', '')}: is the endpoint up?")
+    if isinstance(err, (ConnectionClosedError, ReadTimeoutError)):
+        return EndpointError(f"the AWS endpoint {err.kwargs.get('endpoint_url', '')} stopped answering: {err}")
+    if isinstance(err, ResponseParserError):
+        # A web page, a proxy's login form or another service: not an AWS API at all.
+        return EndpointError("the endpoint answered with something that is not an AWS API response "
+                             "(an HTML page?): check --endpoint-url / AWS_ENDPOINT_URL")
+    if isinstance(err, ValueError) and str(err).startswith("Invalid endpoint"):
+        return EndpointError(f"{err}: an endpoint URL needs a scheme, e.g. http://127.0.0.1:5000")
+    if isinstance(err, WaiterError):
+        return AwsCallError(f"gave up waiting ({err.kwargs.get('name')}): {err.kwargs.get('reason', err)}")
     if isinstance(err, ClientError):
         op = err.operation_name
         if is_access_denied(err):
             return AccessDeniedError(f"access denied calling {op}: {error_message(err)}")
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        attempts = err.response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        if status >= 500:
+            # botocore has already retried it (standard mode): the endpoint itself is failing.
+            return EndpointError(f"{op}: the AWS endpoint answered HTTP {status} "
+                                 f"({error_code(err)}: {error_message(err)}) after {attempts + 1} attempt(s)")
         return AwsCallError(f"{op} failed: {error_code(err)}: {error_message(err)}")
     return err
 
@@ -164,6 +187,22 @@ class AwsContext:
         # "service.operation" -> whether this endpoint implements it; filled by ``supports``
         # (tests set entries to model AWS where the emulator falls short).
         self.capabilities: dict[str, bool] = {}
+        self.on_progress: ProgressSink = ignore
+        self.events.register("needs-retry.*.*", _remember_retry_reason)
+        self.events.register("request-created.*.*", self._report_retry)
+
+    def report(self, kind: str, message: str, **data: Any) -> None:
+        """Tell the listener (the engine, then `render`) what a wait is waiting for."""
+        self.on_progress(Progress(kind, message, data))
+
+    def _report_retry(self, request: Any, operation_name: str = "", **_: Any) -> None:
+        """botocore retries silently; a retry is a wait the operator should see."""
+        context = getattr(request, "context", None) or {}
+        attempt = context.get("retries", {}).get("attempt", 1)
+        if attempt > 1:
+            reason = context.get("iotpipe_retry_reason") or "no answer"
+            self.report("endpoint-retry", f"{operation_name}: {reason}; retrying (attempt {attempt})",
+                        operation=operation_name, attempt=attempt, reason=reason)
 
     @property
     def events(self):
@@ -208,9 +247,56 @@ class AwsContext:
             f"{self.account_id if account else ''}:{resource}"
         )
 
+    def wait(self, client: Any, waiter_name: str, *, what: str = "", **kwargs: Any) -> None:
+        """Wait as ``client.get_waiter(waiter_name).wait(**kwargs)`` would, reporting each poll.
+
+        botocore's waiter sleeps silently for up to minutes; this runs the same waiter model
+        (operation, acceptors, delay, max attempts, ``WaiterConfig`` overrides) but says the
+        state AWS reported at each attempt, and sleeps through the injected ``sleep``.
+        """
+        waiter = client.get_waiter(waiter_name)
+        config = kwargs.pop("WaiterConfig", {})
+        delay = config.get("Delay", waiter.config.delay)
+        max_attempts = config.get("MaxAttempts", waiter.config.max_attempts)
+        acceptors = list(waiter.config.acceptors)
+        operation = getattr(client, botocore.xform_name(waiter.config.operation))
+        what = what or next(iter(kwargs.values()), waiter_name)
+        started = self.clock()
+        for attempt in range(1, max_attempts + 1):
+            try:
+                response = operation(**kwargs)
+            except ClientError as err:
+                response = err.response
+            matched = next((a for a in acceptors if a.matcher_func(response)), None)
+            if matched is None and "Error" in response:
+                raise WaiterError(name=waiter_name, last_response=response,
+                                  reason=f"{error_code_of(response)}: {response['Error'].get('Message', '')}")
+            if matched is not None and matched.state == "success":
+                return
+            if matched is not None and matched.state == "failure":
+                raise WaiterError(name=waiter_name, last_response=response,
+                                  reason=f"terminal state: {matched.explanation}")
+            observed = _observed_state(response, acceptors)
+            if attempt == max_attempts:
+                raise WaiterError(name=waiter_name, last_response=response,
+                                  reason=f"still {observed} after {max_attempts} attempts")
+            self.report("waiter", f"waiting for {what}: AWS reports {observed} (attempt {attempt} of "
+                                  f"{max_attempts}, {self.clock() - started:.0f} s)",
+                        waiter=waiter_name, state=observed, attempt=attempt, max_attempts=max_attempts)
+            self.sleep(delay)
+
     def retrying(self, call: Callable[[], T], *transients: Transient) -> T:
         """``call_with_retries`` on this run's injected sleep and clock."""
-        return call_with_retries(call, *transients, sleep=self.sleep, clock=self.clock)
+        def said(transient: Transient, err: BaseException, pause: float, waited: float) -> None:
+            role = transient is ROLE_NOT_ASSUMABLE_YET
+            self.report("role-propagation" if role else "retry",
+                        f"{'role not assumable yet' if role else transient.name} "
+                        f"({getattr(err, 'operation_name', '')}: "
+                                 f"{error_message(err)}), retrying in {pause:.0f} s "
+                                 f"({waited:.0f} s of {transient.timeout_s:.0f} s)",
+                        transient=transient.name, delay=pause, waited=waited)
+
+        return call_with_retries(call, *transients, sleep=self.sleep, clock=self.clock, on_retry=said)
 
     def supports(self, capability: str) -> bool:
         """Whether the endpoint implements ``capability`` ("iot.list_tags_for_resource").
@@ -335,7 +421,8 @@ QUEUE_NAME_BEING_RELEASED = Transient(
 
 
 def call_with_retries(call: Callable[[], T], *transients: Transient,
-                      sleep: Callable[[float], None], clock: Callable[[], float]) -> T:
+                      sleep: Callable[[float], None], clock: Callable[[], float],
+                      on_retry: Callable[[Transient, BaseException, float, float], None] | None = None) -> T:
     """Run ``call``; while it fails with one of ``transients``, back off and try again.
 
     Everything else is raised at once: a permanent refusal (the caller's own access denied, a
@@ -361,6 +448,8 @@ def call_with_retries(call: Callable[[], T], *transients: Transient,
                 raise
             delay = transient.first_delay_s if delay is None else min(delay * 2, transient.max_delay_s)
             pause = min(delay, remaining)
+            if on_retry is not None:
+                on_retry(transient, err, pause, max(clock() - started, slept))
             sleep(pause)
             slept += pause
 
@@ -370,6 +459,38 @@ def _annotate(err: BaseException, note: str) -> None:
     if isinstance(err, ClientError):
         error = err.response.setdefault("Error", {})
         error["Message"] = f"{error.get('Message', '')} ({note})"
+
+
+def error_code_of(response: dict[str, Any]) -> str:
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _observed_state(response: dict[str, Any], acceptors: list[Any]) -> str:
+    """What the waiter's own acceptors look at: a status field, or the error code."""
+    if "Error" in response:
+        return error_code_of(response) or "an error"
+    for acceptor in acceptors:
+        if acceptor.matcher in ("path", "pathAll", "pathAny") and acceptor.argument:
+            value = jmespath.search(acceptor.argument, response)
+            if value not in (None, []):
+                return f"{acceptor.argument} = {value if not isinstance(value, list) else ', '.join(map(str, value))}"
+    return "not ready"
+
+
+def _remember_retry_reason(request_dict: Any = None, response: Any = None, caught_exception: Any = None,
+                           **_: Any) -> None:
+    """Keep why an attempt failed, for the retry report of the next attempt (never decides)."""
+    if not isinstance(request_dict, dict):
+        return
+    if caught_exception is not None:
+        reason = f"no answer from the endpoint ({caught_exception.__class__.__name__})"
+    elif response is not None:
+        status = response[0].status_code
+        code = (response[1] or {}).get("Error", {}).get("Code", "") if len(response) > 1 else ""
+        reason = f"the endpoint answered HTTP {status}" + (f" {code}" if code and code != str(status) else "")
+    else:
+        return
+    request_dict.setdefault("context", {})["iotpipe_retry_reason"] = reason
 
 
 @functools.cache

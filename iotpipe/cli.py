@@ -16,11 +16,31 @@ from typing import Any
 import click
 
 from iotpipe import __version__
-from iotpipe.errors import AbortedError, ExitCode, IotpipeError
+from iotpipe.errors import AbortedError, ExitCode, IotpipeError, NotDeployedError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 # destroy --wait: IoT's 5-minute windows (deprecated thing type, detached policy) plus a margin.
 WAIT_FOR_PENDING_S = 360.0
+
+# What each command can exit with, checked against README's tables by tests/test_docs.py.
+# Every command: OK, ERROR (a bug, an unexpected AWS error), USAGE, INTERRUPTED; every command
+# that talks to AWS (common_options) also CONFIG, STATE, CREDENTIALS, ENDPOINT, ACCESS_DENIED.
+EVERY_COMMAND = (ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.INTERRUPTED)
+AWS_COMMAND = (ExitCode.CONFIG, ExitCode.STATE, ExitCode.CREDENTIALS, ExitCode.ENDPOINT, ExitCode.ACCESS_DENIED)
+EXIT_CODES: dict[str, tuple[ExitCode, ...]] = {  # the rest, per command path
+    "up": (ExitCode.OWNERSHIP, ExitCode.ABORTED, ExitCode.KEY_PENDING_DELETION, ExitCode.QUOTA,
+           ExitCode.LOCKED),
+    "plan": (ExitCode.CHANGES_PENDING, ExitCode.OWNERSHIP, ExitCode.QUOTA),
+    "status": (ExitCode.CHANGES_PENDING,),
+    "outputs": (ExitCode.CHANGES_PENDING,),
+    "destroy": (ExitCode.INCOMPLETE, ExitCode.OWNERSHIP, ExitCode.ABORTED, ExitCode.LOCKED),
+    "device add": (ExitCode.CHANGES_PENDING, ExitCode.CONFIG, ExitCode.STATE, ExitCode.OWNERSHIP, ExitCode.LOCKED),
+    "device list": (ExitCode.CHANGES_PENDING,),
+    "device remove": (ExitCode.STATE, ExitCode.OWNERSHIP, ExitCode.ABORTED, ExitCode.LOCKED),
+    "unlock": (ExitCode.CONFIG, ExitCode.ABORTED, ExitCode.LOCKED),
+    "demo": (ExitCode.CONFIG, ExitCode.ENDPOINT),
+    "emulator": (ExitCode.CONFIG, ExitCode.ENDPOINT),
+}
 
 
 @dataclass
@@ -42,8 +62,9 @@ def common_options(func: Any) -> Any:
                   help="Config file [default: config/<env>.toml when it exists, else built-in defaults].")
     @click.option("--region", help="AWS region [default: AWS_REGION, AWS_DEFAULT_REGION, the profile, the config file, ap-southeast-1].")
     @click.option("--profile", envvar="AWS_PROFILE", help="AWS profile name [env: AWS_PROFILE].")
-    @click.option("--endpoint-url", help="AWS endpoint, e.g. an emulator [env: AWS_ENDPOINT_URL, read by boto3].")
-    @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), envvar="IOTPIPE_STATE_DIR",
+    @click.option("--endpoint-url", callback=_check_endpoint,
+                  help="AWS endpoint, e.g. an emulator [env: AWS_ENDPOINT_URL, read by boto3].")
+    @click.option("--state-dir", type=click.Path(path_type=Path), envvar="IOTPIPE_STATE_DIR",
                   default=Path(".iotpipe"), show_default=True, help="Where state and lock files live [env: IOTPIPE_STATE_DIR].")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                   help="Override a config key, e.g. --set lambda.memory_mb=512 (repeatable).")
@@ -53,6 +74,18 @@ def common_options(func: Any) -> Any:
         return func(opts, **kwargs)
 
     return wrapper
+
+
+def _check_endpoint(ctx: click.Context | None, param: Any, value: str | None) -> str | None:
+    """botocore only says "Invalid endpoint" (as an internal error) for a URL without a scheme."""
+    for origin, url in (("--endpoint-url", value), ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL"))):
+        if url and not url.lower().startswith(("http://", "https://")):
+            raise click.BadParameter(f"{url!r} has no scheme: use http://{url} or https://{url}",
+                                     ctx=ctx, param=param if origin == "--endpoint-url" else None,
+                                     param_hint=origin)
+        if value:
+            break
+    return value
 
 
 def json_option(func: Any) -> Any:
@@ -70,15 +103,19 @@ def _config(opts: Options) -> Any:
     from iotpipe.config import load_config
 
     fallback = None if opts.region else default_region(opts.profile)
+    origin = next((var for var in ("AWS_REGION", "AWS_DEFAULT_REGION") if os.environ.get(var)),
+                  f"the region of AWS profile {opts.profile or 'default'!r}")
     return load_config(opts.env, opts.config, region=opts.region, fallback_region=fallback,
-                       assignments=opts.sets)
+                       fallback_region_source=origin, assignments=opts.sets)
 
 
 def _engine(opts: Options, config: Any, renderer: Any, lock_timeout: float = 0.0) -> Any:
     from iotpipe.aws import AwsContext
-    from iotpipe.engine import make_engine
+    from iotpipe.engine import Event, make_engine
 
     aws = AwsContext(config.region, profile=opts.profile, endpoint_url=opts.endpoint_url)
+    # retries of the first call (STS, inside make_engine) are said too; the engine takes over after
+    aws.on_progress = lambda progress: renderer.progress(Event("progress", "", progress=progress))
     return make_engine(config, aws, opts.state_dir, on_event=renderer.progress, lock_timeout=lock_timeout)
 
 
@@ -255,7 +292,15 @@ def outputs(opts: Options, json_mode: bool) -> None:
     """
     renderer = _renderer(json_mode)
     result = _build(opts, renderer).outputs()
+    missing = [r.logical_id for r in result.resources if r.health == "missing"]
+    if not result.outputs:
+        raise NotDeployedError(f"env {opts.env!r} is not deployed in {result.region} (account {result.account}): "
+                               f"run `iotpipe up --env {opts.env}`")
     renderer.outputs(result.outputs)
+    if missing:
+        renderer.warning(f"env {opts.env!r} is not fully deployed (missing: {', '.join(missing)}): "
+                         f"run `iotpipe up --env {opts.env}`")
+        raise SystemExit(ExitCode.CHANGES_PENDING)
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
@@ -303,7 +348,9 @@ def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait
     aws = engine.ctx.aws
     deadline = aws.clock() + WAIT_FOR_PENDING_S
     while wait and any(r.action == "pending" for r in result.resources) and aws.clock() < deadline:
-        renderer.message("waiting 10s for AWS to allow deleting what is pending…")
+        waited = WAIT_FOR_PENDING_S - (deadline - aws.clock())
+        renderer.wait_line(f"waiting for AWS to allow deleting what is pending (IoT's 5-minute rules): "
+                           f"{waited:.0f} s of {WAIT_FOR_PENDING_S:.0f} s")
         aws.sleep(10)  # no AWS waiter exists for IoT's 5-minute windows (thing type, detached policy)
         result = engine.destroy()
     renderer.run_summary(result, kept_keys=_local_keys(opts))
@@ -497,55 +544,90 @@ def demo(readings: int, keep: bool, json_mode: bool) -> None:
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)
-@click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=5000, show_default=True,
+              help="TCP port on 127.0.0.1 to listen on (0: any free port, printed at start).")
 def emulator(port: int) -> None:
-    """Run the embedded AWS emulator in the foreground until Ctrl-C.
+    """Run the embedded AWS emulator (moto) on 127.0.0.1 in the foreground until Ctrl-C.
+
+    Its state lives in memory and is gone when it stops. Any access key works; boto3 and the
+    AWS CLI still need one, and a region.
 
     \b
-    Example:
-      iotpipe emulator --port 5000 &
-      iotpipe up --env local --endpoint-url http://127.0.0.1:5000
+    Example (two terminals):
+      iotpipe emulator --port 5000
+      export AWS_ENDPOINT_URL=http://127.0.0.1:5000 AWS_DEFAULT_REGION=us-east-1 \\
+             AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+      iotpipe up --env local --config config/local.toml
+      aws dynamodb list-tables
     """
     import threading
 
     from iotpipe.local.emulator import embedded_emulator
 
     renderer = _renderer()
-    with embedded_emulator(port) as url:
-        renderer.message(f"AWS emulator listening at {url} (Ctrl-C to stop; state is in memory)")
-        threading.Event().wait()
+    try:
+        with embedded_emulator(port) as url:
+            renderer.message(f"AWS emulator listening at {url} (Ctrl-C to stop; state is in memory)")
+            threading.Event().wait()
+    except KeyboardInterrupt:  # the way to stop it: a clean exit, not "interrupted"
+        renderer.message("emulator stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and a documented exit code for every expected failure."""
-    renderer = None
+    args = list(sys.argv[1:] if argv is None else argv)
+    json_mode = "--json" in (args[:args.index("--")] if "--" in args else args)
     try:
-        cli.main(args=argv, prog_name="iotpipe", standalone_mode=False)
+        cli.main(args=args, prog_name="iotpipe", standalone_mode=False)
         return ExitCode.OK
     except SystemExit as exit_:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else ExitCode.ERROR
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-        _error(renderer, "interrupted: re-run the same command to continue where it stopped")
-        return ExitCode.INTERRUPTED
+        return _fail(json_mode, ExitCode.INTERRUPTED,
+                     "interrupted: re-run the same command to continue where it stopped")
+    except click.exceptions.NoArgsIsHelpError as err:  # bare `iotpipe` (or `iotpipe device`)
+        click.echo(err.ctx.get_help() if err.ctx else cli.get_help(click.Context(cli, info_name="iotpipe")))
+        return ExitCode.OK
     except click.UsageError as err:
-        _error(renderer, err.format_message() + (f" (see `{err.ctx.command_path} --help`)" if err.ctx else ""))
-        return ExitCode.USAGE
+        return _fail(json_mode, ExitCode.USAGE, _usage_message(err, args))
     except click.ClickException as err:
-        _error(renderer, err.format_message())
-        return ExitCode.USAGE
+        return _fail(json_mode, ExitCode.USAGE, err.format_message())
     except IotpipeError as err:
-        _error(renderer, str(err))
-        return err.exit_code
+        return _fail(json_mode, err.exit_code, str(err))
     except Exception as err:  # noqa: BLE001 - the last line of defence against tracebacks
         typed = _translate(err)
         if isinstance(typed, IotpipeError):
-            _error(renderer, str(typed))
-            return typed.exit_code
+            return _fail(json_mode, typed.exit_code, str(typed))
         if os.environ.get("IOTPIPE_DEBUG"):
             raise
-        _error(renderer, f"internal error: {err.__class__.__name__}: {err} "
-                         "(set IOTPIPE_DEBUG=1 for the traceback and please report it)")
-        return ExitCode.ERROR
+        return _fail(json_mode, ExitCode.ERROR, f"internal error: {err.__class__.__name__}: {err} "
+                                                "(set IOTPIPE_DEBUG=1 for the traceback and please report it)")
+
+
+def _usage_message(err: click.UsageError, args: list[str]) -> str:
+    """Click's message and where to look next; for an option put before the command, the
+    command line that works (every option belongs to a command, none to `iotpipe` itself)."""
+    if isinstance(err, click.NoSuchOption) and err.ctx is not None and err.ctx.command is cli:
+        names = [a for a in args if a in cli.commands]  # type: ignore[attr-defined]
+        if names:
+            at = args.index(names[0])
+            fixed = " ".join(["iotpipe", *args[at:at + 1], *args[:at], *args[at + 1:]])
+            return f"{err.option_name} goes after the command: `{fixed}`"
+    return err.format_message() + (f" (see `{err.ctx.command_path} --help`)" if err.ctx else "")
+
+
+def _fail(json_mode: bool, code: ExitCode, text: str) -> int:
+    """The one error line on stderr; with --json, the same as a JSON object on stdout too."""
+    try:
+        from iotpipe.render import Renderer
+
+        renderer = Renderer(json_mode=json_mode)
+        renderer.error(text)
+        if json_mode:
+            renderer.error_json(int(code), ExitCode(code).name, text)
+    except Exception:  # noqa: BLE001 - even rich failing must not hide the message
+        sys.stderr.write(f"error: {text}\n")
+    return code
 
 
 def _translate(err: Exception) -> Exception:
@@ -555,15 +637,3 @@ def _translate(err: Exception) -> Exception:
 
         return translate(err)
     return err
-
-
-def _error(renderer: Any, text: str) -> None:
-    try:
-        from iotpipe.render import Renderer
-
-        (renderer or Renderer()).error(text)
-    except Exception:  # noqa: BLE001 - even rich failing must not hide the message
-        sys.stderr.write(f"error: {text}\n")
-
-
-

@@ -7,6 +7,7 @@ Validation happens here, before any AWS call, so a typo in `config/prod.toml` or
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
@@ -217,7 +218,9 @@ class PipelineConfig(_Section):
     def _metrics(cls, anomaly: dict[str, Threshold]) -> dict[str, Threshold]:
         unknown = sorted(set(anomaly) - set(METRICS))
         if unknown:
-            raise ValueError(f"unknown metric(s) {', '.join(unknown)}; known: {', '.join(METRICS)}")
+            close = difflib.get_close_matches(unknown[0], METRICS, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown metric(s) {', '.join(unknown)}{hint}; known: {', '.join(METRICS)}")
         return anomaly
 
     @model_validator(mode="after")
@@ -289,12 +292,108 @@ class Names:
                 raise ValueError(f"env: {rule.what} {name!r} {problem}")
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"].removeprefix("Value error, ")
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {loc + ': ' if loc else ''}{msg}{more}"
+def _toml(value: Any) -> str:
+    """A value as the operator wrote it (TOML), not as Python prints it: true, not True."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return str(value)
+
+
+def _known_keys(path: tuple[Any, ...]) -> list[str]:
+    """The keys allowed in the table at ``path`` (for "did you mean")."""
+    model: Any = PipelineConfig
+    parts = list(path)
+    while parts:
+        part = parts.pop(0)
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        found = fields.get(str(part))
+        if found is None:
+            return []
+        annotation = found.annotation
+        if getattr(annotation, "__origin__", None) is dict:
+            if not parts:
+                return list(METRICS) if part == "anomaly" else []
+            parts.pop(0)  # the dict's key (a metric, a tag)
+            annotation = annotation.__args__[1]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return [f.alias or name for name, f in model.model_fields.items() if name != "env" or path]
+
+
+def _plain(error: dict[str, Any]) -> str:
+    """pydantic's wording ("Input should be ...") as a sentence about the operator's value."""
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    got = _toml(value)
+    if kind == "greater_than_equal":
+        return f"must be at least {ctx['ge']}, not {got}"
+    if kind == "less_than_equal":
+        return f"must be at most {ctx['le']}, not {got}"
+    if kind == "int_type":
+        hint = " (write the number without quotes)" if isinstance(value, str) and value.strip().isdigit() else ""
+        return f"must be a whole number, not {got}{hint}"
+    if kind == "float_type":
+        return f"must be a number, not {got}"
+    if kind == "bool_type":
+        return f"must be true or false (without quotes), not {got}"
+    if kind == "string_type":
+        return f"must be a string in quotes, not {got}"
+    if kind in ("model_type", "dict_type"):
+        return f"must be a table of keys (e.g. [{'.'.join(map(str, error['loc']))}]), not {got}"
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected'].replace(chr(39), '')}, not {got}"
+    if kind == "extra_forbidden":
+        loc = error["loc"]
+        known = _known_keys(tuple(loc[:-1]))
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        if close:
+            return f"unknown key (did you mean {close[0]!r}?)"
+        return f"unknown key; known keys here: {', '.join(known)}" if known else "unknown key"
+    if kind == "missing":
+        return "is required"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _origin(loc: tuple[Any, ...], origins: dict[tuple[str, ...], str]) -> str:
+    """Who set the value at ``loc``: the longest set path above it, else one set below it."""
+    key = tuple(str(p) for p in loc)
+    for n in range(len(key), 0, -1):
+        if key[:n] in origins:
+            return origins[key[:n]]
+    below = [label for path, label in origins.items() if path[:len(key)] == key and key]
+    if below:
+        return below[-1]  # the last writer wins, as in the merge
+    return "built-in defaults"
+
+
+def _format_validation_error(err: ValidationError, origins: dict[tuple[str, ...], str]) -> str:
+    """One line: the field, the problem in plain words, and where the value came from."""
+    errors = err.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    text = _plain(first)
+    field = ".".join(str(p) for p in loc)
+    if not field and ": " in text:  # a model-level check names its own field ("env: ...")
+        field, text = text.split(": ", 1)
+        loc = (field,)
+    others = [".".join(str(p) for p in e["loc"]) or "config" for e in errors[1:]]
+    more = f"; also wrong: {', '.join(others)}" if others else ""
+    return f"{field or 'config'}: {text} (from {_origin(loc, origins)}){more}"
+
+
+def _record_origins(data: Any, label: str, origins: dict[tuple[str, ...], str],
+                    prefix: tuple[str, ...] = ()) -> None:
+    if isinstance(data, dict) and data:
+        for key, value in data.items():
+            _record_origins(value, label, origins, (*prefix, str(key)))
+    elif prefix:
+        origins[prefix] = label
 
 
 def validate_env(env: str) -> str:
@@ -336,6 +435,7 @@ def load_config(
     *,
     region: str | None = None,
     fallback_region: str | None = None,
+    fallback_region_source: str = "the AWS environment",
     assignments: tuple[str, ...] = (),
 ) -> PipelineConfig:
     """Read ``config/<env>.toml`` (or ``path``), apply flags, validate; raise ConfigError.
@@ -345,6 +445,7 @@ def load_config(
     """
     source = "defaults"
     data: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {("env",): "--env"}
     path = config_file_for(env, path)
     if path is not None:
         source = str(path)
@@ -356,6 +457,7 @@ def load_config(
             raise ConfigError(f"{source}: cannot read config file: {err}") from None
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{source}: invalid TOML: {err}") from None
+        _record_origins(data, source, origins)
     if "env" in data and data["env"] != env:
         raise ConfigError(f"{source}: env: file is for env {data['env']!r}, not {env!r}")
     data["env"] = env
@@ -373,12 +475,16 @@ def load_config(
                 raise ConfigError(f"--set {assignment!r}: {key} is not a section")
             target = nxt
         target[keys[-1]] = value
-        source = "config" if source == "defaults" else source
+        for path_set in [p for p in origins if p[:len(keys)] == tuple(keys)]:
+            del origins[path_set]  # replaced as a whole
+        _record_origins(value, f"--set {assignment}", origins, tuple(keys))
     if region:
         data["region"] = region
+        origins[("region",)] = "--region"
     elif "region" not in data and fallback_region:
         data["region"] = fallback_region
+        origins[("region",)] = fallback_region_source
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
+        raise ConfigError(_format_validation_error(err, origins)) from None

@@ -17,6 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from iotpipe.aws import translate
 from iotpipe.errors import AbortedError, IotpipeError, OwnershipError
+from iotpipe.progress import Progress
 from iotpipe.state import StateStore
 from iotpipe.steps.base import Change, Current, DeletionPending, Resource, StepContext
 
@@ -52,6 +53,9 @@ OUTPUT_KEYS: dict[str, tuple[str, str]] = {
     "iot_topic_rule_name": ("iot.topic_rule", "name"),
     "iot_device_policy_name": ("iot.device_policy", "name"),
     "cloudtrail_bucket_name": ("trail.bucket", "name"),
+    "iot_rule_role_arn": ("iot.rule_role", "arn"),
+    "lambda_role_arn": ("lambda.role", "arn"),
+    "dead_letter_queue_arn": ("lambda.dlq", "arn"),
 }
 
 
@@ -110,10 +114,11 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Event:
-    kind: Literal["start", "done"]
+    kind: Literal["start", "done", "progress"]
     logical_id: str
     verb: str = ""
     result: ResourceResult | None = None
+    progress: Progress | None = None  # kind "progress": what a wait is waiting for
 
 
 EventSink = Callable[[Event], None]
@@ -135,6 +140,12 @@ class Engine:
         self.on_event = on_event or (lambda _e: None)
         self.lock_timeout = lock_timeout
         ctx.recorded = lambda lid: dict(rec.ids) if (rec := store.get(lid)) else {}
+        self._doing = ("", "")  # (command, logical id) that progress reports belong to
+        ctx.aws.on_progress = store.on_progress = self._progress
+
+    def _progress(self, progress: Progress) -> None:
+        command, logical_id = self._doing
+        self.on_event(Event("progress", logical_id, verb=command, progress=progress))
 
     # -- commands ------------------------------------------------------------------------------
     def plan(self) -> RunResult:
@@ -172,7 +183,19 @@ class Engine:
         return result
 
     def outputs(self) -> RunResult:
-        return self._run("outputs", self._status_one, reverse=False, lock=False)
+        """Names and ARNs, plus what a device integrator needs: where to connect, what to publish."""
+        result = self._run("outputs", self._status_one, reverse=False, lock=False)
+        if result.outputs:
+            from iotpipe.steps.iot import SENSOR_TOPIC_FILTER
+
+            endpoint = self.ctx.client("iot").describe_endpoint(endpointType="iot:Data-ATS")["endpointAddress"]
+            result.outputs = {
+                "region": self.ctx.region, "account_id": result.account, "iot_data_endpoint": endpoint,
+                "iot_topic_pattern": SENSOR_TOPIC_FILTER,
+                "iot_device_topic": SENSOR_TOPIC_FILTER.replace("+", "<device_id>"),
+                **result.outputs,
+            }
+        return result
 
     # -- per resource --------------------------------------------------------------------------
     def _plan_one(self, res: Resource) -> ResourceResult:
@@ -312,6 +335,7 @@ class Engine:
         account = self._account()
         result = RunResult(command, self.ctx.env, self.ctx.region, account)
         self.ctx.read_only = not lock
+        self._doing = (command, "")
         with self._maybe_lock(command, lock):
             if before is not None:
                 before()  # under the lock, before anything is written
@@ -322,6 +346,7 @@ class Engine:
                 self._preflight()
             order = reversed(self.resources) if reverse else self.resources
             for res in order:
+                self._doing = (command, res.logical_id)
                 self.on_event(Event("start", res.logical_id, verb=command))
                 item = self._guarded(res, one)
                 result.resources.append(item)
@@ -347,7 +372,7 @@ class Engine:
         if not lock:
             yield
             return
-        with self.store.lock(command, timeout=self.lock_timeout):
+        with self.store.lock(command, timeout=self.lock_timeout, sleep=self.ctx.aws.sleep, clock=self.ctx.aws.clock):
             self.store.reload()  # another run may have written while we waited for the lock
             yield
 

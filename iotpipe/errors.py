@@ -75,6 +75,12 @@ class QuotaError(IotpipeError):
     exit_code = ExitCode.QUOTA
 
 
+class NotDeployedError(IotpipeError):
+    """Nothing of the env exists yet: like `status` with missing resources, exit 2 (run `up`)."""
+
+    exit_code = ExitCode.CHANGES_PENDING
+
+
 class AwsCallError(IotpipeError):
     """An AWS error we did not expect, reduced to service, operation, code and message."""
 

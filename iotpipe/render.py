@@ -59,13 +59,41 @@ class Target:
                 "state_file": self.state_file}
 
 
+# What the terminal gets instead when its encoding (LANG=C, PYTHONIOENCODING=ascii, an old
+# Windows code page) cannot print these; rich itself switches tables to ASCII boxes then.
+ASCII_FALLBACK = str.maketrans({"…": "...", "→": "->", "←": "<-", "·": "-", "×": "x", "≤": "<=", "≥": ">=",
+                                "–": "-", "—": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "✓": "ok"})
+
+
+class _AsciiSafe:
+    """A text stream that never raises UnicodeEncodeError: known symbols become ASCII, the
+    rest a replacement character, instead of a traceback in place of the output."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        encoding = self.encoding
+        safe = text.translate(ASCII_FALLBACK).encode(encoding, "replace").decode(encoding)
+        return self._stream.write(safe)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def ascii_safe(stream: Any) -> Any:
+    """``stream`` itself when it speaks UTF (nearly always), else an ASCII-safe wrapper."""
+    encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("_", "-")
+    return stream if encoding.startswith("utf") else _AsciiSafe(stream)
+
+
 class Renderer:
     def __init__(self, *, json_mode: bool = False, console: Console | None = None) -> None:
         self.json_mode = json_mode
-        self.out = console or Console(highlight=False, soft_wrap=True)
+        self.out = console or Console(highlight=False, soft_wrap=True, file=ascii_safe(sys.stdout))
         if console is None and not self.out.is_terminal and "COLUMNS" not in os.environ:
             self.out.width = 200  # piped into a file or CI log: don't fold ARNs into 80 columns
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True, file=ascii_safe(sys.stderr))
         self._status: Any = None
         self.target: Target | None = None
 
@@ -123,17 +151,32 @@ class Renderer:
     def progress(self, event: Event) -> None:
         """Engine callback: a spinner while a resource is worked on, one line when it is done."""
         if self.json_mode:
+            return  # stdout holds one JSON document: waits are not part of it
+        if event.kind == "progress":
+            if event.progress is not None:
+                self.wait_line(event.progress.message, keep=event.progress.kind == "lock-takeover")
             return
         if event.kind == "start":
             if self.out.is_terminal:
                 self._stop_spinner()
-                self._status = self.out.status(f"{event.verb}: {event.logical_id}")
+                spinner = "dots" if self.out.encoding.startswith("utf") else "line"  # ASCII terminals
+                self._status = self.out.status(f"{event.verb}: {event.logical_id}", spinner=spinner)
                 self._status.start()
             return
         self._stop_spinner()
         # plan, status and outputs show their results as a whole at the end instead
         if event.verb in ("up", "destroy") and event.result is not None and event.result.action in ACTION_STYLE:
             self._resource_line(event.result)
+
+    def wait_line(self, text: str, *, keep: bool = False) -> None:
+        """What a wait is waiting for: the spinner's text on a terminal, else a line on stderr
+        (stdout stays the result, for pipes); ``keep`` for news that must stay on screen."""
+        if self.json_mode:
+            return
+        if self._status is not None and not keep:
+            self._status.update(f"{escape(text)}")
+        else:
+            self.err.print(f"[dim]  … {escape(text)}[/]")
 
     def _stop_spinner(self) -> None:
         if self._status is not None:
@@ -288,6 +331,15 @@ class Renderer:
     def message(self, text: str) -> None:
         if not self.json_mode:
             self.out.print(text)
+
+    def warning(self, text: str) -> None:
+        """A result that is not whole: on stderr, so stdout stays the (JSON) result."""
+        self._stop_spinner()
+        self.err.print(f"[yellow]warning:[/] {escape(text)}")
+
+    def error_json(self, code: int, name: str, message: str) -> None:
+        """``--json``: the error as an object on stdout too, for scripts that parse stdout only."""
+        self.json({"error": True, "code": code, "name": name, "message": message})
 
     def json(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")

@@ -12,6 +12,7 @@ The lock follows Terraform's lock info (ID, Operation, Who, Created) and is take
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import json
 import os
@@ -27,8 +28,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from iotpipe.errors import LockHeldError, StateError
+from iotpipe.progress import Progress, ProgressSink, ignore
 
 SCHEMA_VERSION = 1
+LOCK_REPORT_EVERY_S = 5.0  # a lock wait is said at once, then every few seconds
 
 Status = Literal["creating", "present"]
 
@@ -71,12 +74,17 @@ class StateStore:
         self.path = self.root / "state" / f"{env}.json"
         self.lock_path = self.root / "locks" / f"{env}.lock"
         self._data: StateFile | None = None
+        self.on_progress: ProgressSink = ignore
 
     # -- reading ---------------------------------------------------------------------------
     def load(self) -> StateFile:
         """Read and check the file; a missing file is an empty state, anything odd an error."""
         if self._data is not None:
             return self._data
+        for place in (self.root, self.path.parent):
+            if place.exists() and not place.is_dir():
+                raise StateError(f"state directory {place} is a file: pass --state-dir a directory "
+                                 "(or move the file aside)")
         if not self.path.exists():
             self._data = StateFile(schema_version=SCHEMA_VERSION, env=self.env, region=self.region)
             return self._data
@@ -158,6 +166,13 @@ class StateStore:
             self.path.unlink()
 
     def _save(self) -> None:
+        try:
+            self._write()
+        except OSError as err:
+            # A read-only or full disk is the operator's to fix, and nothing half-written stays.
+            raise StateError(f"cannot write state file {self.path}: {_why(err)}") from None
+
+    def _write(self) -> None:
         assert self._data is not None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = self._data.model_dump_json(indent=2) + "\n"
@@ -202,17 +217,31 @@ class StateStore:
             "Pid": os.getpid(),
             "Created": _now(),
         }
-        deadline = clock() + timeout
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        started = clock()
+        deadline = started + timeout
+        next_report = started
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StateError(f"cannot create the lock directory {self.lock_path.parent}: {_why(err)}") from None
         while not self._try_create_lock(info):
             holder = self.read_lock()
             if holder is not None and _is_stale(holder):
+                self.on_progress(Progress(
+                    "lock-takeover", f"taking over the lock of env {self.env!r} left by "
+                    f"{describe_lock(holder)}: that process is gone", {"holder": holder}))
                 self._remove_lock_if(holder)
                 continue
             if clock() >= deadline:
                 raise LockHeldError(f"env {self.env!r} is locked by {describe_lock(holder)}; "
                                     f"wait, pass --lock-timeout, or run `iotpipe unlock --env {self.env}` "
                                     "if that run is gone")
+            if clock() >= next_report:
+                waited = clock() - started
+                self.on_progress(Progress(
+                    "lock-wait", f"waiting for the lock of env {self.env!r} held by {describe_lock(holder)}: "
+                    f"{waited:.0f} s of {timeout:.0f} s", {"holder": holder, "waited": waited, "timeout": timeout}))
+                next_report += LOCK_REPORT_EVERY_S
             sleep(min(0.5, max(0.0, deadline - clock())))  # no AWS waiter for a local file
         try:
             yield info
@@ -239,10 +268,17 @@ class StateStore:
             fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(info, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        except OSError as err:
+            raise StateError(f"cannot create lock file {self.lock_path}: {_why(err)}") from None
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(info, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                self.lock_path.unlink()
+            raise StateError(f"cannot write lock file {self.lock_path}: {_why(err)}") from None
         return True
 
     def _remove_lock_if(self, info: dict[str, Any]) -> None:
@@ -250,6 +286,13 @@ class StateStore:
         if current is not None and current.get("ID") == info.get("ID"):
             with contextlib.suppress(FileNotFoundError):
                 self.lock_path.unlink()
+
+
+def _why(err: OSError) -> str:
+    reasons = {errno.EROFS: "the file system is read-only", errno.ENOSPC: "no space left on the device",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a part of the path is a file"}
+    return reasons.get(err.errno or 0, err.strerror or str(err)) + " (fix it, or point --state-dir elsewhere)"
 
 
 def describe_lock(holder: dict[str, Any] | None) -> str:

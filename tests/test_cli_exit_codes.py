@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 import pytest
 
 from iotpipe import aws as aws_module
@@ -59,3 +62,65 @@ def test_destroy_pending_thing_type_exits_incomplete_then_finishes(hooked, capsy
     hooked.clear()
     assert main(["destroy", "--yes"]) == ExitCode.OK
     assert main(["destroy", "--yes"]) == ExitCode.OK
+
+
+def _nothing_in_aws() -> bool:
+    import boto3
+
+    return (boto3.client("kms", region_name="us-east-1").list_keys()["Keys"] == []
+            and boto3.client("s3", region_name="us-east-1").list_buckets()["Buckets"] == [])
+
+
+@pytest.mark.parametrize(("where", "err", "needle"), [
+    ("lock", errno.EROFS, "read-only"),  # a read-only state directory: the lock is the first write
+    ("state", errno.ENOSPC, "no space left"),  # a full disk: the state file's first write
+    ("state", errno.EACCES, "permission denied"),
+])
+def test_unwritable_state_directory_is_a_state_error(hooked, capsys, monkeypatch, tmp_path, where, err, needle):
+    """Root ignores file modes, so the refusals are injected where the OS would raise them."""
+    real_open, real_fsync = os.open, os.fsync
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if where == "lock" and str(path).endswith(".lock"):
+            raise OSError(err, os.strerror(err), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def refusing_fsync(fd):
+        if where == "state":
+            raise OSError(err, os.strerror(err))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+    monkeypatch.setattr(os, "fsync", refusing_fsync)
+    assert main(["up", "--set", "storage.enforce_tls=false"]) == ExitCode.STATE
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
+    assert "internal error" not in lines[0]
+    assert _nothing_in_aws()
+    assert not list((tmp_path / ".iotpipe").rglob("*.tmp"))  # no half-written temp file left
+
+
+def test_destroy_wait_says_how_long_of_how_long(hooked, capsys, monkeypatch):
+    assert main(["up", "--set", "storage.enforce_tls=false"]) == ExitCode.OK
+    slept: list[float] = []
+    original = aws_module.AwsContext.__init__
+
+    def no_real_sleep(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.sleep = slept.append
+
+    monkeypatch.setattr(aws_module.AwsContext, "__init__", no_real_sleep)
+    refusals = []
+
+    def refuse_twice(model, **kwargs):
+        refusals.append(1)
+        if len(refusals) <= 2:
+            fail_with("InvalidRequestException", "Can not delete thing type until 5 minutes after deprecation")(
+                model=model, **kwargs)
+
+    hooked.append(("before-call.iot.DeleteThingType", refuse_twice))
+    capsys.readouterr()
+    assert main(["destroy", "--yes", "--wait"]) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert "deprecated thing type: 0 s of 360 s" in err and "deprecated thing type: 10 s of 360 s" in err
+    assert slept == [10, 10]

@@ -120,3 +120,77 @@ def test_thresholds_json_is_what_the_handler_reads():
 
     assert json.loads(config.thresholds_json()) == {
         "temperature": {"max": 100.0}, "vibration": {"max": 50.0}, "pressure": {"min": 0.5}}
+
+
+# -- where a bad value came from, in plain words ---------------------------------------------------
+def _error(*args, **kwargs) -> str:
+    with pytest.raises(ConfigError) as err:
+        load_config(*args, **kwargs)
+    return str(err.value)
+
+
+def test_a_set_flag_is_blamed_not_the_file(tmp_path, monkeypatch):
+    """`--set lambda.memory_mb=5` used to blame config/dev.toml when that file existed."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "dev.toml").write_text("[lambda]\nmemory_mb = 512\n")
+    message = _error("dev", assignments=("lambda.memory_mb=5",))
+    assert message == "lambda.memory_mb: must be at least 128, not 5 (from --set lambda.memory_mb=5)"
+
+
+def test_the_file_is_blamed_for_its_own_values(tmp_path):
+    path = tmp_path / "prod.toml"
+    path.write_text("[lambda]\ntimeout_s = 901\n")
+    assert _error("prod", path, assignments=("lambda.memory_mb=512",)) == \
+        f"lambda.timeout_s: must be at most 900, not 901 (from {path})"
+
+
+def test_a_set_flag_replaces_what_the_file_said_below_it(tmp_path):
+    path = tmp_path / "dev.toml"
+    path.write_text("[anomaly.temperature]\nmax = 90\n")
+    assert _error("dev", path, assignments=("anomaly.temperature={ max = 1, min = 5 }",)).endswith(
+        "(from --set anomaly.temperature={ max = 1, min = 5 })")
+
+
+@pytest.mark.parametrize(("kwargs", "origin"), [
+    ({"region": "mars-1"}, "--region"),
+    ({"fallback_region": "mars-1", "fallback_region_source": "AWS_REGION"}, "AWS_REGION"),
+])
+def test_region_says_whether_flag_or_environment(kwargs, origin):
+    assert _error("dev", **kwargs).endswith(f"(from {origin})")
+
+
+def test_env_is_blamed_on_the_flag():
+    assert _error("Bad_Env").startswith("env: 'Bad_Env' is not a valid env name")
+    assert _error("Bad_Env").endswith("(from --env)")
+
+
+@pytest.mark.parametrize(("assignment", "expected"), [
+    ("lambda.memroy_mb=256", "lambda.memroy_mb: unknown key (did you mean 'memory_mb'?)"),
+    ("lamda.memory_mb=256", "lamda: unknown key (did you mean 'lambda'?)"),
+    ("anomaly.temprature.max=3", "anomaly: unknown metric(s) temprature (did you mean 'temperature'?)"),
+    ("kms.zzz=1", "kms.zzz: unknown key; known keys here: deletion_window_days"),
+])
+def test_unknown_keys_suggest_the_closest(assignment, expected):
+    assert _error("dev", assignments=(assignment,)).startswith(expected)
+
+
+@pytest.mark.parametrize(("assignment", "expected"), [
+    ("storage.enforce_tls=yes", 'storage.enforce_tls: must be true or false (without quotes), not "yes"'),
+    ('storage.enforce_tls="true"', 'storage.enforce_tls: must be true or false (without quotes), not "true"'),
+    ("lambda.runtime=true", "lambda.runtime: must be one of python3.10, python3.11, python3.12 or python3.13, "
+                            "not true"),
+    ('lambda.memory_mb="256"', 'lambda.memory_mb: must be a whole number, not "256" (write the number without quotes)'),
+    ("lambda.memory_mb=256.5", "lambda.memory_mb: must be a whole number, not 256.5"),
+    ("lambda=5", "lambda: must be a table of keys (e.g. [lambda]), not 5"),
+])
+def test_plain_sentences_and_toml_values(assignment, expected):
+    message = _error("dev", assignments=(assignment,))
+    assert message.startswith(expected)
+    assert "Input should" not in message and "True" not in message
+
+
+def test_several_bad_values_are_all_named(tmp_path):
+    path = tmp_path / "dev.toml"
+    path.write_text("[lambda]\nmemory_mb = 1\ntimeout_s = 0\n")
+    assert _error("dev", path).endswith(f"(from {path}); also wrong: lambda.timeout_s")

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from iotpipe.errors import ConfigError
+from iotpipe.errors import ConfigError, EndpointError
 
 
 def configure(url: str) -> None:
     """Switch Lambda to moto's docker-free backend before anything exists.
 
     Without it moto tries to run Docker on every Kinesis put once an event source mapping
-    exists; functions created before the switch would disappear (MOTO-NOTES.md).
+    exists; functions created before the switch would disappear (moto 5.2).
     """
     request = urllib.request.Request(
         f"{url}/moto-api/config", data=json.dumps({"lambda": {"use_docker": False}}).encode(),
@@ -47,6 +48,21 @@ def _no_docker_invocations() -> None:
     LambdaBackend.send_kinesis_message = lambda self, *args, **kwargs: None  # type: ignore[method-assign]
 
 
+def ensure_port_free(port: int) -> None:
+    """Refuse a busy port before starting: ThreadedMotoServer binds in its own thread and, when
+    the bind fails, waits forever for a server that never comes up."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as werkzeug binds
+    try:
+        probe.bind(("127.0.0.1", port))
+    except OSError as err:
+        raise EndpointError(f"cannot listen on 127.0.0.1:{port}: {err.strerror or err} (another emulator or "
+                            f"program is using port {port}?): pick another with --port, e.g. --port {port + 1}"
+                            ) from None
+    finally:
+        probe.close()
+
+
 @contextmanager
 def embedded_emulator(port: int = 0) -> Iterator[str]:
     """Run a moto server on 127.0.0.1 for the duration of the block; yield its URL."""
@@ -56,6 +72,8 @@ def embedded_emulator(port: int = 0) -> Iterator[str]:
         raise ConfigError("the embedded emulator needs moto: pip install 'iotpipe[local]'") from None
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     _no_docker_invocations()
+    if port:
+        ensure_port_free(port)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -55,6 +55,9 @@ def publish(ctx: StepContext, payloads: list[bytes | dict[str, Any]]) -> int:
         if response.get("FailedRecordCount"):
             raise RuntimeError(f"{response['FailedRecordCount']} records were not accepted by Kinesis")
         sent += len(records)
+        if sent == len(payloads) or sent * 10 // len(payloads) > (sent - len(records)) * 10 // len(payloads):
+            ctx.aws.report("publishing", f"published {sent} of {len(payloads)} records to {ctx.names.stream}",
+                           sent=sent, total=len(payloads))  # about every tenth
     return sent
 
 

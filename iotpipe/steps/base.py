@@ -160,7 +160,8 @@ class StepContext:
 
 
 class Resource(ABC):
-    """One AWS thing with a stable logical id; see DESIGN.md "The contracts"."""
+    """One AWS thing with a stable logical id: the engine derives plan, up, status and destroy
+    from these few methods, so a resource never needs to know which command is running."""
 
     logical_id: ClassVar[str]
     resource_type: ClassVar[str]  # CloudFormation-style type, e.g. "AWS::S3::Bucket"

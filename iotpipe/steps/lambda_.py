@@ -371,7 +371,7 @@ class Function(Resource):
         }
         # A role made seconds ago is not assumable by Lambda yet (IAM is eventually consistent).
         created = ctx.aws.retrying(lambda: lam.create_function(**params), ROLE_NOT_ASSUMABLE_YET)
-        lam.get_waiter("function_active_v2").wait(FunctionName=name)
+        ctx.aws.wait(lam, "function_active_v2", FunctionName=name)
         ids = {"name": name, "arn": created["FunctionArn"]}
         if not isinstance(desired["role_id"], UnknownYet):
             ids["role_id"] = desired["role_id"]
@@ -393,13 +393,13 @@ class Function(Resource):
             # A new role ARN meets the same IAM propagation delay as at creation.
             ctx.aws.retrying(lambda: lam.update_function_configuration(FunctionName=name, **config),
                              ROLE_NOT_ASSUMABLE_YET)
-            lam.get_waiter("function_updated_v2").wait(FunctionName=name)
+            ctx.aws.wait(lam, "function_updated_v2", FunctionName=name)
         if fields & {"code_sha256", "architectures"}:
             code: dict[str, Any] = {"ZipFile": build_handler_zip()}
             if "architectures" in fields:
                 code["Architectures"] = desired["architectures"]
             lam.update_function_code(FunctionName=name, **code)
-            lam.get_waiter("function_updated_v2").wait(FunctionName=name)
+            ctx.aws.wait(lam, "function_updated_v2", FunctionName=name)
         if "tags" in fields:  # tags are not a function update: no waiting needed
             to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
             if to_set:
@@ -415,9 +415,9 @@ class Function(Resource):
         """A function still being created or updated (a crashed run) refuses changes: wait."""
         lam = ctx.client("lambda")
         if current.spec.get("state") == "Pending":
-            lam.get_waiter("function_active_v2").wait(FunctionName=current.ids["name"])
+            ctx.aws.wait(lam, "function_active_v2", FunctionName=current.ids["name"])
         elif current.spec.get("last_update_status") == "InProgress":
-            lam.get_waiter("function_updated_v2").wait(FunctionName=current.ids["name"])
+            ctx.aws.wait(lam, "function_updated_v2", FunctionName=current.ids["name"])
 
     def delete(self, ctx: StepContext, current: Current) -> None:
         tolerate_gone(ctx.client("lambda").delete_function,
@@ -646,6 +646,8 @@ class EventSourceMapping(Resource):
                 raise AwsCallError(
                     f"event source mapping {uuid} is still {state} after {ESM_SETTLE_TIMEOUT_S:.0f}s; "
                     "run again later")
+            ctx.aws.report("waiter", f"waiting for event source mapping {uuid}: AWS reports State = {state}",
+                           state=state)
             ctx.aws.sleep(ESM_POLL_S)
 
 

@@ -161,17 +161,21 @@ def set_tags(ctx: StepContext, s3: Any, name: str, logical_id: str, want: dict[s
     s3.put_bucket_tagging(Bucket=name, Tagging={"TagSet": tag_list({**others, **want})})
 
 
+def emptying_reporter(ctx: StepContext) -> Callable[[str, int], None]:
+    return lambda message, deleted: ctx.aws.report("emptying", message, deleted=deleted)
+
+
 # -- delete --------------------------------------------------------------------------------------
-def delete_bucket(s3: Any, name: str) -> None:
+def delete_bucket(s3: Any, name: str, report: Callable[[str, int], None] | None = None) -> None:
     """Policy first (a Deny must not block the emptying; a TLS-only Deny blocks object
     deletes on the emulator), then every version and delete marker, then the bucket.
     Each step tolerates its own target being gone, and DeleteBucket always runs."""
     tolerate_gone(s3.delete_bucket_policy, Bucket=name)
-    tolerate_gone(empty_bucket, s3, name)
+    tolerate_gone(empty_bucket, s3, name, report)
     tolerate_gone(s3.delete_bucket, Bucket=name)
 
 
-def empty_bucket(s3: Any, name: str) -> int:
+def empty_bucket(s3: Any, name: str, report: Callable[[str, int], None] | None = None) -> int:
     """Delete every object version and delete marker, so that DeleteBucket can succeed.
 
     Pages through ListObjectVersions (which also lists the objects of a bucket that was never
@@ -195,4 +199,6 @@ def empty_bucket(s3: Any, name: str) -> int:
                     f"first {first.get('Key')!r} ({first.get('VersionId')}): "
                     f"{first.get('Code')}: {first.get('Message')}")
             deleted += len(chunk)
+            if report is not None:  # a bucket of a million versions takes minutes: say how far
+                report(f"emptying bucket {name}: {deleted} object version(s) deleted so far", deleted)
     return deleted

@@ -123,7 +123,7 @@ class SensorBucket(Resource):
             SETTERS[field](s3, name, want)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        s3util.delete_bucket(ctx.client("s3"), ctx.names.sensor_bucket)
+        s3util.delete_bucket(ctx.client("s3"), ctx.names.sensor_bucket, report=s3util.emptying_reporter(ctx))
 
 
 def lifecycle(ctx: StepContext) -> dict[str, Any]:
@@ -308,9 +308,9 @@ class MetricsTable(Resource):
             if error_code(err) != "ResourceInUseException" or not self._deleting(ddb, name):
                 raise
             # A destroy moments ago left the old table DELETING; its name frees up shortly.
-            ddb.get_waiter("table_not_exists").wait(TableName=name, WaiterConfig=TABLE_WAIT)
+            ctx.aws.wait(ddb, "table_not_exists", TableName=name, WaiterConfig=TABLE_WAIT)
             arn = ddb.create_table(**kwargs)["TableDescription"]["TableArn"]
-        _wait_active(ddb, name)
+        _wait_active(ctx, ddb, name)
         if desired["point_in_time_recovery"]:  # only an ACTIVE table accepts it
             _set_pitr(ctx, ddb, name, True)
         return {"name": name, "arn": arn}
@@ -340,11 +340,11 @@ class MetricsTable(Resource):
         if "deletion_protection" in fields:
             table_updates.append({"DeletionProtectionEnabled": desired["deletion_protection"]})
         for change in table_updates:  # one change per UpdateTable: AWS refuses some combinations
-            _wait_active(ddb, name)
+            _wait_active(ctx, ddb, name)
             ddb.update_table(TableName=name, **change)
-            _wait_active(ddb, name)
+            _wait_active(ctx, ddb, name)
         if "point_in_time_recovery" in fields:
-            _wait_active(ddb, name)
+            _wait_active(ctx, ddb, name)
             _set_pitr(ctx, ddb, name, desired["point_in_time_recovery"])
         if "tags" in fields:
             to_set, to_remove = tag_changes(current.spec.get("tags") or {}, desired["tags"])
@@ -357,16 +357,16 @@ class MetricsTable(Resource):
         ddb = ctx.client("dynamodb")
         name = ctx.names.metrics_table
         if current.spec.get("deletion_protection"):
-            _wait_active(ddb, name)
+            _wait_active(ctx, ddb, name)
             if tolerate_gone(ddb.update_table, TableName=name, DeletionProtectionEnabled=False):
-                _wait_active(ddb, name)
+                _wait_active(ctx, ddb, name)
         tolerate_gone(ddb.delete_table, TableName=name)
-        ddb.get_waiter("table_not_exists").wait(TableName=name, WaiterConfig=TABLE_WAIT)
+        ctx.aws.wait(ddb, "table_not_exists", TableName=name, WaiterConfig=TABLE_WAIT)
 
 
-def _wait_active(ddb: Any, name: str) -> None:
+def _wait_active(ctx: StepContext, ddb: Any, name: str) -> None:
     """UpdateTable and UpdateContinuousBackups fail on a table that is not ACTIVE."""
-    ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig=TABLE_WAIT)
+    ctx.aws.wait(ddb, "table_exists", TableName=name, WaiterConfig=TABLE_WAIT)
 
 
 def _set_pitr(ctx: StepContext, ddb: Any, name: str, enabled: bool) -> None:

@@ -79,16 +79,16 @@ class SensorStream(Resource):
             if error_code(err) != "ResourceInUseException" or not _deleting(kinesis, name):
                 raise
             # A destroy moments ago left the old stream DELETING; its name frees up shortly.
-            kinesis.get_waiter("stream_not_exists").wait(StreamName=name, WaiterConfig=STREAM_WAIT)
+            ctx.aws.wait(kinesis, "stream_not_exists", StreamName=name, WaiterConfig=STREAM_WAIT)
             kinesis.create_stream(**kwargs)
-        _wait_active(kinesis, name)
+        _wait_active(ctx, kinesis, name)
         summary = kinesis.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]
         # Some implementations (moto) drop CreateStream's Tags: add what did not land.
         to_set, _ = tag_changes(_list_tags(kinesis, name), desired["tags"])
         _add_tags(kinesis, name, to_set)
         if summary["RetentionPeriodHours"] != desired["retention_hours"]:
-            _set_retention(kinesis, name, summary["RetentionPeriodHours"], desired["retention_hours"])
-        _encrypt(kinesis, name, desired["encryption"])
+            _set_retention(ctx, kinesis, name, summary["RetentionPeriodHours"], desired["retention_hours"])
+        _encrypt(ctx, kinesis, name, desired["encryption"])
         return {"name": name, "arn": summary["StreamARN"]}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
@@ -96,15 +96,15 @@ class SensorStream(Resource):
         name = ctx.names.stream
         fields = changed_fields(changes)
         if fields - {"tags"}:
-            _wait_active(kinesis, name)  # a run interrupted mid-change may have left it UPDATING
+            _wait_active(ctx, kinesis, name)  # a run interrupted mid-change may have left it UPDATING
         if "mode" in fields:
             kinesis.update_stream_mode(StreamARN=current.ids["arn"],
                                        StreamModeDetails={"StreamMode": desired["mode"]})
-            _wait_active(kinesis, name)
+            _wait_active(ctx, kinesis, name)
         if "retention_hours" in fields:
-            _set_retention(kinesis, name, current.spec["retention_hours"], desired["retention_hours"])
+            _set_retention(ctx, kinesis, name, current.spec["retention_hours"], desired["retention_hours"])
         if "encryption" in fields:
-            _encrypt(kinesis, name, desired["encryption"])
+            _encrypt(ctx, kinesis, name, desired["encryption"])
         if "tags" in fields:
             to_set, to_remove = tag_changes(current.spec.get("tags") or {}, desired["tags"])
             _add_tags(kinesis, name, to_set)
@@ -117,11 +117,11 @@ class SensorStream(Resource):
         kinesis = ctx.client("kinesis")
         name = ctx.names.stream
         tolerate_gone(kinesis.delete_stream, StreamName=name, EnforceConsumerDeletion=True)
-        kinesis.get_waiter("stream_not_exists").wait(StreamName=name, WaiterConfig=STREAM_WAIT)
+        ctx.aws.wait(kinesis, "stream_not_exists", StreamName=name, WaiterConfig=STREAM_WAIT)
 
 
-def _wait_active(kinesis: Any, name: str) -> None:
-    kinesis.get_waiter("stream_exists").wait(StreamName=name, WaiterConfig=STREAM_WAIT)
+def _wait_active(ctx: StepContext, kinesis: Any, name: str) -> None:
+    ctx.aws.wait(kinesis, "stream_exists", StreamName=name, WaiterConfig=STREAM_WAIT)
 
 
 def _deleting(kinesis: Any, name: str) -> bool:
@@ -148,18 +148,18 @@ def _add_tags(kinesis: Any, name: str, tags: dict[str, str]) -> None:
         kinesis.add_tags_to_stream(StreamName=name, Tags=dict(items[start:start + ADD_TAGS_MAX]))
 
 
-def _set_retention(kinesis: Any, name: str, current: int, want: int) -> None:
+def _set_retention(ctx: StepContext, kinesis: Any, name: str, current: int, want: int) -> None:
     if want > current:
         kinesis.increase_stream_retention_period(StreamName=name, RetentionPeriodHours=want)
     else:
         kinesis.decrease_stream_retention_period(StreamName=name, RetentionPeriodHours=want)
-    _wait_active(kinesis, name)
+    _wait_active(ctx, kinesis, name)
 
 
-def _encrypt(kinesis: Any, name: str, want: Any) -> None:
+def _encrypt(ctx: StepContext, kinesis: Any, name: str, want: Any) -> None:
     want = known_key(want)
     kinesis.start_stream_encryption(StreamName=name, EncryptionType=want["type"], KeyId=want["key"])
-    _wait_active(kinesis, name)
+    _wait_active(ctx, kinesis, name)
 
 
 RESOURCES: tuple[Resource, ...] = (SensorStream(),)

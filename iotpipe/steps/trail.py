@@ -136,7 +136,7 @@ class TrailBucket(Resource):
             s3util.set_policy(s3, name, desired["policy"])
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        s3util.delete_bucket(ctx.client("s3"), self.name(ctx))
+        s3util.delete_bucket(ctx.client("s3"), self.name(ctx), report=s3util.emptying_reporter(ctx))
 
     @staticmethod
     def _put_encryption(s3: Any, name: str, desired: Spec) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -13,10 +16,43 @@ from iotpipe.errors import ExitCode
 
 
 def _one_line_error(proc):
+    """The one error line; anything else on stderr may only be progress ("… retrying")."""
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
-    return lines[0]
+    assert lines and lines[-1].startswith("error:"), proc.stderr
+    assert all(line.startswith("  … ") for line in lines[:-1]), proc.stderr
+    assert "internal error" not in lines[-1]
+    return lines[-1]
+
+
+@contextlib.contextmanager
+def fake_endpoint(status: int, body: bytes, content_type: str = "text/html"):
+    """A web server on 127.0.0.1 that answers every request the same way (not AWS)."""
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            requests.append(self.path)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_PUT = do_POST
+
+        def log_message(self, *_args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize(
@@ -109,3 +145,66 @@ def test_help_does_not_import_boto3(tmp_path):
                           env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert proc.stdout.strip().endswith("False"), proc.stdout
     assert "Examples" in proc.stdout or "Example" in proc.stdout
+
+
+HTML_PAGE = b"<!DOCTYPE html><html><head><title>Welcome to nginx!</title></head><body><h1>Welcome</h1></body></html>"
+
+
+@pytest.mark.parametrize("command", [("status",), ("up",), ("outputs", "--json")])
+def test_endpoint_answering_html_is_an_endpoint_error(iotpipe, tmp_path, command):
+    with fake_endpoint(200, HTML_PAGE) as (url, requests):
+        proc = iotpipe(*command, "--endpoint-url", url, endpoint=False)
+    assert proc.returncode == ExitCode.ENDPOINT, proc.stderr
+    line = _one_line_error(proc)
+    assert "not an AWS API" in line and "<html" not in proc.stderr.lower()
+    assert requests  # it did ask, and then said so in one line
+    assert not (tmp_path / ".iotpipe").exists()  # nothing written
+
+
+def test_endpoint_answering_500_says_it_retries_then_gives_up(iotpipe, tmp_path):
+    with fake_endpoint(500, b"<html><body>Internal Server Error</body></html>") as (url, requests):
+        proc = iotpipe("up", "--endpoint-url", url, endpoint=False)
+    assert proc.returncode == ExitCode.ENDPOINT, proc.stderr
+    line = _one_line_error(proc)
+    assert "HTTP 500" in line and "GetCallerIdentity" in line
+    retries = [x for x in proc.stderr.splitlines() if "retrying" in x]
+    assert len(retries) == len(requests) - 1 >= 1, proc.stderr  # one line per retry, none after the last
+    assert "HTTP 500" in retries[0]
+    assert not (tmp_path / ".iotpipe").exists()
+
+
+@pytest.mark.parametrize("via_env", [False, True])
+def test_endpoint_without_scheme_is_a_usage_error(iotpipe, tmp_path, via_env):
+    args, env = (("status",), {"AWS_ENDPOINT_URL": "127.0.0.1:5000"}) if via_env else \
+        (("status", "--endpoint-url", "127.0.0.1:5000"), {})
+    proc = iotpipe(*args, endpoint=False, extra_env=env)
+    assert proc.returncode == ExitCode.USAGE, proc.stderr
+    line = _one_line_error(proc)
+    assert "http://127.0.0.1:5000" in line and ("AWS_ENDPOINT_URL" if via_env else "--endpoint-url") in line
+    assert not (tmp_path / ".iotpipe").exists()
+
+
+@pytest.mark.parametrize("command", [("status",), ("up",)])
+def test_state_dir_that_is_a_file(iotpipe, clients, tmp_path, command):
+    (tmp_path / "not-a-dir").write_text("hello")
+    proc = iotpipe(*command, "--state-dir", "not-a-dir")
+    assert proc.returncode == ExitCode.STATE, proc.stderr
+    assert "not-a-dir is a file" in _one_line_error(proc)
+    assert (tmp_path / "not-a-dir").read_text() == "hello"
+    assert clients.s3.list_buckets().get("Buckets", []) == []
+
+
+def test_terminal_that_cannot_print_unicode_falls_back_to_ascii(iotpipe, tmp_path):
+    """LANG=C / an ASCII-only terminal: plan's "→" and status' table borders become ASCII."""
+    env = {"PYTHONIOENCODING": "ascii", "LANG": "C", "LC_ALL": "C"}
+    sets = ("--set", "storage.enforce_tls=false")
+    assert iotpipe("up", *sets, extra_env=env).returncode == 0
+    plan = iotpipe("plan", *sets, "--set", "lambda.memory_mb=512", extra_env=env)
+    assert plan.returncode == ExitCode.CHANGES_PENDING, plan.stderr
+    assert "Traceback" not in plan.stderr
+    plan.stdout.encode("ascii")  # nothing but ASCII reached the terminal
+    assert "256 -> 512" in plan.stdout  # the arrow, in ASCII
+    status = iotpipe("status", *sets, extra_env=env)
+    assert status.returncode == 0, status.stderr
+    status.stdout.encode("ascii")
+    assert "ok" in status.stdout and "kms.key" in status.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +20,10 @@ ORDER = ["deploy.md", "devices.md", "drift.md", "interrupted-run.md", "teardown.
 BLOCK = re.compile(r"(?:<!-- setup: (?P<setup>[\w-]+) -->\n)?```(?P<lang>\w+)\n(?P<body>.*?)```", re.S)
 EXPECT = re.compile(r"#\s*exit\s+(\d+)\s*$")
 ENV = "line7"
+# Run in a shell with nothing set: they must say every variable they need. The AWS CLI has no
+# default region ("You must specify a region"); it reads AWS_DEFAULT_REGION, see
+# https://docs.aws.amazon.com/cli/latest/userguide/cli-configure-envvars.html
+BARE = {"emulator.md"}
 
 
 def _blocks(path: Path):
@@ -46,8 +51,17 @@ def shell(tmp_path, moto_url):
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "AWS_ENDPOINT_URL": moto_url,
            "PYTHONPATH": str(REPO)}
 
-    def run(line: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True,
+    shutil.copytree(REPO / "config", work / "config")  # runbooks run from the repository's root
+
+    def run(line: str, *, exports: tuple[str, ...] = (), bare: bool = False) -> subprocess.CompletedProcess:
+        """One pasted line, after the runbook's ``exports``; ``bare``: a fresh shell with no AWS_*
+        variables (credentials, region, endpoint) but those the runbook exports itself."""
+        use = {k: v for k, v in env.items() if not k.startswith("AWS_")} if bare else env
+        if bare:
+            use["AWS_CONFIG_FILE"] = use["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent"
+        script = "\n".join([*exports, line]).replace("http://127.0.0.1:5000", moto_url if bare else
+                                                      "http://127.0.0.1:5000")
+        return subprocess.run(["bash", "-c", script], cwd=work, env=use, capture_output=True, text=True,
                               timeout=300, stdin=subprocess.DEVNULL)
 
     run.env = env
@@ -80,11 +94,14 @@ def _setup(name: str, shell, moto_url: str) -> None:
 
 def test_runbooks_in_order(shell, server):
     for name in ORDER:
+        exports: list[str] = []
         for setup, lines in _blocks(RUNBOOKS / name):
             if setup:
                 _setup(setup, shell, server)
             for line in lines:
                 expected = int(m.group(1)) if (m := EXPECT.search(line)) else 0
-                proc = shell(line)
+                proc = shell(line, exports=tuple(exports), bare=name in BARE)
+                if line.startswith("export "):
+                    exports.append(line)
                 assert proc.returncode == expected, f"{name}: `{line}` exited {proc.returncode}\n{proc.stderr}"
                 assert "Traceback" not in proc.stderr, proc.stderr

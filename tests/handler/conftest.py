@@ -220,7 +220,7 @@ def _record_calls(aws: Aws) -> None:
         aws.calls.append(model.name)
 
     def check_batch(params, **_):
-        """Enforce what moto lets through but AWS rejects (see MOTO-NOTES.md)."""
+        """Enforce what moto lets through but AWS rejects."""
         (requests,) = params["RequestItems"].values()
         keys = [
             (r["PutRequest"]["Item"]["device_id"]["S"], r["PutRequest"]["Item"]["timestamp"]["N"])

@@ -1,0 +1,57 @@
+"""`iotpipe emulator`: a busy port fails at once, Ctrl-C is a clean stop, the help is usable."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from iotpipe.errors import ExitCode
+from tests.e2e.conftest import REPO
+
+
+def _spawn(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "iotpipe", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_busy_port_fails_at_once_naming_the_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        proc = _spawn("emulator", "--port", str(port))
+        try:
+            out, err = proc.communicate(timeout=30)  # it used to wait forever
+        finally:
+            proc.kill()
+    assert proc.returncode == ExitCode.ENDPOINT, err
+    assert time.monotonic() - started < 30
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: cannot listen on 127.0.0.1:{port}") and "--port" in line
+    assert out == ""
+
+
+def test_ctrl_c_is_a_clean_exit():
+    proc = _spawn("emulator", "--port", "0")
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("AWS emulator listening at http://127.0.0.1:"), line
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "emulator stopped" in out and "interrupted" not in err and "Traceback" not in err
+
+
+def test_help_names_the_port_and_what_a_client_must_set(iotpipe):
+    text = iotpipe("emulator", "--help").stdout
+    assert "--port INTEGER RANGE  TCP port on 127.0.0.1" in text
+    for var in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert var in text
