@@ -343,47 +343,74 @@ def unlock(env: str, state_dir: Path, yes: bool) -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--readings", type=click.IntRange(1, 100000), default=1000, show_default=True,
               help="How many sensor readings to push through the pipeline.")
-@click.option("--keep", is_flag=True, help="Skip the final destroy (the emulator still stops on exit).")
+@click.option("--keep", is_flag=True,
+              help="Leave the emulator running with the env up (prints its endpoint and how to stop it).")
 @json_option
 def demo(readings: int, keep: bool, json_mode: bool) -> None:
     """Run the whole job on an embedded AWS emulator: no account needed.
 
     Starts moto on 127.0.0.1, runs `up` for env "local", shows `status`, pushes sensor
     readings (and a few invalid ones) through Kinesis and the real handler, counts what
-    landed in DynamoDB and S3, then `destroy`s. Needs `pip install 'iotpipe[local]'`.
+    landed in DynamoDB and S3, then `destroy`s and stops the emulator. AWS credentials,
+    AWS_PROFILE and endpoints from your environment are ignored: nothing leaves this machine.
+    Needs `pip install 'iotpipe[local]'`.
 
     \b
-    Example:
+    Examples:
       iotpipe demo --readings 5000
+      iotpipe demo --keep              then explore env "local" with the commands it prints
     """
+    import shutil
     import tempfile
 
-    from iotpipe.local.demo import exercise
-    from iotpipe.local.emulator import embedded_emulator
+    from iotpipe.local.demo import DEMO_ENV, DEMO_REGION, DEMO_SETS, emulator_environment, exercise
+    from iotpipe.local.emulator import emulator_process
 
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        del os.environ[var]  # a profile, a session token or an endpoint must not reach the demo
+    os.environ.update(emulator_environment())
     renderer = _renderer(json_mode)
-    for var, value in (("AWS_ACCESS_KEY_ID", "emulator"), ("AWS_SECRET_ACCESS_KEY", "emulator")):
-        os.environ.setdefault(var, value)  # moto accepts any credentials
-    with embedded_emulator() as url, tempfile.TemporaryDirectory(prefix="iotpipe-demo-") as state_dir:
-        renderer.message(f"embedded AWS emulator at {url}")
-        opts = Options("local", None, "us-east-1", None, url, Path(state_dir),
-                       ("storage.enforce_tls=false",))
-        engine = _build(opts, renderer)
-        results: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+    state_dir = Path(tempfile.mkdtemp(prefix="iotpipe-demo-"))
+    try:
+        renderer.demo_phase(1, "emulator", "starting the embedded AWS emulator (moto) on 127.0.0.1")
+        with emulator_process(keep=keep) as emu:
+            renderer.message(f"  listening at {emu.url} (pid {emu.pid}); AWS credentials and "
+                             "profiles from your environment are ignored")
+            opts = Options(DEMO_ENV, None, DEMO_REGION, None, emu.url, state_dir, DEMO_SETS)
+            engine = _build(opts, renderer)
 
-        def phase(name: str, run: Any, show: Any) -> Any:
-            results[name] = run()
-            if not json_mode:  # in JSON mode everything is printed once, at the end
-                show(results[name])
-            return results[name]
+            def phase(name: str, run: Any, show: Any) -> Any:
+                results[name] = run()
+                if not json_mode:  # in JSON mode everything is printed once, at the end
+                    show(results[name])
+                return results[name]
 
-        phase("up", engine.up, renderer.run_summary)
-        phase("status", engine.status, renderer.status)
-        phase("pipeline", lambda: exercise(engine.ctx, readings), renderer.demo_report)
+            renderer.demo_phase(2, "provisioning", f"`iotpipe up --env {DEMO_ENV}` on the emulator, then `status`")
+            phase("up", engine.up, renderer.run_summary)
+            phase("status", engine.status, renderer.status)
+            renderer.demo_phase(3, "publishing", f"{readings:,} readings (+ a few invalid ones) to Kinesis, "
+                                "then through the real Lambda handler, in this process")
+            phase("pipeline", lambda: exercise(engine.ctx, readings, progress=renderer.demo_progress),
+                  lambda _r: None)
+            renderer.demo_phase(4, "results", "what landed in DynamoDB and S3")
+            if not json_mode:
+                renderer.demo_report(results["pipeline"])
+            if keep:
+                renderer.demo_phase(5, "teardown", "skipped (--keep)")
+            else:
+                renderer.demo_phase(5, "teardown", f"`iotpipe destroy --env {DEMO_ENV}`, then the emulator stops")
+                phase("destroy", engine.destroy, renderer.run_summary)
+            if keep:
+                results["emulator"] = {"url": emu.url, "pid": emu.pid, "state_dir": str(state_dir)}
+    finally:
         if not keep:
-            phase("destroy", engine.destroy, renderer.run_summary)
+            shutil.rmtree(state_dir, ignore_errors=True)
     if json_mode:
-        renderer.json({k: v.as_dict() if hasattr(v, "as_dict") else v.__dict__ for k, v in results.items()})
+        renderer.json({k: v.as_dict() if hasattr(v, "as_dict") else getattr(v, "__dict__", v)
+                       for k, v in results.items()})
+    else:
+        renderer.demo_next(results.get("emulator"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

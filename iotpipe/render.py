@@ -27,6 +27,8 @@ ACTION_STYLE = {
     "pending": ("…", "yellow", "pending"),
 }
 PLAN_WORDS = {"create": "will be created", "update": "will be updated", "unchanged": "no changes"}
+DEMO_STAGES = {"publish": "published to Kinesis", "deliver": "handled by the Lambda handler"}
+DEMO_ENV_NAME = "local"
 HEALTH_STYLE = {"ok": "green", "missing": "red", "drifted": "yellow", "foreign": "magenta"}
 
 
@@ -43,6 +45,8 @@ class Renderer:
             self.out.width = 200  # piped into a file or CI log: don't fold ARNs into 80 columns
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self._status: Any = None
+        self._demo_bar: Any = None
+        self._demo_quarters: dict[str, int] = {}
 
     # -- live progress -------------------------------------------------------------------------
     def progress(self, event: Event) -> None:
@@ -130,17 +134,99 @@ class Renderer:
         for key, value in outputs.items():
             self.out.print(f"{key:<{width}} = {escape(value)}")
 
+    # -- demo ----------------------------------------------------------------------------------
+    def demo_phase(self, number: int, title: str, detail: str) -> None:
+        if self.json_mode:
+            return
+        self._stop_demo_progress()
+        self.out.print(f"\n[bold]{number}/5 {title}[/]: {escape(detail)}", soft_wrap=False)
+
+    def demo_progress(self, stage: str, done: int, total: int) -> None:
+        """A bar on a terminal; a line per quarter when piped (a log keeps few lines)."""
+        if self.json_mode:
+            return
+        label = DEMO_STAGES[stage]
+        if self.out.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            if self._demo_bar is None or self._demo_bar[1] != stage:
+                self._stop_demo_progress()
+                bar = Progress(TextColumn(f"  {label}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), console=self.out)
+                bar.start()
+                self._demo_bar = (bar, stage, bar.add_task(label, total=total))
+            bar, _, task = self._demo_bar
+            bar.update(task, completed=done)
+            if done >= total:
+                self._stop_demo_progress()
+            return
+        quarter = done * 4 // max(total, 1)
+        if quarter > self._demo_quarters.get(stage, 0):
+            self._demo_quarters[stage] = quarter
+            self.out.print(f"  {label}: {done:,} of {total:,} records")
+
+    def _stop_demo_progress(self) -> None:
+        if self._demo_bar is not None:
+            self._demo_bar[0].stop()
+            self._demo_bar = None
+
     def demo_report(self, report: Any) -> None:
+        """The demo's numbers, each with what it counts, so that they visibly add up."""
         if self.json_mode:
             self.json(report.__dict__)
             return
         r = report
-        self.out.print(
-            f"\n[bold]Readings[/]: {r.readings_sent} valid + {r.invalid_sent} invalid published to Kinesis; "
-            f"{r.batches} handler batches ({r.redeliveries} re-deliveries, {r.undelivered} undelivered)\n"
-            f"[bold]DynamoDB[/]: {r.items_stored} metric items, {r.anomalous_items} flagged as anomalies\n"
-            f"[bold]S3[/]: {r.archive_objects} raw archive objects (one per batch), "
-            f"{r.rejected_objects} quarantine objects under rejected/\n")
+        lines = [
+            f"[bold]Kinesis[/]   {r.records_sent:,} records published ({r.readings_sent:,} valid readings + "
+            f"{r.invalid_sent} invalid) in {r.publish_s:.1f}s",
+            f"[bold]Lambda[/]    {r.batches:,} handler invocations: each of the {r.shards} shards delivers its "
+            f"records in batches of up to {r.batch_size} ({r.redeliveries} re-deliveries, "
+            f"{r.undelivered} batches undelivered) in {r.deliver_s:.1f}s",
+            f"          the handler stored {r.handler_stored:,} readings and quarantined "
+            f"{r.handler_rejected} invalid records",
+            f"[bold]DynamoDB[/]  {r.items_stored:,} items, one per stored reading; {r.anomalous_items:,} "
+            "flagged as anomalies (above the anomaly thresholds)",
+            f"[bold]S3[/]        {r.archive_objects:,} raw archive objects under raw/ (one gzip file per batch "
+            f"that had valid readings) and {r.rejected_objects} under rejected/ (one per batch that had "
+            "invalid records)",
+        ]
+        for line in lines:
+            self.out.print(line, soft_wrap=False)
+        mismatches = []
+        if r.handler_stored != r.readings_sent or r.items_stored != r.readings_sent:
+            mismatches.append(f"{r.readings_sent:,} readings sent, {r.handler_stored:,} stored by the handler, "
+                              f"{r.items_stored:,} items in DynamoDB")
+        if r.handler_rejected != r.invalid_sent:
+            mismatches.append(f"{r.invalid_sent} invalid records sent, {r.handler_rejected} quarantined")
+        for text in mismatches:
+            self.out.print(f"[yellow]counts differ:[/] {escape(text)}", soft_wrap=False)
+
+    def demo_next(self, kept: dict[str, Any] | None) -> None:
+        if self.json_mode:
+            return
+        if not kept:
+            self.out.print("\n[bold]What next[/]: `iotpipe demo --keep` leaves the emulator and env up to explore; "
+                           "`iotpipe plan --env dev` shows what `up` would build in your own AWS account.",
+                           soft_wrap=False)
+            return
+        url, pid, state_dir = kept["url"], kept["pid"], kept["state_dir"]
+        self.out.print(f"\n[bold]Kept[/]: the emulator is still running at {url} (pid {pid}) with env "
+                       f"{DEMO_ENV_NAME!r} up; it holds everything in memory. To explore it:", soft_wrap=False)
+        for line in (
+            "unset AWS_PROFILE AWS_SESSION_TOKEN",
+            f"export AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=emulator AWS_SECRET_ACCESS_KEY=emulator "
+            "AWS_DEFAULT_REGION=us-east-1",
+            f"iotpipe status --env {DEMO_ENV_NAME} --state-dir {state_dir} --set storage.enforce_tls=false",
+            f"aws dynamodb scan --table-name sensor-metrics-{DEMO_ENV_NAME} --max-items 3",
+        ):
+            self.out.print(f"  {escape(line)}")
+        self.out.print(f"Stop it with: [bold]kill {pid}[/]", soft_wrap=False)
 
     # -- devices -------------------------------------------------------------------------------
     def device_added(self, result: Any) -> None:
