@@ -57,6 +57,11 @@ def json_option(func: Any) -> Any:
     return click.option("--json", "json_mode", is_flag=True, help="Print the result as JSON.")(func)
 
 
+def wide_option(func: Any) -> Any:
+    return click.option("--wide", is_flag=True,
+                        help="Every column and whole values (ARNs, policies) even on a narrow terminal.")(func)
+
+
 def lock_option(func: Any) -> Any:
     return click.option("--lock-timeout", type=click.FloatRange(min=0), default=0, show_default=True,
                         metavar="SECONDS", help="Wait this long for another run's lock instead of failing.")(func)
@@ -74,10 +79,10 @@ def _build(opts: Options, renderer: Any, lock_timeout: float = 0.0) -> Any:
     return make_engine(config, aws, opts.state_dir, on_event=renderer.progress, lock_timeout=lock_timeout)
 
 
-def _renderer(json_mode: bool = False) -> Any:
+def _renderer(json_mode: bool = False, wide: bool = False) -> Any:
     from iotpipe.render import Renderer
 
-    return Renderer(json_mode=json_mode)
+    return Renderer(json_mode=json_mode, wide=wide)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -100,8 +105,9 @@ def cli() -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @common_options
 @json_option
+@wide_option
 @lock_option
-def up(opts: Options, json_mode: bool, lock_timeout: float) -> None:
+def up(opts: Options, json_mode: bool, wide: bool, lock_timeout: float) -> None:
     """Converge the environment: kms, storage, stream, iot, lambda, trail.
 
     Safe to repeat: an environment already in shape costs read calls only.
@@ -112,7 +118,7 @@ def up(opts: Options, json_mode: bool, lock_timeout: float) -> None:
       iotpipe up --env prod --config config/prod.toml --lock-timeout 120
       iotpipe up --env dev --set lambda.memory_mb=512 --json
     """
-    renderer = _renderer(json_mode)
+    renderer = _renderer(json_mode, wide)
     result = _build(opts, renderer, lock_timeout).up()
     renderer.run_summary(result)
 
@@ -120,7 +126,8 @@ def up(opts: Options, json_mode: bool, lock_timeout: float) -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @common_options
 @json_option
-def plan(opts: Options, json_mode: bool) -> None:
+@wide_option
+def plan(opts: Options, json_mode: bool, wide: bool) -> None:
     """Show what `up` would do, field by field, without changing anything.
 
     Exit 0 when nothing would change, 2 when changes are pending, another code on error.
@@ -130,7 +137,7 @@ def plan(opts: Options, json_mode: bool) -> None:
       iotpipe plan --env dev
       iotpipe plan --env prod --json | jq '.resources[] | select(.action != "unchanged")'
     """
-    renderer = _renderer(json_mode)
+    renderer = _renderer(json_mode, wide)
     result = _build(opts, renderer).plan()
     renderer.plan(result)
     if not result.in_sync:
@@ -140,7 +147,8 @@ def plan(opts: Options, json_mode: bool) -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @common_options
 @json_option
-def status(opts: Options, json_mode: bool) -> None:
+@wide_option
+def status(opts: Options, json_mode: bool, wide: bool) -> None:
     """List every resource of the env as ok, missing, drifted (with the fields) or foreign.
 
     Exit 0 when everything is ok, 2 when anything is missing, drifted or foreign.
@@ -150,7 +158,7 @@ def status(opts: Options, json_mode: bool) -> None:
       iotpipe status --env dev
       iotpipe status --env dev --json
     """
-    renderer = _renderer(json_mode)
+    renderer = _renderer(json_mode, wide)
     result = _build(opts, renderer).status()
     renderer.status(result)
     if not result.in_sync:
@@ -176,10 +184,11 @@ def outputs(opts: Options, json_mode: bool) -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @common_options
 @json_option
+@wide_option
 @lock_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 @click.option("--wait", is_flag=True, help="Wait (up to 6 minutes) for AWS's 5-minute rule on deprecated IoT thing types instead of finishing on the next run.")
-def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait: bool) -> None:
+def destroy(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, yes: bool, wait: bool) -> None:
     """Remove every resource of the env, in reverse order; a second run is a quiet success.
 
     Buckets are emptied (every version and delete marker), the KMS key is scheduled for
@@ -197,7 +206,7 @@ def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait
             raise AbortedError("refusing to destroy without --yes: stdin is not a terminal")
         if not click.confirm(f"Destroy every iotpipe resource of env {opts.env!r}?", default=False):
             raise AbortedError("destroy cancelled")
-    renderer = _renderer(json_mode)
+    renderer = _renderer(json_mode, wide)
     engine = _build(opts, renderer, lock_timeout)
     result = engine.destroy()
     deadline_polls = 36 if wait else 0

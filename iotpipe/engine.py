@@ -147,6 +147,10 @@ class Engine:
     def _plan_one(self, res: Resource) -> ResourceResult:
         desired = res.desired(self.ctx)
         current = res.read(self.ctx)
+        if current is None and res.makes_nothing:
+            # It comes into being with what it rides on (iot.devices with the thing type), so
+            # `up` finds it there and says "unchanged": plan says the same.
+            return self._result(res, "unchanged")
         if current is None:
             return self._result(res, "create", changes=_creation(desired))
         self._check_owned(res, current)

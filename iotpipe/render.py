@@ -11,10 +11,13 @@ import os
 import sys
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from iotpipe.diffview import explain
 from iotpipe.engine import Event, ResourceResult, RunResult
 
 ACTION_STYLE = {
@@ -29,17 +32,15 @@ ACTION_STYLE = {
 PLAN_WORDS = {"create": "will be created", "update": "will be updated", "unchanged": "no changes"}
 DEMO_STAGES = {"publish": "published to Kinesis", "deliver": "handled by the Lambda handler"}
 DEMO_ENV_NAME = "local"
+STATUS_COLUMNS = ("resource", "type", "name", "arn / id", "status")
+STATUS_PRIORITY = ("resource", "status", "name", "arn / id", "type")
 HEALTH_STYLE = {"ok": "green", "missing": "red", "drifted": "yellow", "foreign": "magenta"}
 
 
-def _short(value: Any, limit: int = 70) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 class Renderer:
-    def __init__(self, *, json_mode: bool = False, console: Console | None = None) -> None:
+    def __init__(self, *, json_mode: bool = False, console: Console | None = None, wide: bool = False) -> None:
         self.json_mode = json_mode
+        self.wide = wide  # --wide: every column and whole values, even on a narrow terminal
         self.out = console or Console(highlight=False, soft_wrap=True)
         if console is None and not self.out.is_terminal and "COLUMNS" not in os.environ:
             self.out.width = 200  # piped into a file or CI log: don't fold ARNs into 80 columns
@@ -60,24 +61,69 @@ class Renderer:
                 self._status.start()
             return
         self._stop_spinner()
-        # plan, status and outputs show their results as a whole at the end instead
-        if event.verb in ("up", "destroy") and event.result is not None and event.result.action in ACTION_STYLE:
-            self._resource_line(event.result)
+        # plan, status and outputs show their results as a whole at the end instead; a
+        # resource already absent had nothing happen to it: the summary counts it
+        r = event.result
+        if event.verb in ("up", "destroy") and r is not None and r.action in ACTION_STYLE and r.action != "absent":
+            self._resource_line(r)
 
     def _stop_spinner(self) -> None:
         if self._status is not None:
             self._status.stop()
             self._status = None
 
+    @property
+    def _fit(self) -> bool:
+        """Cut lines to the terminal's width. Piped output and --wide keep whole values, one
+        row per line (no folding), so that grep finds whole ARNs."""
+        return self.out.is_terminal and not self.wide
+
+    def _print(self, markup: str) -> None:
+        text = Text.from_markup(markup)
+        if self._fit:
+            text.truncate(self.out.width, overflow="ellipsis")
+        self.out.print(text, soft_wrap=True)
+
     def _resource_line(self, r: ResourceResult) -> None:
         mark, style, word = ACTION_STYLE[r.action]
-        line = f"[{style}]{mark} {word:<9}[/] {r.logical_id:<30} [dim]{escape(r.name)}[/]"
+        line = f"[{style}]{mark} {word:<9}[/] {r.logical_id:<28} [dim]{escape(r.name)}[/]"
         if r.message:
             line += f"  [{style}]{escape(r.message)}[/]"
-        self.out.print(line)
-        for change in r.changes if r.action == "update" else ():
-            self.out.print(f"      [yellow]{change.field}[/]: {escape(_short(change.current))} → "
-                           f"{escape(_short(change.desired))}")
+        self._print(line)
+        if r.action == "update":
+            self._changes(r.changes)
+
+    def _changes(self, changes: list[Any], indent: int = 6) -> None:
+        """Each change as small lines (diffview): per key, per policy line, per creation field."""
+        pad = " " * indent
+        room = max(20, self.out.width - indent - 8) if self._fit else 0
+        headed: set[str] = set()
+        for change in changes:
+            for d in explain(change):
+                path = escape(d.path)
+                if d.op == "policy":
+                    if d.path not in headed:
+                        headed.add(d.path)
+                        self._print(f"{pad}[yellow]~ {path}[/]:")
+                    style = {"+": "green", "-": "red", "@": "dim"}.get(d.text[:1], "")
+                    text = escape(d.text)
+                    self._print(f"{pad}  [{style}]{text}[/]" if style else f"{pad}  {text}")
+                elif d.op == "set":
+                    self._print(f"{pad}{path} = {escape(self._cut(d.new, room - len(d.path)))}")
+                elif d.op == "add":
+                    self._print(f"{pad}[green]+ {path}[/] = {escape(self._cut(d.new, room - len(d.path)))}")
+                elif d.op == "remove":
+                    self._print(f"{pad}[red]- {path}[/] (was {escape(self._cut(d.old, room - len(d.path)))})")
+                else:
+                    half = (room - len(d.path)) // 2
+                    self._print(f"{pad}[yellow]~ {path}[/]: {escape(self._cut(d.old, half))} → "
+                                f"{escape(self._cut(d.new, half))}")
+
+    def _cut(self, text: str, limit: int) -> str:
+        """Shorten one value so that both sides of a change stay visible on a terminal."""
+        if not self._fit or len(text) <= max(limit, 12):
+            return text
+        return text[: max(limit, 12) - 1] + "…"
 
     # -- final results -------------------------------------------------------------------------
     def run_summary(self, result: RunResult) -> None:
@@ -85,10 +131,13 @@ class Renderer:
             self.json(result.as_dict())
             return
         counts = result.count()
-        parts = [f"{n} {ACTION_STYLE[a][2]}" for a, n in counts.items() if a in ACTION_STYLE]
-        self.out.print(f"\n[bold]{result.command}[/] env [bold]{result.env}[/] "
-                       f"({result.region}, account {result.account}): {', '.join(parts) or 'nothing to do'} "
-                       f"in {result.elapsed_s:.1f}s")
+        where = f"[bold]{result.command}[/] env [bold]{result.env}[/] ({result.region}, account {result.account})"
+        if result.command == "destroy" and result.resources and set(counts) == {"absent"}:
+            self._print(f"{where}: nothing left to destroy, all {len(result.resources)} resources "
+                        f"are already gone ({result.elapsed_s:.1f}s)")
+            return
+        parts = [f"{counts[a]} {word}" for a, (_, _, word) in ACTION_STYLE.items() if counts.get(a)]
+        self._print(f"\n{where}: {', '.join(parts) or 'nothing to do'} in {result.elapsed_s:.1f}s")
 
     def plan(self, result: RunResult) -> None:
         if self.json_mode:
@@ -97,34 +146,69 @@ class Renderer:
         pending = [r for r in result.resources if r.action != "unchanged"]
         for r in result.resources:
             mark, style, _ = ACTION_STYLE[r.action]
-            self.out.print(f"[{style}]{mark} {r.logical_id:<30}[/] [dim]{escape(r.name)}[/] "
-                           f"{PLAN_WORDS.get(r.action, r.action)}")
-            if r.action == "update":
-                for c in r.changes:
-                    self.out.print(f"      [yellow]{c.field}[/]: {escape(_short(c.current))} → "
-                                   f"{escape(_short(c.desired))}")
-        self.out.print(f"\nPlan: {sum(r.action == 'create' for r in pending)} to create, "
-                       f"{sum(r.action == 'update' for r in pending)} to update, "
-                       f"{len(result.resources) - len(pending)} unchanged.")
+            self._print(f"[{style}]{mark} {r.logical_id:<28}[/] [dim]{escape(r.name)}[/] "
+                        f"{PLAN_WORDS.get(r.action, r.action)}")
+            if r.action in ("create", "update"):
+                self._changes(r.changes)
+        self._print(f"\nPlan: {sum(r.action == 'create' for r in pending)} to create, "
+                    f"{sum(r.action == 'update' for r in pending)} to update, "
+                    f"{len(result.resources) - len(pending)} unchanged.")
 
     def status(self, result: RunResult) -> None:
+        """A table on a terminal, as many columns as fit; one plain row per line otherwise."""
         if self.json_mode:
             self.json(result.as_dict())
             return
-        table = Table(title=f"env {result.env} ({result.region}, account {result.account})")
-        for column in ("resource", "type", "name", "arn / id", "status"):
-            table.add_column(column, overflow="fold")
+        rows = []
         for r in result.resources:
-            style = HEALTH_STYLE.get(r.health, "")
-            health = r.health
-            if r.changes:
-                health += ": " + ", ".join(c.field for c in r.changes)
-            table.add_row(r.logical_id, r.resource_type, r.name,
-                          r.ids.get("arn") or r.ids.get("id") or r.ids.get("uuid") or "",
-                          f"[{style}]{escape(health)}[/]")
-        self.out.print(table)
+            health = r.health + (": " + ", ".join(c.field for c in r.changes) if r.changes else "")
+            rows.append({"resource": r.logical_id, "type": r.resource_type, "name": r.name,
+                         "arn / id": r.ids.get("arn") or r.ids.get("id") or r.ids.get("uuid") or "",
+                         "status": health, "_style": HEALTH_STYLE.get(r.health, "")})
+        title = f"env {result.env} ({result.region}, account {result.account})"
+        if self._fit:
+            self._status_table(title, rows)
+        else:
+            self._status_rows(title, rows)
         counts = result.count("health")
-        self.out.print(", ".join(f"{n} {h}" for h, n in counts.items()))
+        self._print(", ".join(f"{n} {h}" for h, n in counts.items()))
+
+    def _status_rows(self, title: str, rows: list[dict[str, str]]) -> None:
+        """Piped or --wide: every column, whole values, aligned, one resource per line."""
+        self.out.print(escape(title), soft_wrap=True)
+        widths = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in STATUS_COLUMNS}
+        last = STATUS_COLUMNS[-1]
+        self.out.print("  ".join(c.ljust(widths[c]) if c != last else c for c in STATUS_COLUMNS),
+                       soft_wrap=True, style="bold")
+        for row in rows:
+            cells = [escape(row[c].ljust(widths[c])) for c in STATUS_COLUMNS[:-1]]
+            health = f"[{row['_style']}]{escape(row[last])}[/]" if row["_style"] else escape(row[last])
+            self.out.print("  ".join([*cells, health]), soft_wrap=True)
+
+    def _status_table(self, title: str, rows: list[dict[str, str]]) -> None:
+        """Columns by priority (resource, status, name, arn, type) while they fit the width."""
+        natural = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in STATUS_COLUMNS}
+        budget = self.out.width + 3  # each column costs its width + 3 (padding, rule); no edges
+        shown: list[str] = []
+        for column in STATUS_PRIORITY:
+            need = min(natural[column], 30) if column == "status" else natural[column]
+            if column in ("resource", "status", "name") or budget - (need + 3) >= 0:
+                shown.append(column)
+                budget -= need + 3
+        shown = [c for c in STATUS_COLUMNS if c in shown]
+        table = Table(title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        for column in shown:
+            table.add_column(column, no_wrap=column != "status", overflow="ellipsis" if column != "status" else "fold",
+                             min_width=min(natural[column], 12))
+        for row in rows:
+            cells = [escape(row[c]) for c in shown]
+            if "status" in shown and row["_style"]:
+                cells[shown.index("status")] = f"[{row['_style']}]{escape(row['status'])}[/]"
+            table.add_row(*cells)
+        self.out.print(table)
+        hidden = [c for c in STATUS_COLUMNS if c not in shown]
+        if hidden:
+            self._print(f"[dim]({' and '.join(hidden)} hidden at {self.out.width} columns: --wide shows all)[/]")
 
     def outputs(self, outputs: dict[str, str]) -> None:
         if self.json_mode:
@@ -276,8 +360,11 @@ class Renderer:
             self.json(result.as_dict())
             return
         if result.action == "absent":
-            extra = " (local files removed)" if result.local_files_removed else ""
-            self.out.print(f"device {escape(result.device_id)} of env {escape(result.env)} is already gone{extra}")
+            where = f"{escape(result.device_id)} in env {escape(result.env)}"
+            if result.local_files_removed:
+                self.out.print(f"no such device {where} on AWS: nothing to remove there; its local files were removed")
+            else:
+                self.out.print(f"no such device {where}: nothing to remove")
             return
         certs = ", ".join(c[:12] + "…" for c in result.deleted_certificates) or "none"
         self.out.print(f"[red]- deleted[/] device [bold]{escape(result.device_id)}[/] (env {escape(result.env)}); "
