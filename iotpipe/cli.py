@@ -295,8 +295,8 @@ def device_list(opts: Options, json_mode: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 def device_remove(opts: Options, device_id: str, json_mode: bool, lock_timeout: float, yes: bool) -> None:
     """Remove DEVICE_ID: its certificates (detached, deactivated, deleted), the thing, and its
-    local key directory. A device already gone is a quiet success; a thing that is not this
-    env's iotpipe device is left alone (exit 68).
+    local key directory. An unknown id is a quiet success ("no such device"); a thing that is
+    not this env's iotpipe device is left alone (exit 68).
 
     \b
     Example:
