@@ -32,7 +32,7 @@ def show(value: Any) -> str:
     if isinstance(value, UnknownYet):
         return str(value)
     if isinstance(value, str):
-        return value
+        return value or '""'
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
@@ -48,8 +48,9 @@ def _plain(value: Any) -> Any:
 
 
 def explain(change: Change) -> list[DiffLine]:
-    """The lines that show ``change``: creation fields when ``current`` is None."""
-    if change.current is None and not _is_policy(_plain(change.desired)):
+    """The lines that show ``change``: creation fields when ``current`` is None (a policy
+    then on one line: there is nothing yet to compare it with)."""
+    if change.current is None:
         return _creation(change.field, _plain(change.desired))
     return _compare(change.field, _plain(change.current), _plain(change.desired))
 
