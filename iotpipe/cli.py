@@ -92,6 +92,11 @@ def json_option(func: Any) -> Any:
     return click.option("--json", "json_mode", is_flag=True, help="Print the result as JSON.")(func)
 
 
+def wide_option(func: Any) -> Any:
+    return click.option("--wide", is_flag=True,
+                        help="Every column and whole values (ARNs, policies) even on a narrow terminal.")(func)
+
+
 def lock_option(func: Any) -> Any:
     return click.option("--lock-timeout", type=click.FloatRange(min=0), default=0, show_default=True,
                         metavar="SECONDS", help="Wait this long for another run's lock instead of failing.")(func)
@@ -168,10 +173,10 @@ def _local_keys(opts: Options) -> list[str]:
     return local_key_files(opts.state_dir, opts.env)
 
 
-def _renderer(json_mode: bool = False) -> Any:
+def _renderer(json_mode: bool = False, wide: bool = False) -> Any:
     from iotpipe.render import Renderer
 
-    return Renderer(json_mode=json_mode)
+    return Renderer(json_mode=json_mode, wide=wide)
 
 
 @click.group(context_settings=CONTEXT_SETTINGS)
@@ -194,11 +199,12 @@ def cli() -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @common_options
 @json_option
+@wide_option
 @lock_option
 @click.option("--yes", "-y", is_flag=True,
               help="Apply built-in defaults that shorten a live retention without asking (only asked "
                    "when no config file is used on an env that exists).")
-def up(opts: Options, json_mode: bool, lock_timeout: float, yes: bool) -> None:
+def up(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, yes: bool) -> None:
     """Converge the environment: kms, storage, stream, lambda, iot, trail.
 
     Safe to repeat: an environment already in shape costs read calls only. Without a config
@@ -211,7 +217,7 @@ def up(opts: Options, json_mode: bool, lock_timeout: float, yes: bool) -> None:
       iotpipe up --env prod --config config/prod.toml --lock-timeout 120
       iotpipe up --env dev --set lambda.memory_mb=512 --json
     """
-    renderer = _renderer(json_mode)
+    renderer = _renderer(json_mode, wide)
     engine = _build(opts, renderer, lock_timeout)
     target = _target(opts, engine)
     renderer.header(target)
@@ -225,7 +231,8 @@ def up(opts: Options, json_mode: bool, lock_timeout: float, yes: bool) -> None:
 @json_option
 @click.option("--destroy", "destroy_", is_flag=True,
               help="Show what `destroy` would delete, skip and leave, without changing anything.")
-def plan(opts: Options, json_mode: bool, destroy_: bool) -> None:
+@wide_option
+def plan(opts: Options, json_mode: bool, wide: bool, destroy_: bool) -> None:
     """Show what `up` would do, field by field, without changing anything.
 
     Exit 0 when nothing would change, 2 when changes are pending, another code on error.
@@ -238,7 +245,7 @@ def plan(opts: Options, json_mode: bool, destroy_: bool) -> None:
       iotpipe plan --env prod --json | jq '.resources[] | select(.action != "unchanged")'
       iotpipe plan --env ci-1234 --destroy
     """
-    renderer = _renderer(json_mode)
+    renderer = _renderer(json_mode, wide)
     engine = _build(opts, renderer)
     renderer.header(_target(opts, engine))
     if destroy_:
@@ -260,7 +267,8 @@ def plan(opts: Options, json_mode: bool, destroy_: bool) -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @common_options
 @json_option
-def status(opts: Options, json_mode: bool) -> None:
+@wide_option
+def status(opts: Options, json_mode: bool, wide: bool) -> None:
     """List every resource of the env as ok, missing, drifted (with the fields) or foreign.
 
     Exit 0 when everything is ok, 2 when anything is missing, drifted or foreign.
@@ -270,7 +278,7 @@ def status(opts: Options, json_mode: bool) -> None:
       iotpipe status --env dev
       iotpipe status --env dev --json
     """
-    renderer = _renderer(json_mode)
+    renderer = _renderer(json_mode, wide)
     engine = _build(opts, renderer)
     renderer.header(_target(opts, engine))
     result = engine.status()
@@ -306,10 +314,11 @@ def outputs(opts: Options, json_mode: bool) -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @common_options
 @json_option
+@wide_option
 @lock_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 @click.option("--wait", is_flag=True, help="Wait (up to 6 minutes) for AWS's 5-minute rules on deprecated IoT thing types and detached IoT policies instead of finishing on the next run.")
-def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait: bool) -> None:
+def destroy(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, yes: bool, wait: bool) -> None:
     """Remove every resource of the env, in reverse order; a second run is a quiet success.
 
     It first reads everything and shows what would go (account, region, endpoint, config,
@@ -327,7 +336,7 @@ def destroy(opts: Options, json_mode: bool, lock_timeout: float, yes: bool, wait
       iotpipe destroy --env dev
       iotpipe destroy --env ci-1234 --yes --wait
     """
-    renderer = _renderer(json_mode)
+    renderer = _renderer(json_mode, wide)
     engine = _build(opts, renderer, lock_timeout)  # config and state are checked first
     target = _target(opts, engine)
     renderer.header(target)
@@ -433,8 +442,8 @@ def device_list(opts: Options, json_mode: bool) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 def device_remove(opts: Options, device_id: str, json_mode: bool, lock_timeout: float, yes: bool) -> None:
     """Remove DEVICE_ID: its certificates (detached, deactivated, deleted), the thing, and its
-    local key directory. A device already gone is a quiet success; a thing that is not this
-    env's iotpipe device is left alone (exit 68).
+    local key directory. An unknown id is a quiet success ("no such device"); a thing that is
+    not this env's iotpipe device is left alone (exit 68).
 
     \b
     Example:
@@ -500,47 +509,74 @@ def unlock(env: str, state_dir: Path, yes: bool, force: bool) -> None:
 @cli.command(context_settings=CONTEXT_SETTINGS)
 @click.option("--readings", type=click.IntRange(1, 100000), default=1000, show_default=True,
               help="How many sensor readings to push through the pipeline.")
-@click.option("--keep", is_flag=True, help="Skip the final destroy (the emulator still stops on exit).")
+@click.option("--keep", is_flag=True,
+              help="Leave the emulator running with the env up (prints its endpoint and how to stop it).")
 @json_option
 def demo(readings: int, keep: bool, json_mode: bool) -> None:
     """Run the whole job on an embedded AWS emulator: no account needed.
 
     Starts moto on 127.0.0.1, runs `up` for env "local", shows `status`, pushes sensor
     readings (and a few invalid ones) through Kinesis and the real handler, counts what
-    landed in DynamoDB and S3, then `destroy`s. Needs `pip install 'iotpipe[local]'`.
+    landed in DynamoDB and S3, then `destroy`s and stops the emulator. AWS credentials,
+    AWS_PROFILE and endpoints from your environment are ignored: nothing leaves this machine.
+    Needs `pip install 'iotpipe[local]'`.
 
     \b
-    Example:
+    Examples:
       iotpipe demo --readings 5000
+      iotpipe demo --keep              then explore env "local" with the commands it prints
     """
+    import shutil
     import tempfile
 
-    from iotpipe.local.demo import exercise
-    from iotpipe.local.emulator import embedded_emulator
+    from iotpipe.local.demo import DEMO_ENV, DEMO_REGION, DEMO_SETS, emulator_environment, exercise
+    from iotpipe.local.emulator import emulator_process
 
+    for var in [v for v in os.environ if v.startswith("AWS_")]:
+        del os.environ[var]  # a profile, a session token or an endpoint must not reach the demo
+    os.environ.update(emulator_environment())
     renderer = _renderer(json_mode)
-    for var, value in (("AWS_ACCESS_KEY_ID", "emulator"), ("AWS_SECRET_ACCESS_KEY", "emulator")):
-        os.environ.setdefault(var, value)  # moto accepts any credentials
-    with embedded_emulator() as url, tempfile.TemporaryDirectory(prefix="iotpipe-demo-") as state_dir:
-        renderer.message(f"embedded AWS emulator at {url}")
-        opts = Options("local", None, "us-east-1", None, url, Path(state_dir),
-                       ("storage.enforce_tls=false",))
-        engine = _build(opts, renderer)
-        results: dict[str, Any] = {}
+    results: dict[str, Any] = {}
+    state_dir = Path(tempfile.mkdtemp(prefix="iotpipe-demo-"))
+    try:
+        renderer.demo_phase(1, "emulator", "starting the embedded AWS emulator (moto) on 127.0.0.1")
+        with emulator_process(keep=keep) as emu:
+            renderer.message(f"  listening at {emu.url} (pid {emu.pid}); AWS credentials and "
+                             "profiles from your environment are ignored")
+            opts = Options(DEMO_ENV, None, DEMO_REGION, None, emu.url, state_dir, DEMO_SETS)
+            engine = _build(opts, renderer)
 
-        def phase(name: str, run: Any, show: Any) -> Any:
-            results[name] = run()
-            if not json_mode:  # in JSON mode everything is printed once, at the end
-                show(results[name])
-            return results[name]
+            def phase(name: str, run: Any, show: Any) -> Any:
+                results[name] = run()
+                if not json_mode:  # in JSON mode everything is printed once, at the end
+                    show(results[name])
+                return results[name]
 
-        phase("up", engine.up, renderer.run_summary)
-        phase("status", engine.status, renderer.status)
-        phase("pipeline", lambda: exercise(engine.ctx, readings), renderer.demo_report)
+            renderer.demo_phase(2, "provisioning", f"`iotpipe up --env {DEMO_ENV}` on the emulator, then `status`")
+            phase("up", engine.up, renderer.run_summary)
+            phase("status", engine.status, renderer.status)
+            renderer.demo_phase(3, "publishing", f"{readings:,} readings (+ a few invalid ones) to Kinesis, "
+                                "then through the real Lambda handler, in this process")
+            phase("pipeline", lambda: exercise(engine.ctx, readings, progress=renderer.demo_progress),
+                  lambda _r: None)
+            renderer.demo_phase(4, "results", "what landed in DynamoDB and S3")
+            if not json_mode:
+                renderer.demo_report(results["pipeline"])
+            if keep:
+                renderer.demo_phase(5, "teardown", "skipped (--keep)")
+            else:
+                renderer.demo_phase(5, "teardown", f"`iotpipe destroy --env {DEMO_ENV}`, then the emulator stops")
+                phase("destroy", engine.destroy, renderer.run_summary)
+            if keep:
+                results["emulator"] = {"url": emu.url, "pid": emu.pid, "state_dir": str(state_dir)}
+    finally:
         if not keep:
-            phase("destroy", engine.destroy, renderer.run_summary)
+            shutil.rmtree(state_dir, ignore_errors=True)
     if json_mode:
-        renderer.json({k: v.as_dict() if hasattr(v, "as_dict") else v.__dict__ for k, v in results.items()})
+        renderer.json({k: v.as_dict() if hasattr(v, "as_dict") else getattr(v, "__dict__", v)
+                       for k, v in results.items()})
+    else:
+        renderer.demo_next(results.get("emulator"))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

@@ -203,6 +203,10 @@ class Engine:
             return self._disabled(res, why, "unchanged")
         desired = res.desired(self.ctx)
         current = res.read(self.ctx)
+        if current is None and res.makes_nothing:
+            # It comes into being with what it rides on (iot.devices with the thing type), so
+            # `up` finds it there and says "unchanged": plan says the same.
+            return self._result(res, "unchanged")
         note = res.note(self.ctx)
         if current is None:
             return self._result(res, "create", changes=_creation(desired), message=note)

@@ -12,10 +12,13 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
+from iotpipe.diffview import explain
 from iotpipe.engine import Event, ResourceResult, RunResult
 
 ACTION_STYLE = {
@@ -87,15 +90,24 @@ def ascii_safe(stream: Any) -> Any:
     return stream if encoding.startswith("utf") else _AsciiSafe(stream)
 
 
+DEMO_STAGES = {"publish": "published to Kinesis", "deliver": "handled by the Lambda handler"}
+DEMO_ENV_NAME = "local"
+STATUS_COLUMNS = ("resource", "type", "name", "arn / id", "status")
+STATUS_PRIORITY = ("resource", "status", "name", "arn / id", "type")
+
+
 class Renderer:
-    def __init__(self, *, json_mode: bool = False, console: Console | None = None) -> None:
+    def __init__(self, *, json_mode: bool = False, console: Console | None = None, wide: bool = False) -> None:
         self.json_mode = json_mode
+        self.wide = wide  # --wide: every column and whole values, even on a narrow terminal
         self.out = console or Console(highlight=False, soft_wrap=True, file=ascii_safe(sys.stdout))
         if console is None and not self.out.is_terminal and "COLUMNS" not in os.environ:
             self.out.width = 200  # piped into a file or CI log: don't fold ARNs into 80 columns
         self.err = Console(stderr=True, highlight=False, soft_wrap=True, file=ascii_safe(sys.stderr))
         self._status: Any = None
         self.target: Target | None = None
+        self._demo_bar: Any = None
+        self._demo_quarters: dict[str, int] = {}
 
     # -- where ---------------------------------------------------------------------------------
     def header(self, target: Target) -> None:
@@ -164,9 +176,11 @@ class Renderer:
                 self._status.start()
             return
         self._stop_spinner()
-        # plan, status and outputs show their results as a whole at the end instead
-        if event.verb in ("up", "destroy") and event.result is not None and event.result.action in ACTION_STYLE:
-            self._resource_line(event.result)
+        # plan, status and outputs show their results as a whole at the end instead; a
+        # resource already absent had nothing happen to it: the summary counts it
+        r = event.result
+        if event.verb in ("up", "destroy") and r is not None and r.action in ACTION_STYLE and r.action != "absent":
+            self._resource_line(r)
 
     def wait_line(self, text: str, *, keep: bool = False) -> None:
         """What a wait is waiting for: the spinner's text on a terminal, else a line on stderr
@@ -183,15 +197,58 @@ class Renderer:
             self._status.stop()
             self._status = None
 
+    @property
+    def _fit(self) -> bool:
+        """Cut lines to the terminal's width. Piped output and --wide keep whole values, one
+        row per line (no folding), so that grep finds whole ARNs."""
+        return self.out.is_terminal and not self.wide
+
+    def _print(self, markup: str) -> None:
+        text = Text.from_markup(markup)
+        if self._fit:
+            text.truncate(self.out.width, overflow="ellipsis")
+        self.out.print(text, soft_wrap=True)
+
     def _resource_line(self, r: ResourceResult) -> None:
         mark, style, word = ACTION_STYLE[r.action]
-        line = f"[{style}]{mark} {word:<9}[/] {r.logical_id:<30} [dim]{escape(r.name)}[/]"
+        line = f"[{style}]{mark} {word:<9}[/] {r.logical_id:<28} [dim]{escape(r.name)}[/]"
         if r.message:
             line += f"  [{style}]{escape(r.message)}[/]"
-        self.out.print(line)
-        for change in r.changes if r.action == "update" else ():
-            self.out.print(f"      [yellow]{change.field}[/]: {escape(_short(change.current))} → "
-                           f"{escape(_short(change.desired))}")
+        self._print(line)
+        if r.action == "update":
+            self._changes(r.changes)
+
+    def _changes(self, changes: list[Any], indent: int = 6) -> None:
+        """Each change as small lines (diffview): per key, per policy line, per creation field."""
+        pad = " " * indent
+        room = max(20, self.out.width - indent - 8) if self._fit else 0
+        headed: set[str] = set()
+        for change in changes:
+            for d in explain(change):
+                path = escape(d.path)
+                if d.op == "policy":
+                    if d.path not in headed:
+                        headed.add(d.path)
+                        self._print(f"{pad}[yellow]~ {path}[/]:")
+                    style = {"+": "green", "-": "red", "@": "dim"}.get(d.text[:1], "")
+                    text = escape(d.text)
+                    self._print(f"{pad}  [{style}]{text}[/]" if style else f"{pad}  {text}")
+                elif d.op == "set":
+                    self._print(f"{pad}{path} = {escape(self._cut(d.new, room - len(d.path)))}")
+                elif d.op == "add":
+                    self._print(f"{pad}[green]+ {path}[/] = {escape(self._cut(d.new, room - len(d.path)))}")
+                elif d.op == "remove":
+                    self._print(f"{pad}[red]- {path}[/] (was {escape(self._cut(d.old, room - len(d.path)))})")
+                else:
+                    half = (room - len(d.path)) // 2
+                    self._print(f"{pad}[yellow]~ {path}[/]: {escape(self._cut(d.old, half))} → "
+                                f"{escape(self._cut(d.new, half))}")
+
+    def _cut(self, text: str, limit: int) -> str:
+        """Shorten one value so that both sides of a change stay visible on a terminal."""
+        if not self._fit or len(text) <= max(limit, 12):
+            return text
+        return text[: max(limit, 12) - 1] + "…"
 
     # -- final results -------------------------------------------------------------------------
     def run_summary(self, result: RunResult, kept_keys: list[str] | None = None) -> None:
@@ -200,12 +257,17 @@ class Renderer:
             self.json(self._document({**result.as_dict(), **extra}))
             return
         counts = result.count()
-        parts = [f"{n} {ACTION_STYLE[a][2]}" for a, n in counts.items() if a in ACTION_STYLE]
-        self.out.print(f"\n[bold]{result.command}[/] env [bold]{result.env}[/] "
-                       f"({result.region}, account {result.account}): {', '.join(parts) or 'nothing to do'} "
-                       f"in {result.elapsed_s:.1f}s")
+        where = f"[bold]{result.command}[/] env [bold]{result.env}[/] ({result.region}, account {result.account})"
+        if result.command == "destroy" and result.resources and set(counts) == {"absent"}:
+            self._print(f"{where}: nothing left to destroy, all {len(result.resources)} resources "
+                        f"are already gone ({result.elapsed_s:.1f}s)")
+            if kept_keys:
+                self._print(self._kept_keys_line(kept_keys, future=False))
+            return
+        parts = [f"{counts[a]} {word}" for a, (_, _, word) in ACTION_STYLE.items() if counts.get(a)]
+        self._print(f"\n{where}: {', '.join(parts) or 'nothing to do'} in {result.elapsed_s:.1f}s")
         if kept_keys:
-            self.out.print(self._kept_keys_line(kept_keys, future=False))
+            self._print(self._kept_keys_line(kept_keys, future=False))
 
     def plan(self, result: RunResult) -> None:
         if self.json_mode:
@@ -214,40 +276,73 @@ class Renderer:
         pending = [r for r in result.resources if r.action != "unchanged"]
         for r in result.resources:
             mark, style, _ = ACTION_STYLE[r.action]
-            self.out.print(f"[{style}]{mark} {r.logical_id:<30}[/] [dim]{escape(r.name)}[/] "
-                           f"{PLAN_WORDS.get(r.action, r.action)}")
+            self._print(f"[{style}]{mark} {r.logical_id:<28}[/] [dim]{escape(r.name)}[/] "
+                        f"{PLAN_WORDS.get(r.action, r.action)}")
             if r.message:  # what the configuration gives up, or why a resource is left out
-                self.out.print(f"      [magenta]{escape(r.message)}[/]")
-            if r.action == "update":
-                for c in r.changes:
-                    self.out.print(f"      [yellow]{c.field}[/]: {escape(_short(c.current))} → "
-                                   f"{escape(_short(c.desired))}")
-        self.out.print(f"\nPlan: {sum(r.action == 'create' for r in pending)} to create, "
-                       f"{sum(r.action == 'update' for r in pending)} to update, "
-                       f"{len(result.resources) - len(pending)} unchanged.")
+                self._print(f"      [magenta]{escape(r.message)}[/]")
+            if r.action in ("create", "update"):
+                self._changes(r.changes)
+        self._print(f"\nPlan: {sum(r.action == 'create' for r in pending)} to create, "
+                    f"{sum(r.action == 'update' for r in pending)} to update, "
+                    f"{len(result.resources) - len(pending)} unchanged.")
 
     def status(self, result: RunResult) -> None:
+        """A table on a terminal, as many columns as fit; one plain row per line otherwise."""
         if self.json_mode:
             self.json(self._document(result.as_dict()))
             return
-        table = Table(title=f"env {result.env} ({result.region}, account {result.account})")
-        for column in ("resource", "type", "name", "arn / id", "status"):
-            table.add_column(column, overflow="fold")
+        rows = []
         for r in result.resources:
-            style = HEALTH_STYLE.get(r.health, "")
-            health = r.health
-            if r.changes:
-                health += ": " + ", ".join(c.field for c in r.changes)
-            elif r.health in ("disabled", "unwanted") and r.message:
-                health += f" ({r.message})"
-            elif r.message:
-                health += f" — {r.message}"
-            table.add_row(r.logical_id, r.resource_type, r.name,
-                          r.ids.get("arn") or r.ids.get("id") or r.ids.get("uuid") or "",
-                          f"[{style}]{escape(health)}[/]")
-        self.out.print(table)
+            health = r.health + (": " + ", ".join(c.field for c in r.changes) if r.changes else "")
+            if not r.changes and r.message:
+                health += f" ({r.message})" if r.health in ("disabled", "unwanted") else f" — {r.message}"
+            rows.append({"resource": r.logical_id, "type": r.resource_type, "name": r.name,
+                         "arn / id": r.ids.get("arn") or r.ids.get("id") or r.ids.get("uuid") or "",
+                         "status": health, "_style": HEALTH_STYLE.get(r.health, "")})
+        title = f"env {result.env} ({result.region}, account {result.account})"
+        if self._fit:
+            self._status_table(title, rows)
+        else:
+            self._status_rows(title, rows)
         counts = result.count("health")
-        self.out.print(", ".join(f"{n} {h}" for h, n in counts.items()))
+        self._print(", ".join(f"{n} {h}" for h, n in counts.items()))
+
+    def _status_rows(self, title: str, rows: list[dict[str, str]]) -> None:
+        """Piped or --wide: every column, whole values, aligned, one resource per line."""
+        self.out.print(escape(title), soft_wrap=True)
+        widths = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in STATUS_COLUMNS}
+        last = STATUS_COLUMNS[-1]
+        self.out.print("  ".join(c.ljust(widths[c]) if c != last else c for c in STATUS_COLUMNS),
+                       soft_wrap=True, style="bold")
+        for row in rows:
+            cells = [escape(row[c].ljust(widths[c])) for c in STATUS_COLUMNS[:-1]]
+            health = f"[{row['_style']}]{escape(row[last])}[/]" if row["_style"] else escape(row[last])
+            self.out.print("  ".join([*cells, health]), soft_wrap=True)
+
+    def _status_table(self, title: str, rows: list[dict[str, str]]) -> None:
+        """Columns by priority (resource, status, name, arn, type) while they fit the width."""
+        natural = {c: max([len(c), *(len(row[c]) for row in rows)]) for c in STATUS_COLUMNS}
+        budget = self.out.width + 3  # each column costs its width + 3 (padding, rule); no edges
+        shown: list[str] = []
+        for column in STATUS_PRIORITY:
+            need = min(natural[column], 30) if column == "status" else natural[column]
+            if column in ("resource", "status", "name") or budget - (need + 3) >= 0:
+                shown.append(column)
+                budget -= need + 3
+        shown = [c for c in STATUS_COLUMNS if c in shown]
+        table = Table(title=escape(title), box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        for column in shown:
+            table.add_column(column, no_wrap=column != "status", overflow="ellipsis" if column != "status" else "fold",
+                             min_width=min(natural[column], 12))
+        for row in rows:
+            cells = [escape(row[c]) for c in shown]
+            if "status" in shown and row["_style"]:
+                cells[shown.index("status")] = f"[{row['_style']}]{escape(row['status'])}[/]"
+            table.add_row(*cells)
+        self.out.print(table)
+        hidden = [c for c in STATUS_COLUMNS if c not in shown]
+        if hidden:
+            self._print(f"[dim]({' and '.join(hidden)} hidden at {self.out.width} columns: --wide shows all)[/]")
 
     def outputs(self, outputs: dict[str, str]) -> None:
         if self.json_mode:
@@ -257,17 +352,99 @@ class Renderer:
         for key, value in outputs.items():
             self.out.print(f"{key:<{width}} = {escape(value)}")
 
+    # -- demo ----------------------------------------------------------------------------------
+    def demo_phase(self, number: int, title: str, detail: str) -> None:
+        if self.json_mode:
+            return
+        self._stop_demo_progress()
+        self.out.print(f"\n[bold]{number}/5 {title}[/]: {escape(detail)}", soft_wrap=False)
+
+    def demo_progress(self, stage: str, done: int, total: int) -> None:
+        """A bar on a terminal; a line per quarter when piped (a log keeps few lines)."""
+        if self.json_mode:
+            return
+        label = DEMO_STAGES[stage]
+        if self.out.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            if self._demo_bar is None or self._demo_bar[1] != stage:
+                self._stop_demo_progress()
+                bar = Progress(TextColumn(f"  {label}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), console=self.out)
+                bar.start()
+                self._demo_bar = (bar, stage, bar.add_task(label, total=total))
+            bar, _, task = self._demo_bar
+            bar.update(task, completed=done)
+            if done >= total:
+                self._stop_demo_progress()
+            return
+        quarter = done * 4 // max(total, 1)
+        if quarter > self._demo_quarters.get(stage, 0):
+            self._demo_quarters[stage] = quarter
+            self.out.print(f"  {label}: {done:,} of {total:,} records")
+
+    def _stop_demo_progress(self) -> None:
+        if self._demo_bar is not None:
+            self._demo_bar[0].stop()
+            self._demo_bar = None
+
     def demo_report(self, report: Any) -> None:
+        """The demo's numbers, each with what it counts, so that they visibly add up."""
         if self.json_mode:
             self.json(report.__dict__)
             return
         r = report
-        self.out.print(
-            f"\n[bold]Readings[/]: {r.readings_sent} valid + {r.invalid_sent} invalid published to Kinesis; "
-            f"{r.batches} handler batches ({r.redeliveries} re-deliveries, {r.undelivered} undelivered)\n"
-            f"[bold]DynamoDB[/]: {r.items_stored} metric items, {r.anomalous_items} flagged as anomalies\n"
-            f"[bold]S3[/]: {r.archive_objects} raw archive objects (one per batch), "
-            f"{r.rejected_objects} quarantine objects under rejected/\n")
+        lines = [
+            f"[bold]Kinesis[/]   {r.records_sent:,} records published ({r.readings_sent:,} valid readings + "
+            f"{r.invalid_sent} invalid) in {r.publish_s:.1f}s",
+            f"[bold]Lambda[/]    {r.batches:,} handler invocations: each of the {r.shards} shards delivers its "
+            f"records in batches of up to {r.batch_size} ({r.redeliveries} re-deliveries, "
+            f"{r.undelivered} batches undelivered) in {r.deliver_s:.1f}s",
+            f"          the handler stored {r.handler_stored:,} readings and quarantined "
+            f"{r.handler_rejected} invalid records",
+            f"[bold]DynamoDB[/]  {r.items_stored:,} items, one per stored reading; {r.anomalous_items:,} "
+            "flagged as anomalies (above the anomaly thresholds)",
+            f"[bold]S3[/]        {r.archive_objects:,} raw archive objects under raw/ (one gzip file per batch "
+            f"that had valid readings) and {r.rejected_objects} under rejected/ (one per batch that had "
+            "invalid records)",
+        ]
+        for line in lines:
+            self.out.print(line, soft_wrap=False)
+        mismatches = []
+        if r.handler_stored != r.readings_sent or r.items_stored != r.readings_sent:
+            mismatches.append(f"{r.readings_sent:,} readings sent, {r.handler_stored:,} stored by the handler, "
+                              f"{r.items_stored:,} items in DynamoDB")
+        if r.handler_rejected != r.invalid_sent:
+            mismatches.append(f"{r.invalid_sent} invalid records sent, {r.handler_rejected} quarantined")
+        for text in mismatches:
+            self.out.print(f"[yellow]counts differ:[/] {escape(text)}", soft_wrap=False)
+
+    def demo_next(self, kept: dict[str, Any] | None) -> None:
+        if self.json_mode:
+            return
+        if not kept:
+            self.out.print("\n[bold]What next[/]: `iotpipe demo --keep` leaves the emulator and env up to explore; "
+                           "`iotpipe plan --env dev` shows what `up` would build in your own AWS account.",
+                           soft_wrap=False)
+            return
+        url, pid, state_dir = kept["url"], kept["pid"], kept["state_dir"]
+        self.out.print(f"\n[bold]Kept[/]: the emulator is still running at {url} (pid {pid}) with env "
+                       f"{DEMO_ENV_NAME!r} up; it holds everything in memory. To explore it:", soft_wrap=False)
+        for line in (
+            "unset AWS_PROFILE AWS_SESSION_TOKEN",
+            f"export AWS_ENDPOINT_URL={url} AWS_ACCESS_KEY_ID=emulator AWS_SECRET_ACCESS_KEY=emulator "
+            "AWS_DEFAULT_REGION=us-east-1",
+            f"iotpipe status --env {DEMO_ENV_NAME} --state-dir {state_dir} --set storage.enforce_tls=false",
+            f"aws dynamodb scan --table-name sensor-metrics-{DEMO_ENV_NAME} --max-items 3",
+        ):
+            self.out.print(f"  {escape(line)}")
+        self.out.print(f"Stop it with: [bold]kill {pid}[/]", soft_wrap=False)
 
     # -- devices -------------------------------------------------------------------------------
     def device_added(self, result: Any) -> None:
@@ -317,8 +494,11 @@ class Renderer:
             self.json(result.as_dict())
             return
         if result.action == "absent":
-            extra = " (local files removed)" if result.local_files_removed else ""
-            self.out.print(f"device {escape(result.device_id)} of env {escape(result.env)} is already gone{extra}")
+            where = f"{escape(result.device_id)} in env {escape(result.env)}"
+            if result.local_files_removed:
+                self.out.print(f"no such device {where} on AWS: nothing to remove there; its local files were removed")
+            else:
+                self.out.print(f"no such device {where}: nothing to remove")
             return
         certs = ", ".join(c[:12] + "…" for c in result.deleted_certificates) or "none"
         self.out.print(f"[red]- deleted[/] device [bold]{escape(result.device_id)}[/] (env {escape(result.env)}); "

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 from iotpipe.errors import ConfigError, EndpointError
 
@@ -63,6 +66,14 @@ def ensure_port_free(port: int) -> None:
         probe.close()
 
 
+def _linear_kinesis_puts() -> None:
+    """Make moto's Kinesis puts O(1) again: it copies a shard's every sequence number into a
+    list to find the last one, on each put, so 100,000 readings took minutes. Same answers."""
+    from moto.kinesis.models import Shard
+
+    Shard.get_max_sequence_number = lambda self: next(reversed(self.records), 0)  # type: ignore[method-assign]
+
+
 @contextmanager
 def embedded_emulator(port: int = 0) -> Iterator[str]:
     """Run a moto server on 127.0.0.1 for the duration of the block; yield its URL."""
@@ -83,3 +94,75 @@ def embedded_emulator(port: int = 0) -> Iterator[str]:
         yield url
     finally:
         server.stop()
+
+
+@dataclass
+class EmulatorProcess:
+    url: str
+    pid: int
+
+
+def _serve_in_child() -> None:
+    """Entry point of the emulator child: serve, say where on stdout, then keep quiet.
+
+    stdout and stderr are let go after the URL line, so that a parent which has exited
+    (``iotpipe demo --keep``) leaves nothing for the server to write to.
+    """
+    import os
+    import signal
+    import threading
+
+    _linear_kinesis_puts()
+    ready = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: ready.set())
+    with embedded_emulator() as url:
+        sys.stdout.write(url + "\n")
+        sys.stdout.flush()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        ready.wait()
+
+
+@contextmanager
+def emulator_process(*, keep: bool = False, start_timeout: float = 60.0) -> Iterator[EmulatorProcess]:
+    """Run the emulator in a child process; stop it at the end of the block unless ``keep``.
+
+    A child rather than a thread: the moto server and the caller's boto3 clients (the demo
+    pushes 100,000 readings through them) then run on their own interpreters instead of
+    taking turns on one GIL. The child is in its own session, so a Ctrl-C meant for the
+    demo does not kill a kept emulator, and the demo's own exit stops an unkept one.
+    """
+    import os
+    import selectors
+    import subprocess
+
+    try:
+        import moto.server  # noqa: F401 - fail here, in one line, rather than in the child
+    except ImportError:
+        raise ConfigError("the embedded emulator needs moto: pip install 'iotpipe[local]'") from None
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from iotpipe.local.emulator import _serve_in_child; _serve_in_child()"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+        start_new_session=True, text=True)
+    try:
+        assert child.stdout is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(child.stdout, selectors.EVENT_READ)
+            line = child.stdout.readline() if selector.select(start_timeout) else ""
+        child.stdout.close()
+        if not line.startswith("http://"):
+            raise EndpointError(f"the embedded emulator did not start within {start_timeout:.0f}s "
+                                f"(exit code {child.poll()})")
+        yield EmulatorProcess(line.strip(), child.pid)
+    finally:
+        if not keep or child.poll() is not None:
+            child.terminate()
+            try:
+                child.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()

@@ -12,15 +12,30 @@ import base64
 import json
 import os
 import random
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from iotpipe.handler import index as handler_index
 from iotpipe.steps.base import StepContext, paginate
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+PUT_RECORDS_LIMIT = 500  # records per PutRecords request (Kinesis API reference)
+
+
+def data_client(ctx: StepContext, service: str) -> Any:
+    """A client for the demo's data plane: same session, endpoint and retries as iotpipe's,
+    without botocore's client-side parameter validation, which was most of this process's
+    time at 100,000 readings; the emulator validates every request anyway."""
+    from botocore.config import Config
+
+    config = Config(region_name=ctx.region, retries={"mode": "standard", "max_attempts": 10},
+                    parameter_validation=False, max_pool_connections=16)
+    kwargs = {"endpoint_url": ctx.aws.endpoint_url} if ctx.aws.endpoint_url else {}
+    return ctx.aws.session.client(service, config=config, **kwargs)
 
 
 def make_readings(count: int, *, devices: int = 5, seed: int = 7, start: int | None = None) -> list[dict[str, Any]]:
@@ -40,12 +55,16 @@ def make_readings(count: int, *, devices: int = 5, seed: int = 7, start: int | N
     return readings
 
 
-def publish(ctx: StepContext, payloads: list[bytes | dict[str, Any]]) -> int:
-    """Put payloads on the env's stream, partitioned by device like the topic rule does."""
-    kinesis = ctx.client("kinesis")
+def publish(ctx: StepContext, payloads: list[bytes | dict[str, Any]],
+            on_progress: Callable[[int], None] | None = None) -> int:
+    """Put payloads on the env's stream, partitioned by device like the topic rule does.
+
+    ``on_progress`` gets the running count after each PutRecords call.
+    """
+    kinesis = data_client(ctx, "kinesis")
     sent = 0
-    for start in range(0, len(payloads), 500):  # PutRecords takes at most 500 records
-        chunk = payloads[start:start + 500]
+    for start in range(0, len(payloads), PUT_RECORDS_LIMIT):
+        chunk = payloads[start:start + PUT_RECORDS_LIMIT]
         records = []
         for p in chunk:
             data = p if isinstance(p, bytes) else json.dumps(p).encode()
@@ -58,6 +77,8 @@ def publish(ctx: StepContext, payloads: list[bytes | dict[str, Any]]) -> int:
         if sent == len(payloads) or sent * 10 // len(payloads) > (sent - len(records)) * 10 // len(payloads):
             ctx.aws.report("publishing", f"published {sent} of {len(payloads)} records to {ctx.names.stream}",
                            sent=sent, total=len(payloads))  # about every tenth
+        if on_progress:
+            on_progress(sent)
     return sent
 
 
@@ -67,17 +88,29 @@ class DeliveryReport:
     records: int = 0
     redeliveries: int = 0
     failures: list[str] = field(default_factory=list)
+    shards: int = 0
 
 
 def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None,
-            max_redeliveries: int = 3) -> DeliveryReport:
-    """Read every shard from the start and feed the handler as Lambda's event source would."""
-    kinesis = ctx.client("kinesis")
+            max_redeliveries: int = 3, on_progress: Callable[[int], None] | None = None) -> DeliveryReport:
+    """Read every shard from the start and feed the handler as Lambda's event source would.
+
+    Shards are delivered concurrently, one worker each, as Lambda runs one invocation per
+    shard at a time (ParallelizationFactor 1): order holds within a shard, which is all
+    Kinesis promises. ``on_progress`` gets the number of records handled so far (first
+    deliveries only, so it ends at the number of records on the stream).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    kinesis = data_client(ctx, "kinesis")
     batch_size = batch_size or ctx.config.lambda_.batch_size
     stream_arn = ctx.aws.arn("kinesis", f"stream/{ctx.names.stream}")
     report = DeliveryReport()
-    for shard in paginate(kinesis, "list_shards", "Shards", StreamName=ctx.names.stream):
-        iterator = kinesis.get_shard_iterator(StreamName=ctx.names.stream, ShardId=shard["ShardId"],
+    lock = threading.Lock()
+    handled = [0]
+
+    def one_shard(shard_id: str) -> None:
+        iterator = kinesis.get_shard_iterator(StreamName=ctx.names.stream, ShardId=shard_id,
                                               ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
         pending: list[dict[str, Any]] = []
         while iterator:
@@ -85,9 +118,24 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
             pending.extend(page["Records"])
             iterator = page.get("NextShardIterator") if page["Records"] else None
         for start in range(0, len(pending), batch_size):
-            batch = [_lambda_record(r, shard["ShardId"], stream_arn, ctx.region)
+            batch = [_lambda_record(r, shard_id, stream_arn, ctx.region)
                      for r in pending[start:start + batch_size]]
-            _invoke_with_redelivery(handler, batch, report, max_redeliveries)
+            own = DeliveryReport()
+            _invoke_with_redelivery(handler, batch, own, max_redeliveries)
+            with lock:
+                report.batches += own.batches
+                report.records += own.records
+                report.redeliveries += own.redeliveries
+                report.failures.extend(own.failures)
+                handled[0] += len(batch)
+                if on_progress:
+                    on_progress(handled[0])
+
+    shards = [s["ShardId"] for s in paginate(kinesis, "list_shards", "Shards", StreamName=ctx.names.stream)]
+    report.shards = len(shards)
+    with ThreadPoolExecutor(max_workers=max(1, len(shards))) as pool:
+        for done in [pool.submit(one_shard, shard_id) for shard_id in shards]:
+            done.result()  # a failing shard fails the delivery
     return report
 
 
@@ -133,23 +181,73 @@ def function_environment(ctx: StepContext) -> dict[str, str]:
     return Function().environment(ctx)
 
 
-@contextmanager
-def local_handler(ctx: StepContext) -> Iterator[Handler]:
-    """The real handler module, run in this process against the same endpoint as iotpipe."""
-    from iotpipe.handler import index
+@dataclass
+class HandlerTotals:
+    """The sums of the handler's own ``batch_summary`` log lines (what CloudWatch Logs would
+    hold on AWS): stored, rejected and failed records, and readings flagged as anomalies."""
 
+    invocations: int = 0
+    received: int = 0
+    stored: int = 0
+    rejected: int = 0
+    failed: int = 0
+    anomalies: int = 0
+
+
+@contextmanager
+def local_handler(ctx: StepContext, totals: HandlerTotals | None = None) -> Iterator[Handler]:
+    """The real handler module, run in this process against the same endpoint as iotpipe.
+
+    With ``totals``, the handler's batch summaries are added up there instead of printed;
+    its errors still reach stderr.
+    """
+    import logging
+
+    index = handler_index
     # The handler's JSON log lines belong in CloudWatch; locally only errors are worth showing.
-    variables = {**function_environment(ctx), "LOG_LEVEL": "ERROR"}
+    variables = {**function_environment(ctx), "LOG_LEVEL": "INFO" if totals is not None else "ERROR"}
     saved = {k: os.environ.get(k) for k in variables}
     os.environ.update(variables)
     index.reset()
-    index.configure(dynamodb=ctx.client("dynamodb"), s3=ctx.client("s3"))
+    index.configure(dynamodb=data_client(ctx, "dynamodb"), s3=data_client(ctx, "s3"))
+    collector = _SummaryCollector(totals) if totals is not None else None
+    if collector is not None:
+        index.log.addHandler(collector)  # counts as the handler's own JSON-lines handler
     try:
         yield index.lambda_handler
     finally:
+        if collector is not None:
+            index.log.removeHandler(collector)
+            index.log.setLevel(logging.NOTSET)
         index.reset()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+class _SummaryCollector(handler_index._JsonLines):  # noqa: SLF001
+    """Adds up ``batch_summary`` lines; passes errors on as the handler would print them.
+
+    A subclass of the handler's own JSON-lines handler, so that the handler's logging setup
+    sees one in place and does not add another that prints every line.
+    """
+
+    def __init__(self, totals: HandlerTotals) -> None:
+        super().__init__()
+        self.totals = totals
+
+    def emit(self, record: Any) -> None:
+        import logging
+        import sys
+
+        if record.getMessage() == "batch_summary":
+            fields = getattr(record, "fields", {})
+            # no lock of our own: logging's handle() holds the handler's lock around emit
+            self.totals.invocations += 1
+            for name in ("received", "stored", "rejected", "failed", "anomalies"):
+                setattr(self.totals, name, getattr(self.totals, name) + int(fields.get(name, 0)))
+        elif record.levelno >= logging.ERROR:
+            line = {"level": record.levelname, "event": record.getMessage(), **getattr(record, "fields", {})}
+            sys.stderr.write(json.dumps(line, default=str) + "\n")

@@ -168,6 +168,9 @@ class Resource(ABC):
     depends_on: ClassVar[tuple[str, ...]] = ()
 
     name_field: ClassVar[str] = ""  # the attribute of config.Names that holds the physical name
+    # True when ``create`` makes no call: the resource exists as soon as what it depends on
+    # does, so `plan` on a new env must not promise a creation `up` will never report.
+    makes_nothing: ClassVar[bool] = False
 
     def name(self, ctx: StepContext) -> str:
         """The deterministic physical name (the alias name for a KMS key)."""

@@ -533,6 +533,7 @@ class Devices(Resource):
     logical_id = "iot.devices"
     resource_type = "AWS::IoT::Thing (devices)"
     depends_on = ("iot.thing_type", "iot.device_policy")
+    makes_nothing = True
 
     def name(self, ctx: StepContext) -> str:
         return f"things of {ctx.names.thing_type}"

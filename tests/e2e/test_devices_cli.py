@@ -70,7 +70,7 @@ def test_device_lifecycle_and_destroy_with_a_device(iotpipe, clients, tmp_path):
     assert iot.list_things()["things"] == [] and iot.list_certificates()["certificates"] == []
     assert not key.parent.exists()
     gone = iotpipe("device", "remove", "press-07", "--env", "dev", "--yes")
-    assert gone.returncode == 0 and "already gone" in gone.stdout
+    assert gone.returncode == 0 and gone.stdout.strip() == "no such device press-07 in env dev: nothing to remove"
 
     # destroy with a device present: not blocked, and nothing of it is left
     assert _json(iotpipe("device", "add", "mill-01", "--env", "dev", "--json"))["action"] == "create"

@@ -233,34 +233,45 @@ def test_destroy_with_tls_only_policy_deletes_the_policy_first(make):
 
 
 class FakeS3:
-    """Just enough of an S3 client to check batching and error handling of empty_bucket."""
+    """Just enough of an S3 client to check batching and error handling of empty_bucket:
+    a listing of at most 1000 entries, versions before markers, that deletes take out."""
 
-    def __init__(self, versions: int, markers: int, errors=None):
-        self.page = {
-            "Versions": [{"Key": f"k{n}", "VersionId": f"v{n}"} for n in range(versions)],
-            "DeleteMarkers": [{"Key": f"m{n}", "VersionId": f"d{n}"} for n in range(markers)],
-        }
+    def __init__(self, versions: int, markers: int, errors=None, deletes_take=True):
+        self.versions = [{"Key": f"k{n}", "VersionId": f"v{n}"} for n in range(versions)]
+        self.markers = [{"Key": f"m{n}", "VersionId": f"d{n}"} for n in range(markers)]
         self.errors = errors or []
+        self.deletes_take = deletes_take
         self.batches: list[int] = []
+        self.listings = 0
 
-    def get_paginator(self, name):
-        assert name == "list_object_versions"
-        page = self.page
-
-        class Pages:
-            def paginate(self, Bucket):  # noqa: N803 - boto3's parameter name
-                yield page
-        return Pages()
+    def list_object_versions(self, Bucket, MaxKeys):  # noqa: N803 - boto3's parameter names
+        self.listings += 1
+        versions = self.versions[:MaxKeys]
+        return {"Versions": versions, "DeleteMarkers": self.markers[:MaxKeys - len(versions)]}
 
     def delete_objects(self, Bucket, Delete):  # noqa: N803
         self.batches.append(len(Delete["Objects"]))
-        return {"Errors": self.errors} if self.errors else {"Deleted": Delete["Objects"]}
+        if self.errors:
+            return {"Errors": self.errors}
+        if self.deletes_take:
+            gone = {(o["Key"], o["VersionId"]) for o in Delete["Objects"]}
+            self.versions = [v for v in self.versions if (v["Key"], v["VersionId"]) not in gone]
+            self.markers = [m for m in self.markers if (m["Key"], m["VersionId"]) not in gone]
+        return {"Deleted": Delete["Objects"]}
 
 
 def test_empty_bucket_deletes_in_batches_of_at_most_1000():
     fake = FakeS3(versions=1800, markers=700)
     assert s3util.empty_bucket(fake, "b") == 2500
     assert fake.batches == [1000, 1000, 500]
+    assert fake.listings == 4  # three pages, then the empty listing that proves it is empty
+
+
+def test_empty_bucket_stops_when_deleted_versions_are_listed_again():
+    fake = FakeS3(versions=3, markers=0, deletes_take=False)
+    with pytest.raises(AwsCallError, match="still listed after DeleteObjects"):
+        s3util.empty_bucket(fake, "b")
+    assert fake.batches == [3]
 
 
 def test_empty_bucket_raises_when_some_deletes_fail():
