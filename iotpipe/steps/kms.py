@@ -29,11 +29,23 @@ from iotpipe.steps.base import (
 )
 
 GONE_STATES = {"PendingDeletion", "PendingReplicaDeletion"}
+CLOUDTRAIL = "cloudtrail.amazonaws.com"
 
 
 def key_policy(ctx: StepContext) -> dict[str, Any]:
-    """The seed's key policy: the account's IAM policies decide, plus Logs and Kinesis."""
+    """The seed's key policy, each service statement confined to this env (confused deputy).
+
+    Every service principal carries the condition its service documents for this: CloudWatch
+    Logs and Kinesis the encryption context they put on every KMS call (the log group ARN, the
+    stream ARN: https://docs.aws.amazon.com/AmazonCloudWatch/latest/logs/encrypt-log-data-kms.html,
+    https://docs.aws.amazon.com/streams/latest/dev/permissions-user-key-KMS.html), CloudTrail
+    aws:SourceArn = our trail plus its encryption context, as "Configure AWS KMS key policies
+    for CloudTrail" prescribes
+    (https://docs.aws.amazon.com/awscloudtrail/latest/userguide/create-kms-key-policy-for-cloudtrail.html).
+    """
     account, region, partition = ctx.account, ctx.region, ctx.aws.partition
+    trail = ctx.aws.arn("cloudtrail", f"trail/{ctx.names.trail}")
+    only_our_trail = {"aws:SourceArn": trail}
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -60,6 +72,28 @@ def key_policy(ctx: StepContext) -> dict[str, Any]:
                 "Principal": {"Service": "kinesis.amazonaws.com"},
                 "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
                 "Resource": "*",
+                "Condition": {"ArnEquals": {
+                    "kms:EncryptionContext:aws:kinesis:arn": ctx.aws.arn("kinesis", f"stream/{ctx.names.stream}")}},
+            },
+            {
+                "Sid": "Allow CloudTrail to encrypt logs",
+                "Effect": "Allow",
+                "Principal": {"Service": CLOUDTRAIL},
+                "Action": "kms:GenerateDataKey*",
+                "Resource": "*",
+                "Condition": {
+                    "StringEquals": only_our_trail,
+                    "StringLike": {"kms:EncryptionContext:aws:cloudtrail:arn":
+                                   f"arn:{partition}:cloudtrail:*:{account}:trail/*"},
+                },
+            },
+            {
+                "Sid": "Allow CloudTrail to describe key",
+                "Effect": "Allow",
+                "Principal": {"Service": CLOUDTRAIL},
+                "Action": "kms:DescribeKey",
+                "Resource": "*",
+                "Condition": {"StringEquals": only_our_trail},
             },
         ],
     }
