@@ -1,4 +1,5 @@
-"""Where the pipeline keeps its data: the raw sensor-data bucket and the metrics table.
+"""Where the pipeline keeps its data: the raw sensor-data bucket and the metrics table, and the
+access-log bucket that receives the S3 server access logs of the env's buckets.
 
 The bucket follows Ansible's ``s3_bucket``: one small compare-then-act function per aspect
 (versioning, encryption, lifecycle, public access block, ownership, policy, tags). ``update``

@@ -3,7 +3,9 @@
 Fixes over the seed: the bucket blocks all public access, enforces bucket-owner ownership and
 (optionally) TLS; its policy lets CloudTrail write only for *our* trail (aws:SourceArn) and only
 under AWSLogs/<account>/; the trail validates its log files (digest files), so tampering with
-the audit log is detectable.
+the audit log is detectable. Log files are SSE-KMS with the env's key (trail KmsKeyId; the key
+policy lets only this trail use it), the bucket is SSE-KMS too, versioned (old versions expire)
+and its own access is logged into the env's access-log bucket.
 
 The bucket policy is part of the bucket's spec rather than a resource of its own: the bucket
 is created with it before the trail step runs (CreateTrail checks the policy on AWS), and a
