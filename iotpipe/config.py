@@ -93,13 +93,25 @@ class StorageConfig(_Section):
     # AWS honours a TLS-only Deny; moto applies Deny statements but ignores their Condition, so
     # every object call would fail on the emulator. config/local.toml turns it off there only.
     enforce_tls: bool = True
+    # Where both buckets' S3 server access logs go: by default a bucket iotpipe makes and owns
+    # (iot-access-logs-{env}-{account}); with access_log_bucket_external, an existing bucket of
+    # someone else's (a central logging bucket) that iotpipe only points logging at.
+    access_log_bucket_name: str | None = None
+    access_log_bucket_external: bool = False
+    access_log_expiration_days: int = Field(365, ge=1, le=36500)
 
-    @field_validator("sensor_bucket_name")
+    @field_validator("sensor_bucket_name", "access_log_bucket_name")
     @classmethod
     def _bucket(cls, value: str | None) -> str | None:
         if value is not None and (problem := bucket_name_problem(value)):
             raise ValueError(f"bucket name {value!r} {problem}")
         return value
+
+    @model_validator(mode="after")
+    def _external_is_named(self) -> StorageConfig:
+        if self.access_log_bucket_external and not self.access_log_bucket_name:
+            raise ValueError("access_log_bucket_external needs access_log_bucket_name (the bucket to log into)")
+        return self
 
 
 class StreamConfig(_Section):
@@ -158,6 +170,8 @@ class TrailConfig(_Section):
     bucket_name: str | None = None  # default iot-cloudtrail-logs-{env}-{account}
     insights: bool = True
     log_file_validation: bool = True
+    # Old versions of audit log files (overwritten or deleted) are kept this long, then expire.
+    noncurrent_version_expiration_days: int = Field(365, ge=1, le=36500)
 
     @field_validator("bucket_name")
     @classmethod
@@ -248,6 +262,7 @@ class Names:
     kms_alias: str
     sensor_bucket: str
     trail_bucket: str
+    access_log_bucket: str
     metrics_table: str
     stream: str
     lambda_log_group: str
@@ -268,6 +283,7 @@ class Names:
             kms_alias=f"alias/iot-manufacturing-{env}",
             sensor_bucket=config.storage.sensor_bucket_name or f"iot-sensor-data-{env}-{account}",
             trail_bucket=config.trail.bucket_name or f"iot-cloudtrail-logs-{env}-{account}",
+            access_log_bucket=config.storage.access_log_bucket_name or f"iot-access-logs-{env}-{account}",
             metrics_table=f"sensor-metrics-{env}",
             stream=f"iot-sensor-stream-{env}",
             lambda_log_group=f"/aws/lambda/iot-processor-{env}",

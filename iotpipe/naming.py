@@ -60,6 +60,8 @@ NAME_RULES: dict[str, NameRule] = {
                                  source=f"{_API}/AmazonS3/latest/userguide/bucketnamingrules.html"),
     "trail_bucket": _BucketRule("trail bucket name", "", "", 63, 3,
                                 source=f"{_API}/AmazonS3/latest/userguide/bucketnamingrules.html"),
+    "access_log_bucket": _BucketRule("access-log bucket name", "", "", 63, 3,
+                                     source=f"{_API}/AmazonS3/latest/userguide/bucketnamingrules.html"),
     "metrics_table": NameRule("DynamoDB table name", r"[a-zA-Z0-9_.-]+", "letters, digits, '_', '.', '-'",
                               255, 3, f"{_API}/amazondynamodb/latest/APIReference/API_CreateTable.html"),
     "stream": NameRule("Kinesis stream name", r"[a-zA-Z0-9_.-]+", "letters, digits, '_', '.', '-'", 128,

@@ -73,6 +73,7 @@ def verify_pipeline(c: Clients, env: str, *, enforce_tls: bool = False) -> dict[
     key_policy = _statements(c.kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"])
     principals = [json.dumps(s["Principal"], sort_keys=True) for s in key_policy]
     assert any("logs." in p for p in principals) and not any("kinesis.amazonaws.com" in p for p in principals)
+    assert any("cloudtrail.amazonaws.com" in p for p in principals)
 
     # --- S3 sensor bucket
     bucket = f"iot-sensor-data-{env}-{ACCOUNT}"
@@ -85,7 +86,24 @@ def verify_pipeline(c: Clients, env: str, *, enforce_tls: bool = False) -> dict[
     lifecycle = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     assert any(r["Status"] == "Enabled" and any(t["Days"] == 90 and t["StorageClass"] == "GLACIER"
                                                  for t in r.get("Transitions", [])) for r in lifecycle)
-    for name in (bucket, f"iot-cloudtrail-logs-{env}-{ACCOUNT}"):
+    access_logs = f"iot-access-logs-{env}-{ACCOUNT}"
+    trail_bucket = f"iot-cloudtrail-logs-{env}-{ACCOUNT}"
+    for name in (bucket, trail_bucket):  # both log their access into the access-log bucket
+        enabled = s3.get_bucket_logging(Bucket=name)["LoggingEnabled"]
+        assert enabled == {"TargetBucket": access_logs, "TargetPrefix": f"s3/{name}/"}, (name, enabled)
+    trail_rule = s3.get_bucket_encryption(Bucket=trail_bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert trail_rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}
+    assert trail_rule["BucketKeyEnabled"] is True
+    # SSE-S3 by AWS's rule for server access log targets (SSE-KMS targets get no logs)
+    log_rule = s3.get_bucket_encryption(Bucket=access_logs)["ServerSideEncryptionConfiguration"]["Rules"][0]
+    assert log_rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    delivery = [st for st in _statements(s3.get_bucket_policy(Bucket=access_logs)["Policy"])
+                if st.get("Principal") == {"Service": "logging.s3.amazonaws.com"}]
+    assert len(delivery) == 2 and all(st["Condition"]["StringEquals"]["aws:SourceAccount"] == ACCOUNT
+                                      for st in delivery)
+    for name in (bucket, trail_bucket, access_logs):
+        assert s3.get_bucket_versioning(Bucket=name)["Status"] == "Enabled", name
+        assert s3.get_bucket_lifecycle_configuration(Bucket=name)["Rules"], name
         pab = s3.get_public_access_block(Bucket=name)["PublicAccessBlockConfiguration"]
         assert all(pab.values()) and len(pab) == 4, (name, pab)
         ownership = s3.get_bucket_ownership_controls(Bucket=name)["OwnershipControls"]["Rules"]
@@ -171,6 +189,7 @@ def verify_pipeline(c: Clients, env: str, *, enforce_tls: bool = False) -> dict[
     trail_name = f"iot-audit-trail-{env}"
     trail = c.cloudtrail.get_trail(Name=trail_name)["Trail"]
     assert trail["S3BucketName"] == f"iot-cloudtrail-logs-{env}-{ACCOUNT}"
+    assert trail["KmsKeyId"] == key_arn
     assert trail["IncludeGlobalServiceEvents"] is True and trail["IsMultiRegionTrail"] is True
     assert trail["LogFileValidationEnabled"] is True
     assert c.cloudtrail.get_trail_status(Name=trail_name)["IsLogging"] is True

@@ -235,8 +235,8 @@ def service_trust(service: str, *, pin_account: bool = True,
                   source_arn: Callable[[StepContext], str] | None = None) -> PolicyFn:
     """A trust policy for ``service``, pinned to our account (and ARN) against confused deputies.
 
-    Lambda execution roles are not pinned: Lambda sends no aws:SourceAccount when it assumes
-    an execution role, so the condition would lock the function out.
+    ``pin_account=False`` exists for a service that sends no aws:SourceAccount when it assumes
+    a role; no role of the pipeline needs it (Lambda and IoT both document the key).
     """
 
     def trust(ctx: StepContext) -> dict[str, Any]:

@@ -39,6 +39,9 @@ DNS_SUFFIX = {"aws": "amazonaws.com", "aws-cn": "amazonaws.com.cn", "aws-us-gov"
 PENDING_DELETION = "PendingDeletion"
 
 
+CLOUDTRAIL = "cloudtrail.amazonaws.com"  # the same name in every partition
+
+
 class KeyPendingDeletionError(IotpipeError):
     """The env's key is scheduled for deletion and the config says not to recover it."""
 
@@ -55,31 +58,58 @@ def key_policy(ctx: StepContext) -> dict[str, Any]:
     statement delegates to IAM and the IoT rule and Lambda roles grant on this key only. A
     grant to the service principal is never used, and without an aws:SourceAccount condition
     it would name no account at all.
+
+    CloudTrail (when the env has a trail) gets what "Configure AWS KMS key policies for
+    CloudTrail" prescribes, confined to our trail by aws:SourceArn and its encryption context
+    (https://docs.aws.amazon.com/awscloudtrail/latest/userguide/create-kms-key-policy-for-cloudtrail.html).
     """
     account, region, partition = ctx.account, ctx.region, ctx.aws.partition
     suffix = DNS_SUFFIX.get(partition, "amazonaws.com")
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
+    trail = ctx.aws.arn("cloudtrail", f"trail/{ctx.names.trail}")
+    only_our_trail = {"aws:SourceArn": trail}
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "Enable IAM User Permissions",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        },
+        {
+            "Sid": "Allow CloudWatch Logs",
+            "Effect": "Allow",
+            "Principal": {"Service": f"logs.{region}.{suffix}"},
+            "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
+                       "kms:CreateGrant", "kms:DescribeKey"],
+            "Resource": "*",
+            "Condition": {"ArnLike": {
+                "kms:EncryptionContext:aws:logs:arn": f"arn:{partition}:logs:{region}:{account}:*"}},
+        },
+    ]
+    if ctx.config.trail.enabled:
+        statements += [
             {
-                "Sid": "Enable IAM User Permissions",
+                "Sid": "Allow CloudTrail to encrypt logs",
                 "Effect": "Allow",
-                "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"},
-                "Action": "kms:*",
+                "Principal": {"Service": CLOUDTRAIL},
+                "Action": "kms:GenerateDataKey*",
                 "Resource": "*",
+                "Condition": {
+                    "StringEquals": only_our_trail,
+                    "StringLike": {"kms:EncryptionContext:aws:cloudtrail:arn":
+                                   f"arn:{partition}:cloudtrail:*:{account}:trail/*"},
+                },
             },
             {
-                "Sid": "Allow CloudWatch Logs",
+                "Sid": "Allow CloudTrail to describe key",
                 "Effect": "Allow",
-                "Principal": {"Service": f"logs.{region}.{suffix}"},
-                "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*",
-                           "kms:CreateGrant", "kms:DescribeKey"],
+                "Principal": {"Service": CLOUDTRAIL},
+                "Action": "kms:DescribeKey",
                 "Resource": "*",
-                "Condition": {"ArnLike": {
-                    "kms:EncryptionContext:aws:logs:arn": f"arn:{partition}:logs:{region}:{account}:*"}},
+                "Condition": {"StringEquals": only_our_trail},
             },
-        ],
-    }
+        ]
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 class KmsKey(Resource):

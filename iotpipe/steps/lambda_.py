@@ -143,7 +143,14 @@ LAMBDA_LOG_GROUP = LogGroup("lambda.log_group", lambda n: n.lambda_log_group)
 LAMBDA_ROLE = Role(
     "lambda.role",
     lambda n: n.lambda_role,
-    trust=service_trust("lambda.amazonaws.com", pin_account=False),
+    # aws:SourceAccount only: Lambda documents it for execution-role trust policies
+    # (https://docs.aws.amazon.com/lambda/latest/dg/permissions-managed-policies.html, "When a
+    # service assumes a role in your account, you can include the aws:SourceAccount and
+    # aws:SourceArn global condition context keys in your role trust policy"). No aws:SourceArn:
+    # the role is assumed both to run the function and by the event source mapping to read the
+    # stream, and AWS does not document which ARN each of those sends; pinning the function's
+    # ARN could lock the mapping out.
+    trust=service_trust("lambda.amazonaws.com"),
     policies={"lambda-permissions": lambda_policy},
     description="iotpipe: execution role of the sensor processor function",
     depends_on=("kms.key",),

@@ -20,8 +20,11 @@ from iotpipe.steps.base import (
     Current,
     Spec,
     StepContext,
+    UnknownYet,
     filter_tags,
     get_or_none,
+    known_key,
+    our_key_arn,
     policy_json,
     tag_dict,
     tag_list,
@@ -50,6 +53,16 @@ def tls_deny_statement(bucket_arn: str) -> dict[str, Any]:
         "Resource": [bucket_arn, f"{bucket_arn}/*"],
         "Condition": {"Bool": {"aws:SecureTransport": "false"}},
     }
+
+
+def access_log_prefix(source_bucket: str) -> str:
+    """One prefix per source bucket in the access-log bucket, so each bucket's logs stay apart."""
+    return f"s3/{source_bucket}/"
+
+
+def logging_target(ctx: StepContext, source_bucket: str) -> dict[str, str]:
+    """The server access logging a bucket of the env gets: the env's access-log bucket."""
+    return {"target_bucket": ctx.names.access_log_bucket, "target_prefix": access_log_prefix(source_bucket)}
 
 
 # -- read ---------------------------------------------------------------------------------------
@@ -116,6 +129,96 @@ def norm_policy(answer: dict[str, Any] | None) -> dict[str, Any] | None:
     return json.loads(answer["Policy"]) if answer else None
 
 
+def read_logging(s3: Any, name: str) -> dict[str, str] | None:
+    """GetBucketLogging answers without LoggingEnabled when server access logging is off."""
+    enabled = (s3.get_bucket_logging(Bucket=name) or {}).get("LoggingEnabled")
+    if not enabled:
+        return None
+    return {"target_bucket": enabled.get("TargetBucket"), "target_prefix": enabled.get("TargetPrefix", "")}
+
+
+def expiry_rule(rule_id: str, *, noncurrent_days: int, expiration_days: int | None = None) -> dict[str, Any]:
+    """A lifecycle rule (our shape) that expires old versions, and current objects if given days."""
+    return {"id": rule_id, "status": "Enabled", "prefix": "",
+            "expiration_days": expiration_days, "noncurrent_days": noncurrent_days}
+
+
+def read_expiry_rules(s3: Any, name: str) -> list[dict[str, Any]] | None:
+    """The bucket's lifecycle in ``expiry_rule``'s shape; anything else a rule does is kept
+    under "other", so a transition or filter added by hand reads as drift."""
+    answer = get_or_none(s3.get_bucket_lifecycle_configuration, Bucket=name)
+    if not answer:
+        return None
+    rules = []
+    for rule in answer.get("Rules", []):
+        rest = dict(rule)
+        filt = dict(rest.pop("Filter", None) or {})
+        out: dict[str, Any] = {
+            "id": rest.pop("ID", None),
+            "status": rest.pop("Status", None),
+            "prefix": filt.pop("Prefix", rest.pop("Prefix", "")) or "",
+            "expiration_days": (rest.pop("Expiration", None) or {}).get("Days"),
+            "noncurrent_days": (rest.pop("NoncurrentVersionExpiration", None) or {}).get("NoncurrentDays"),
+        }
+        other = {k: v for k, v in rest.items() if v not in (None, [], {})}
+        if filt:
+            other["Filter"] = filt
+        if other:
+            out["other"] = other
+        rules.append(out)
+    return rules
+
+
+def set_expiry_rules(s3: Any, name: str, want: list[dict[str, Any]]) -> None:
+    rules = []
+    for rule in want:
+        aws_rule: dict[str, Any] = {"ID": rule["id"], "Status": rule["status"],
+                                    "Filter": {"Prefix": rule["prefix"]},
+                                    "NoncurrentVersionExpiration": {"NoncurrentDays": rule["noncurrent_days"]}}
+        if rule.get("expiration_days"):
+            aws_rule["Expiration"] = {"Days": rule["expiration_days"]}
+        rules.append(aws_rule)
+    s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": rules})
+
+
+def kms_encryption(key_arn: Any) -> Any:
+    """Default encryption with the env's key and a bucket key (placeholder while the key is unknown)."""
+    return key_arn if isinstance(key_arn, UnknownYet) else {
+        "algorithm": "aws:kms", "kms_key": key_arn, "bucket_key": True}
+
+
+# S3 server access logs are delivered only into a bucket whose default encryption is SSE-S3:
+# "Default server-side encryption with AWS KMS keys (SSE-KMS) is not supported" for the
+# destination bucket (https://docs.aws.amazon.com/AmazonS3/latest/userguide/enable-server-access-logging.html).
+SSE_S3 = {"algorithm": "AES256", "kms_key": None, "bucket_key": False}
+
+
+def read_encryption(ctx: StepContext, s3: Any, name: str) -> dict[str, Any] | None:
+    answer = get_or_none(s3.get_bucket_encryption, Bucket=name)
+    rules = (answer or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules") or []
+    if not rules:
+        return None
+    default = rules[0].get("ApplyServerSideEncryptionByDefault") or {}
+    return {
+        "algorithm": default.get("SSEAlgorithm"),
+        "kms_key": our_key_arn(ctx, default.get("KMSMasterKeyID")),
+        "bucket_key": bool(rules[0].get("BucketKeyEnabled", False)),
+    }
+
+
+def set_encryption(s3: Any, name: str, want: dict[str, Any]) -> None:
+    want = known_key(want)
+    default: dict[str, Any] = {"SSEAlgorithm": want["algorithm"]}
+    if want.get("kms_key"):
+        default["KMSMasterKeyID"] = known_key(want["kms_key"])
+    s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [{
+        "ApplyServerSideEncryptionByDefault": default, "BucketKeyEnabled": want["bucket_key"]}]})
+
+
+def read_versioning(s3: Any, name: str) -> str | None:
+    return s3.get_bucket_versioning(Bucket=name).get("Status")
+
+
 # -- write: one call per aspect ------------------------------------------------------------------
 def create_bucket(ctx: StepContext, s3: Any, name: str, setting: str, **kwargs: Any) -> None:
     """CreateBucket; one already ours is no error (the caller finishes configuring it).
@@ -152,6 +255,22 @@ def set_policy(s3: Any, name: str, want: dict[str, Any] | None) -> None:
         tolerate_gone(s3.delete_bucket_policy, Bucket=name)
     else:
         s3.put_bucket_policy(Bucket=name, Policy=policy_json(want))
+
+
+def set_logging(s3: Any, name: str, want: dict[str, str] | None) -> None:
+    """PutBucketLogging; None turns server access logging off (an empty BucketLoggingStatus).
+
+    AWS checks, at this call, that the target bucket exists in the same region and account and
+    that its policy lets logging.s3.amazonaws.com write (InvalidTargetBucketForLogging
+    otherwise): the access-log bucket and its policy come first.
+    """
+    status = {} if want is None else {"LoggingEnabled": {"TargetBucket": want["target_bucket"],
+                                                         "TargetPrefix": want["target_prefix"]}}
+    s3.put_bucket_logging(Bucket=name, BucketLoggingStatus=status)
+
+
+def set_versioning(s3: Any, name: str, want: str) -> None:
+    s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": want})
 
 
 def set_tags(ctx: StepContext, s3: Any, name: str, logical_id: str, want: dict[str, str]) -> None:

@@ -1,4 +1,5 @@
-"""Where the pipeline keeps its data: the raw sensor-data bucket and the metrics table.
+"""Where the pipeline keeps its data: the raw sensor-data bucket and the metrics table, and the
+access-log bucket that receives the S3 server access logs of the env's buckets.
 
 The bucket follows Ansible's ``s3_bucket``: one small compare-then-act function per aspect
 (versioning, encryption, lifecycle, public access block, ownership, policy, tags). ``update``
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from iotpipe.aws import BACKUPS_BEING_ENABLED, error_code
-from iotpipe.errors import AwsCallError, IotpipeError
+from iotpipe.aws import BACKUPS_BEING_ENABLED, error_code, is_not_found
+from iotpipe.errors import AwsCallError, ConfigError, IotpipeError
 from iotpipe.steps import s3util
 from iotpipe.steps.base import (
     Change,
@@ -57,7 +58,7 @@ class SensorBucket(Resource):
 
     logical_id = "storage.sensor_bucket"
     resource_type = "AWS::S3::Bucket"
-    depends_on = ("kms.key",)
+    depends_on = ("kms.key", "storage.access_log_bucket")
     name_field = "sensor_bucket"
 
     def arn(self, ctx: StepContext) -> str:
@@ -73,6 +74,7 @@ class SensorBucket(Resource):
             "public_access_block": dict(s3util.PUBLIC_ACCESS_BLOCK),
             "ownership": s3util.OWNER_ENFORCED,
             "policy": self._policy(ctx) if ctx.config.storage.enforce_tls else None,
+            "logging": s3util.logging_target(ctx, ctx.names.sensor_bucket),
             "tags": ctx.tags(self.logical_id),
         }
 
@@ -94,6 +96,7 @@ class SensorBucket(Resource):
                     "min_object_size": lifecycle.get("TransitionDefaultMinimumObjectSize"),
                     "rules": [_norm_rule(r) for r in lifecycle["Rules"]],
                 } if lifecycle else None,
+                "logging": s3util.read_logging(s3, name),
             }
 
         return s3util.read_bucket_common(ctx, self.logical_id, name, self.arn(ctx), own_aspects)
@@ -218,13 +221,160 @@ def _set_lifecycle(s3: Any, name: str, want: dict[str, Any]) -> None:
 # once everything it could block is configured. With TLS enforcement off the policy is None,
 # and set_policy removes any policy present: it is not ours to keep.
 ASPECT_ORDER = ("tags", "public_access_block", "ownership", "encryption", "versioning", "lifecycle",
-                "policy")
+                "logging", "policy")
 SETTERS = {
     "public_access_block": s3util.set_public_access_block,
     "ownership": s3util.set_ownership,
     "encryption": _set_encryption,
     "versioning": _set_versioning,
     "lifecycle": _set_lifecycle,
+    "logging": s3util.set_logging,
+    "policy": s3util.set_policy,
+}
+
+
+# ============================================================================================
+# The access-log bucket: where both buckets' S3 server access logs go
+# ============================================================================================
+ACCESS_LOG_RULE_ID = "expire-old-access-logs"
+LOG_DELIVERY = "logging.s3.amazonaws.com"
+# Deleting the access-log bucket can race a late log delivery (the log delivery is best effort
+# and lags requests: https://docs.aws.amazon.com/AmazonS3/latest/userguide/ServerLogs.html), so
+# DeleteBucket may answer BucketNotEmpty once the bucket was emptied: empty it again, a few times.
+EMPTY_AGAIN = 3
+
+
+def access_log_policy(ctx: StepContext) -> dict[str, Any]:
+    """Log delivery may write each of our two buckets' logs only under that bucket's prefix,
+    only for that bucket (confused deputy: aws:SourceArn and aws:SourceAccount), as AWS
+    documents for server access logs:
+    https://docs.aws.amazon.com/AmazonS3/latest/userguide/enable-server-access-logging.html
+    (grant-log-delivery-permissions-general). BucketOwnerEnforced leaves no ACL way to do it."""
+    bucket_arn = ctx.aws.arn("s3", ctx.names.access_log_bucket, region=False, account=False)
+    statements: list[dict[str, Any]] = [{
+        "Sid": f"S3ServerAccessLogs{label}",
+        "Effect": "Allow",
+        "Principal": {"Service": LOG_DELIVERY},
+        "Action": "s3:PutObject",
+        "Resource": f"{bucket_arn}/{s3util.access_log_prefix(source)}*",
+        "Condition": {"ArnLike": {"aws:SourceArn": ctx.aws.arn("s3", source, region=False, account=False)},
+                      "StringEquals": {"aws:SourceAccount": ctx.account}},
+    } for label, source in (("SensorBucket", ctx.names.sensor_bucket), ("TrailBucket", ctx.names.trail_bucket))]
+    if ctx.config.storage.enforce_tls:
+        statements.append(s3util.tls_deny_statement(bucket_arn))
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+class AccessLogBucket(Resource):
+    """The target of S3 server access logging for the sensor and trail buckets.
+
+    Locked down as far as log delivery allows: SSE-S3 (AWS delivers no access logs into an
+    SSE-KMS bucket), versioned, old logs expired, public access blocked, ACLs off, a policy that
+    lets only S3 log delivery for our two buckets write, TLS only. Named in config as someone
+    else's bucket (``storage.access_log_bucket_external``), it is only looked up: iotpipe never
+    creates, changes or deletes it, and its owner grants the log delivery.
+    """
+
+    logical_id = "storage.access_log_bucket"
+    resource_type = "AWS::S3::Bucket"
+    name_field = "access_log_bucket"
+
+    def _external(self, ctx: StepContext) -> bool:
+        return ctx.config.storage.access_log_bucket_external
+
+    def arn(self, ctx: StepContext) -> str:
+        return ctx.aws.arn("s3", ctx.names.access_log_bucket, region=False, account=False)
+
+    def desired(self, ctx: StepContext) -> Spec:
+        if self._external(ctx):
+            return {}
+        days = ctx.config.storage.access_log_expiration_days
+        return {
+            "encryption": dict(s3util.SSE_S3),
+            "versioning": "Enabled",
+            "lifecycle": [s3util.expiry_rule(ACCESS_LOG_RULE_ID, expiration_days=days, noncurrent_days=days)],
+            "public_access_block": dict(s3util.PUBLIC_ACCESS_BLOCK),
+            "ownership": s3util.OWNER_ENFORCED,
+            "policy": access_log_policy(ctx),
+            "tags": ctx.tags(self.logical_id),
+        }
+
+    def read(self, ctx: StepContext) -> Current | None:
+        name = ctx.names.access_log_bucket
+        if self._external(ctx):
+            return self._read_external(ctx, name)
+
+        def own_aspects(s3: Any) -> Spec:
+            return {
+                "encryption": s3util.read_encryption(ctx, s3, name),
+                "versioning": s3util.read_versioning(s3, name),
+                "lifecycle": s3util.read_expiry_rules(s3, name),
+            }
+
+        return s3util.read_bucket_common(ctx, self.logical_id, name, self.arn(ctx), own_aspects)
+
+    def _read_external(self, ctx: StepContext, name: str) -> Current | None:
+        """Someone else's bucket: present is all we ask (a 403 means it exists, not ours to read)."""
+        try:
+            ctx.client("s3").head_bucket(Bucket=name)
+        except Exception as err:
+            if is_not_found(err):
+                return None
+            if error_code(err) not in s3util.FORBIDDEN_CODES:
+                raise
+        return Current({}, {"name": name, "arn": self.arn(ctx)})
+
+    def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+        name = ctx.names.access_log_bucket
+        if self._external(ctx):
+            raise ConfigError(
+                f"storage.access_log_bucket_name: bucket {name!r} does not exist; iotpipe does not "
+                "create a bucket marked access_log_bucket_external (create it, or drop that setting)")
+        s3 = ctx.client("s3")
+        s3util.create_bucket(ctx, s3, name, "storage.access_log_bucket_name",
+                             ObjectOwnership=desired["ownership"])
+        for field in ACCESS_LOG_ASPECTS:  # tags first: they mark the bucket ours if the run stops
+            if field == "ownership":
+                continue  # CreateBucket set it (ObjectOwnership)
+            self._set(ctx, s3, field, desired[field])
+        return {"name": name, "arn": self.arn(ctx)}
+
+    def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
+        s3 = ctx.client("s3")
+        fields = changed_fields(changes)
+        for field in ACCESS_LOG_ASPECTS:
+            if field in fields:
+                self._set(ctx, s3, field, desired[field])
+
+    def _set(self, ctx: StepContext, s3: Any, field: str, want: Any) -> None:
+        name = ctx.names.access_log_bucket
+        if field == "tags":
+            s3util.set_tags(ctx, s3, name, self.logical_id, want)
+        else:
+            ACCESS_LOG_SETTERS[field](s3, name, want)
+
+    def delete(self, ctx: StepContext, current: Current) -> None:
+        if self._external(ctx):
+            return  # not ours: the logs in it belong to its owner
+        s3 = ctx.client("s3")
+        name = ctx.names.access_log_bucket
+        for attempt in range(EMPTY_AGAIN + 1):
+            try:
+                s3util.delete_bucket(s3, name)
+                return
+            except Exception as err:
+                if error_code(err) != "BucketNotEmpty" or attempt == EMPTY_AGAIN:
+                    raise
+
+
+ACCESS_LOG_ASPECTS = ("tags", "public_access_block", "ownership", "encryption", "versioning", "lifecycle",
+                      "policy")
+ACCESS_LOG_SETTERS = {
+    "public_access_block": s3util.set_public_access_block,
+    "ownership": s3util.set_ownership,
+    "encryption": s3util.set_encryption,
+    "versioning": s3util.set_versioning,
+    "lifecycle": s3util.set_expiry_rules,
     "policy": s3util.set_policy,
 }
 
@@ -417,4 +567,4 @@ def _norm_sse(ctx: StepContext, sse: dict[str, Any] | None) -> dict[str, Any]:
             "kms_key": our_key_arn(ctx, sse.get("KMSMasterKeyArn"))}
 
 
-RESOURCES: tuple[Resource, ...] = (SensorBucket(), MetricsTable())
+RESOURCES: tuple[Resource, ...] = (AccessLogBucket(), SensorBucket(), MetricsTable())

@@ -3,7 +3,9 @@
 Fixes over the seed: the bucket blocks all public access, enforces bucket-owner ownership and
 (optionally) TLS; its policy lets CloudTrail write only for *our* trail (aws:SourceArn) and only
 under AWSLogs/<account>/; the trail validates its log files (digest files), so tampering with
-the audit log is detectable.
+the audit log is detectable. Log files are SSE-KMS with the env's key (trail KmsKeyId; the key
+policy lets only this trail use it), the bucket is SSE-KMS too, versioned (old versions expire)
+and its own access is logged into the env's access-log bucket.
 
 The bucket policy is part of the bucket's spec rather than a resource of its own: the bucket
 is created with it before the trail step runs (CreateTrail checks the policy on AWS), and a
@@ -28,6 +30,8 @@ from iotpipe.steps.base import (
     changed_fields,
     filter_tags,
     get_or_none,
+    known_key,
+    our_key_arn,
     tag_changes,
     tag_dict,
     tag_list,
@@ -84,9 +88,17 @@ def trail_bucket_policy(ctx: StepContext) -> dict[str, Any]:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+TRAIL_LOG_RULE_ID = "expire-old-log-versions"
+
+
 class TrailBucket(Resource):
+    """The audit log bucket: SSE-KMS with the env's key and a bucket key, versioned (a deleted
+    or overwritten log file stays recoverable until its old version expires), its own access
+    logged into the env's access-log bucket."""
+
     logical_id = "trail.bucket"
     resource_type = "AWS::S3::Bucket"
+    depends_on = ("kms.key", "storage.access_log_bucket")
 
     name_field = "trail_bucket"
 
@@ -94,8 +106,13 @@ class TrailBucket(Resource):
         return _disabled(ctx)
 
     def desired(self, ctx: StepContext) -> Spec:
+        name = self.name(ctx)
         return {
-            "encryption": {"sse_algorithm": "AES256"},
+            "encryption": s3util.kms_encryption(ctx.ref("kms.key", "arn")),
+            "versioning": "Enabled",
+            "lifecycle": [s3util.expiry_rule(
+                TRAIL_LOG_RULE_ID, noncurrent_days=ctx.config.trail.noncurrent_version_expiration_days)],
+            "logging": s3util.logging_target(ctx, name),
             "public_access_block": dict(s3util.PUBLIC_ACCESS_BLOCK),
             # ACLs off; CloudTrail's x-amz-acl condition still holds
             "ownership": s3util.OWNER_ENFORCED,
@@ -105,61 +122,63 @@ class TrailBucket(Resource):
 
     def read(self, ctx: StepContext) -> Current | None:
         name = self.name(ctx)
-        return s3util.read_bucket_common(
-            ctx, self.logical_id, name, bucket_arn(ctx),
-            lambda s3: {"encryption": _encryption(get_or_none(s3.get_bucket_encryption, Bucket=name))})
+
+        def own_aspects(s3: Any) -> Spec:
+            return {
+                "encryption": s3util.read_encryption(ctx, s3, name),
+                "versioning": s3util.read_versioning(s3, name),
+                "lifecycle": s3util.read_expiry_rules(s3, name),
+                "logging": s3util.read_logging(s3, name),
+            }
+
+        return s3util.read_bucket_common(ctx, self.logical_id, name, bucket_arn(ctx), own_aspects)
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         s3 = ctx.client("s3")
         name = self.name(ctx)
         s3util.create_bucket(ctx, s3, name, "trail.bucket_name", ObjectOwnership=desired["ownership"])
         # Tags first: they are what marks the bucket ours if the run stops here.
-        s3util.set_tags(ctx, s3, name, self.logical_id, desired["tags"])
-        s3util.set_public_access_block(s3, name, desired["public_access_block"])
-        self._put_encryption(s3, name, desired)
-        s3util.set_policy(s3, name, desired["policy"])
+        for field in TRAIL_BUCKET_ASPECTS:
+            if field == "ownership":
+                continue  # CreateBucket set it (ObjectOwnership)
+            self._set(ctx, s3, field, desired[field])
         return {"name": name, "arn": bucket_arn(ctx)}
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
         s3 = ctx.client("s3")
-        name = self.name(ctx)
         fields = changed_fields(changes)
-        if "tags" in fields:
-            s3util.set_tags(ctx, s3, name, self.logical_id, desired["tags"])
-        if "public_access_block" in fields:
-            s3util.set_public_access_block(s3, name, desired["public_access_block"])
-        if "ownership" in fields:
-            s3util.set_ownership(s3, name, desired["ownership"])
-        if "encryption" in fields:
-            self._put_encryption(s3, name, desired)
-        if "policy" in fields:
-            s3util.set_policy(s3, name, desired["policy"])
+        for field in TRAIL_BUCKET_ASPECTS:
+            if field in fields:
+                self._set(ctx, s3, field, desired[field])
+
+    def _set(self, ctx: StepContext, s3: Any, field: str, want: Any) -> None:
+        name = self.name(ctx)
+        if field == "tags":
+            s3util.set_tags(ctx, s3, name, self.logical_id, want)
+        else:
+            TRAIL_BUCKET_SETTERS[field](s3, name, want)
 
     def delete(self, ctx: StepContext, current: Current) -> None:
         s3util.delete_bucket(ctx.client("s3"), self.name(ctx), report=s3util.emptying_reporter(ctx))
 
-    @staticmethod
-    def _put_encryption(s3: Any, name: str, desired: Spec) -> None:
-        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [
-            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": desired["encryption"]["sse_algorithm"]}}]})
 
-
-def _encryption(answer: dict[str, Any] | None) -> dict[str, str] | None:
-    if not answer:
-        return None
-    rules = answer.get("ServerSideEncryptionConfiguration", {}).get("Rules", [])
-    default = rules[0].get("ApplyServerSideEncryptionByDefault", {}) if rules else {}
-    if not default:
-        return None
-    found = {"sse_algorithm": default.get("SSEAlgorithm", "")}
-    if default.get("KMSMasterKeyID"):
-        found["kms_master_key_id"] = default["KMSMasterKeyID"]
-    return found
+TRAIL_BUCKET_ASPECTS = ("tags", "public_access_block", "ownership", "encryption", "versioning", "lifecycle",
+                        "logging", "policy")
+TRAIL_BUCKET_SETTERS = {
+    "public_access_block": s3util.set_public_access_block,
+    "ownership": s3util.set_ownership,
+    "encryption": s3util.set_encryption,
+    "versioning": s3util.set_versioning,
+    "lifecycle": s3util.set_expiry_rules,
+    "logging": s3util.set_logging,
+    "policy": s3util.set_policy,
+}
 
 
 # Spec field -> CreateTrail/UpdateTrail parameter, for the fields UpdateTrail sets.
 TRAIL_PARAMS = {
     "s3_bucket_name": "S3BucketName",
+    "kms_key_id": "KmsKeyId",
     "include_global_service_events": "IncludeGlobalServiceEvents",
     "is_multi_region_trail": "IsMultiRegionTrail",
     "log_file_validation": "EnableLogFileValidation",
@@ -170,7 +189,7 @@ MANAGEMENT_EVENTS = [{"ReadWriteType": "All", "IncludeManagementEvents": True}]
 class Trail(Resource):
     logical_id = "trail.trail"
     resource_type = "AWS::CloudTrail::Trail"
-    depends_on = ("trail.bucket",)
+    depends_on = ("kms.key", "trail.bucket")
     name_field = "trail"
 
     def disabled_by(self, ctx: StepContext) -> str | None:
@@ -212,6 +231,8 @@ class Trail(Resource):
     def desired(self, ctx: StepContext) -> Spec:
         return {
             "s3_bucket_name": ctx.names.trail_bucket,
+            # Log and digest files SSE-KMS with the env's key (its policy lets only this trail use it)
+            "kms_key_id": ctx.ref("kms.key", "arn"),
             "include_global_service_events": True,
             # Multi-region by default (the seed's trail is single-region): see note().
             "is_multi_region_trail": ctx.config.trail.multi_region,
@@ -237,6 +258,7 @@ class Trail(Resource):
         tags = tag_dict(listed[0].get("TagsList", [])) if listed else {}
         spec = {
             "s3_bucket_name": trail.get("S3BucketName"),
+            "kms_key_id": our_key_arn(ctx, trail.get("KmsKeyId")),
             "include_global_service_events": trail.get("IncludeGlobalServiceEvents"),
             "is_multi_region_trail": trail.get("IsMultiRegionTrail"),
             "log_file_validation": trail.get("LogFileValidationEnabled"),
@@ -252,7 +274,7 @@ class Trail(Resource):
         name = self.name(ctx)
         made = cloudtrail.create_trail(
             Name=name,
-            **{param: desired[field] for field, param in TRAIL_PARAMS.items()},
+            **{param: known_key(desired[field]) for field, param in TRAIL_PARAMS.items()},
             TagsList=tag_list(desired["tags"]),
         )
         cloudtrail.put_event_selectors(TrailName=name, EventSelectors=desired["event_selectors"])
@@ -266,7 +288,7 @@ class Trail(Resource):
         cloudtrail = ctx.client("cloudtrail")
         name = self.name(ctx)
         fields = changed_fields(changes)
-        trail_fields = {TRAIL_PARAMS[f]: desired[f] for f in TRAIL_PARAMS if f in fields}
+        trail_fields = {TRAIL_PARAMS[f]: known_key(desired[f]) for f in TRAIL_PARAMS if f in fields}
         if trail_fields:
             cloudtrail.update_trail(Name=name, **trail_fields)
         if "event_selectors" in fields:

@@ -17,6 +17,7 @@ from iotpipe.steps import kms, lambda_
 from tests.support import CallLog, by_id
 
 REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's
 RESOURCES = kms.RESOURCES + lambda_.RESOURCES
 PROPAGATION_MESSAGE = "The role defined for the function cannot be assumed by Lambda."
 
@@ -164,7 +165,9 @@ def test_up_creates_least_privilege_role(env) -> None:
     (stmt,) = trust["Statement"]
     assert stmt["Principal"] == {"Service": "lambda.amazonaws.com"}
     assert stmt["Action"] == "sts:AssumeRole"
-    assert "Condition" not in stmt  # Lambda sends no aws:SourceAccount for execution roles
+    # confused deputy: Lambda documents aws:SourceAccount for execution-role trust
+    # (https://docs.aws.amazon.com/lambda/latest/dg/permissions-managed-policies.html)
+    assert stmt["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
     assert iam.list_role_policies(RoleName=names.lambda_role)["PolicyNames"] == ["lambda-permissions"]
     assert iam.list_attached_role_policies(RoleName=names.lambda_role)["AttachedPolicies"] == []
     doc = iam.get_role_policy(RoleName=names.lambda_role, PolicyName="lambda-permissions")["PolicyDocument"]

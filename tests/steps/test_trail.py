@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from iotpipe.errors import AwsCallError, IotpipeError, OwnershipError
-from iotpipe.steps import s3util, trail
+from iotpipe.steps import kms, s3util, storage, trail
 from tests.support import CallLog, FaultAt, assert_repaired, by_id, fail_with
 
 REGION = "us-east-1"
@@ -19,7 +19,9 @@ BUCKET = f"iot-cloudtrail-logs-dev-{ACCOUNT}"
 BUCKET_ARN = f"arn:aws:s3:::{BUCKET}"
 TRAIL = "iot-audit-trail-dev"
 TRAIL_ARN = f"arn:aws:cloudtrail:{REGION}:{ACCOUNT}:trail/{TRAIL}"
-RESOURCES = trail.RESOURCES
+# the trail encrypts with the env's key and logs its bucket's access into the access-log bucket
+PREREQS = kms.RESOURCES + (storage.AccessLogBucket(),)
+RESOURCES = PREREQS + trail.RESOURCES
 
 
 def client(service: str):
@@ -65,7 +67,9 @@ def test_bucket_blocks_public_access_enforces_ownership_and_encrypts(engine):
     assert s3.get_bucket_ownership_controls(Bucket=BUCKET)["OwnershipControls"]["Rules"] == [
         {"ObjectOwnership": "BucketOwnerEnforced"}]
     rule = s3.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"][0]
-    assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+    assert rule["ApplyServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": engine.ctx.refs["kms.key"]["arn"]}
+    assert rule["BucketKeyEnabled"] is True
     tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=BUCKET)["TagSet"]}
     assert tags == engine.ctx.tags("trail.bucket")  # the config's tags plus iotpipe's own
     assert tags["iotpipe:env"] == "dev" and tags["iotpipe:resource"] == "trail.bucket"
@@ -175,6 +179,7 @@ def test_missing_tag_is_restored_keeping_others_tags(engine, log):
 # --- ownership --------------------------------------------------------------------------------
 def test_same_name_bucket_without_tags_is_not_ours(make, log):
     client("s3").create_bucket(Bucket=BUCKET)
+    make(resources=PREREQS).up()
     with pytest.raises(OwnershipError, match=BUCKET):
         make(resources=RESOURCES, log=log).up()
     assert log.mutating == []
@@ -213,8 +218,11 @@ def test_destroy_empties_a_versioned_bucket_and_leaves_nothing(engine, log):
     log.clear()
     result = engine.destroy()
     assert [(r.logical_id, r.action) for r in result.resources] == [
-        ("trail.trail", "delete"), ("trail.bucket", "delete")]
-    assert log.counts(mutating_only=True)["s3.DeleteObjects"] == 1
+        ("trail.trail", "delete"), ("trail.bucket", "delete"), ("storage.access_log_bucket", "delete"),
+        ("kms.alias", "delete"), ("kms.key", "delete")]
+    # one per bucket: the access-log bucket holds the trail bucket's access logs (moto delivers
+    # them at once, AWS within hours)
+    assert log.counts(mutating_only=True)["s3.DeleteObjects"] == 2
     assert client("cloudtrail").describe_trails()["trailList"] == []
     assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == []
     assert all(r.action == "absent" for r in engine.destroy().resources)
@@ -285,11 +293,13 @@ def test_a_crash_at_any_mutating_call_is_finished_by_the_next_up(make):
     """Fail the Nth mutating call of a fresh `up` (each N in its own env), then re-run: the
     half-made bucket (no tags/policy yet) or trail (no selectors, not logging) is finished."""
     probe = CallLog()
+    make(env="probe", resources=PREREQS).up()
     make(env="probe", resources=RESOURCES, log=probe).up()
     total = len(probe.mutating)
-    assert total == 9
+    assert total == 12  # bucket: create, 7 aspects; trail: create, selectors, insights, logging
     for n in range(total):
         env = f"crash{n}"
+        make(env=env, resources=PREREQS).up()  # converged: the faults land in the trail step
         e = make(env=env, resources=RESOURCES)
         fault = FaultAt(n + 1, "error")
         fault.attach(e.ctx.aws.events)
@@ -300,7 +310,7 @@ def test_a_crash_at_any_mutating_call_is_finished_by_the_next_up(make):
         e = make(env=env, resources=RESOURCES, log=log)  # the next run: new session, no fault
         e.up()
         assert ("s3", "CreateBucket") not in log.calls or n == 0
-        assert ("cloudtrail", "CreateTrail") not in log.calls or n <= 5
+        assert ("cloudtrail", "CreateTrail") not in log.calls or n <= 8
         log.clear()
         e.up()
         assert log.mutating == [], (n, log.mutating)
