@@ -178,7 +178,7 @@ def test_unknown_keys_suggest_the_closest(assignment, expected):
 @pytest.mark.parametrize(("assignment", "expected"), [
     ("storage.enforce_tls=yes", 'storage.enforce_tls: must be true or false (without quotes), not "yes"'),
     ('storage.enforce_tls="true"', 'storage.enforce_tls: must be true or false (without quotes), not "true"'),
-    ("lambda.runtime=true", "lambda.runtime: must be one of python3.10, python3.11, python3.12 or python3.13, "
+    ("lambda.runtime=true", "lambda.runtime: must be one of python3.11, python3.12 or python3.13, "
                             "not true"),
     ('lambda.memory_mb="256"', 'lambda.memory_mb: must be a whole number, not "256" (write the number without quotes)'),
     ("lambda.memory_mb=256.5", "lambda.memory_mb: must be a whole number, not 256.5"),

@@ -59,7 +59,7 @@ def key_policy(ctx: StepContext) -> dict[str, Any]:
     grant to the service principal is never used, and without an aws:SourceAccount condition
     it would name no account at all.
 
-    CloudTrail (when the env has a trail) gets what "Configure AWS KMS key policies for
+    CloudTrail gets what "Configure AWS KMS key policies for
     CloudTrail" prescribes, confined to our trail by aws:SourceArn and its encryption context
     (https://docs.aws.amazon.com/awscloudtrail/latest/userguide/create-kms-key-policy-for-cloudtrail.html).
     """
@@ -85,30 +85,29 @@ def key_policy(ctx: StepContext) -> dict[str, Any]:
             "Condition": {"ArnLike": {
                 "kms:EncryptionContext:aws:logs:arn": f"arn:{partition}:logs:{region}:{account}:*"}},
         },
+        # Kept with trail.enabled = false too: confined to this env's trail ARN it grants nothing
+        # while no such trail exists, and a key policy that follows the switch would churn.
+        {
+            "Sid": "Allow CloudTrail to encrypt logs",
+            "Effect": "Allow",
+            "Principal": {"Service": CLOUDTRAIL},
+            "Action": "kms:GenerateDataKey*",
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": only_our_trail,
+                "StringLike": {"kms:EncryptionContext:aws:cloudtrail:arn":
+                               f"arn:{partition}:cloudtrail:*:{account}:trail/*"},
+            },
+        },
+        {
+            "Sid": "Allow CloudTrail to describe key",
+            "Effect": "Allow",
+            "Principal": {"Service": CLOUDTRAIL},
+            "Action": "kms:DescribeKey",
+            "Resource": "*",
+            "Condition": {"StringEquals": only_our_trail},
+        },
     ]
-    if ctx.config.trail.enabled:
-        statements += [
-            {
-                "Sid": "Allow CloudTrail to encrypt logs",
-                "Effect": "Allow",
-                "Principal": {"Service": CLOUDTRAIL},
-                "Action": "kms:GenerateDataKey*",
-                "Resource": "*",
-                "Condition": {
-                    "StringEquals": only_our_trail,
-                    "StringLike": {"kms:EncryptionContext:aws:cloudtrail:arn":
-                                   f"arn:{partition}:cloudtrail:*:{account}:trail/*"},
-                },
-            },
-            {
-                "Sid": "Allow CloudTrail to describe key",
-                "Effect": "Allow",
-                "Principal": {"Service": CLOUDTRAIL},
-                "Action": "kms:DescribeKey",
-                "Resource": "*",
-                "Condition": {"StringEquals": only_our_trail},
-            },
-        ]
     return {"Version": "2012-10-17", "Statement": statements}
 
 

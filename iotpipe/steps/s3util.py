@@ -300,7 +300,7 @@ def empty_bucket(s3: Any, name: str, report: Callable[[str, int], None] | None =
 
     Lists from the start again after each deleted page instead of following the listing's
     markers: a marker may point at a version just deleted, and the emulator (moto) then
-    answers the next page empty although versions remain (MOTO-NOTES.md), which left every
+    answers the next page empty although versions remain (measured on moto 5.2), which left every
     bucket of more than 1,000 versions undeletable. On AWS the re-listing costs nothing more:
     the next page simply begins where the deleted one ended. ListObjectVersions also lists
     the objects of a bucket that was never versioned, with version id "null".

@@ -1,7 +1,7 @@
 """IoT ownership from the tags AWS returns (issue 8, item 4, the step half).
 
 moto does not implement IoT ListTagsForResource (in-process NotImplementedError, server mode
-HTTP 500: /work/shared/MOTO-NOTES.md). ``AwsContext.supports`` finds that out once per run and
+HTTP 500, measured on moto 5.2). ``AwsContext.supports`` finds that out once per run and
 the steps fall back to description markers there. To test the AWS path, ``AwsIotTags`` plays
 AWS's part: it keeps the tags that CreatePolicy / CreateThingType / CreateTopicRule were given
 and answers ListTagsForResource with them, and with an empty list for a resource created

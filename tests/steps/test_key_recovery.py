@@ -146,7 +146,7 @@ def test_destroy_of_a_key_already_pending_deletion_is_done_and_keeps_its_date(sc
     engine = make(resources=kms.RESOURCES)
     KeyStates().attach(engine.ctx.client("kms"))
     result = engine.destroy()
-    assert by_id(result, "kms.key").action == "delete"
+    assert by_id(result, "kms.key").action == "scheduled"
     meta = client("kms").describe_key(KeyId=scheduled["KeyId"])["KeyMetadata"]
     assert meta["KeyState"] == "PendingDeletion" and meta["DeletionDate"] == deletion
     assert engine.store.get("kms.key") is None

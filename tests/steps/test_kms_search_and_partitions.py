@@ -95,7 +95,11 @@ def arns_in(document) -> list[str]:
 def test_key_policy_follows_the_partition(region, partition, logs_principal):
     policy = kms.key_policy(context(region))
     sids = {s["Sid"]: s for s in policy["Statement"]}
-    assert set(sids) == {"Enable IAM User Permissions", "Allow CloudWatch Logs"}
+    assert set(sids) == {"Enable IAM User Permissions", "Allow CloudWatch Logs",
+                         "Allow CloudTrail to encrypt logs", "Allow CloudTrail to describe key"}
+    trail = f"arn:{partition}:cloudtrail:{region}:123456789012:trail/iot-audit-trail-dev"
+    for sid in ("Allow CloudTrail to encrypt logs", "Allow CloudTrail to describe key"):
+        assert sids[sid]["Condition"]["StringEquals"] == {"aws:SourceArn": trail}
     assert sids["Enable IAM User Permissions"]["Principal"] == {"AWS": f"arn:{partition}:iam::123456789012:root"}
     logs = sids["Allow CloudWatch Logs"]
     assert logs["Principal"] == {"Service": logs_principal}

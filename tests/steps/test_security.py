@@ -213,8 +213,6 @@ CASES = {
                      "assume_role_policy", {"iam.UpdateAssumeRolePolicy": 1}),
     "cloudtrail-source-arn": (_key_policy_without("aws:SourceArn"), "CloudTrail cannot encrypt", "kms.key",
                               "policy", {"kms.PutKeyPolicy": 1}),
-    "kinesis-context": (_key_policy_without("kms:EncryptionContext:aws:kinesis:arn"), "unconfined service principal",
-                        "kms.key", "policy", {"kms.PutKeyPolicy": 1}),
     "trail-bucket-sse-s3": (_put_encryption(TRAIL_BUCKET, {"SSEAlgorithm": "AES256"}), "not SSE-KMS",
                             "trail.bucket", "encryption", {"s3.PutBucketEncryption": 1}),
     "trail-bucket-versioning": (_suspend(TRAIL_BUCKET), "versioning off", "trail.bucket", "versioning",

@@ -432,7 +432,7 @@ def test_destroy_empties_a_versioned_bucket(env, make, monkeypatch):
 
 def test_destroy_empties_a_bucket_of_more_than_1000_versions(env):
     """The emulator loses ListObjectVersions' marker once the page it points into is deleted
-    (MOTO-NOTES.md): following markers while deleting stopped at 1,000 versions and left the
+    (measured on moto 5.2): following markers while deleting stopped at 1,000 versions and left the
     bucket undeletable (`iotpipe demo --readings 100000`). Listing again from the start empties
     it; on AWS the same loop ends after the same number of pages."""
     engine, log, _ = env
@@ -441,10 +441,17 @@ def test_destroy_empties_a_bucket_of_more_than_1000_versions(env):
         client.put_object(Bucket=BUCKET, Key=f"raw/{n:05d}", Body=b"x")
     client.delete_object(Bucket=BUCKET, Key="raw/00000")  # and a delete marker
 
+    batches: list[int] = []  # DeleteObjects on the sensor bucket (the access-log bucket is emptied too)
+
+    def count(params, **_):
+        if params.get("Bucket") == BUCKET:
+            batches.append(len(params["Delete"]["Objects"]))
+
+    engine.ctx.client("s3").meta.events.register("provide-client-params.s3.DeleteObjects", count)
     result = by_id(engine.destroy())
     assert result[BUCKET_ID].action == "delete"
     assert BUCKET not in [b["Name"] for b in client.list_buckets()["Buckets"]]
-    assert log.counts()["s3.DeleteObjects"] == 2  # 1000, then the remaining 4
+    assert batches == [1000, 4]  # 1000, then the remaining 4
 
 
 def test_destroy_stops_when_objects_cannot_be_deleted(env):

@@ -219,7 +219,7 @@ def test_destroy_empties_a_versioned_bucket_and_leaves_nothing(engine, log):
     result = engine.destroy()
     assert [(r.logical_id, r.action) for r in result.resources] == [
         ("trail.trail", "delete"), ("trail.bucket", "delete"), ("storage.access_log_bucket", "delete"),
-        ("kms.alias", "delete"), ("kms.key", "delete")]
+        ("kms.alias", "delete"), ("kms.key", "scheduled")]
     # one per bucket: the access-log bucket holds the trail bucket's access logs (moto delivers
     # them at once, AWS within hours)
     assert log.counts(mutating_only=True)["s3.DeleteObjects"] == 2

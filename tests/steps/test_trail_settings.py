@@ -11,10 +11,13 @@ from iotpipe.aws import AwsContext
 from iotpipe.config import load_config
 from iotpipe.engine import make_engine
 from iotpipe.errors import ExitCode, QuotaError
-from iotpipe.steps import trail
+from iotpipe.steps import kms, storage, trail
 from tests.awsbehaviour import FakeClock, rules_named
 from tests.awsbehaviour.fixture import attach
 from tests.support import assert_repaired, by_id
+
+# The trail bucket is encrypted with the env's key and logs into the access-log bucket.
+RESOURCES = kms.RESOURCES + (storage.AccessLogBucket(),) + trail.RESOURCES
 
 REGION = "us-east-1"
 TRAIL = "iot-audit-trail-dev"
@@ -42,7 +45,7 @@ def with_quota(engine) -> None:
 
 # --- the quota as AWS enforces it ----------------------------------------------------------------
 def test_the_behaviour_table_refuses_a_sixth_trail_as_aws_does(make):
-    engine = make(resources=trail.RESOURCES)
+    engine = make(resources=RESOURCES)
     with_quota(engine)
     other_trails(5)
     ct = engine.ctx.aws.client("cloudtrail")
@@ -66,7 +69,7 @@ def test_a_sixth_trail_stops_up_before_its_first_write(make, log):
 def test_other_regions_multi_region_trails_take_a_place_here_too(make, log):
     other_trails(4)
     other_trails(1, "eu-west-1", multi_region=True, prefix="org")
-    engine = make(resources=trail.RESOURCES, log=log)
+    engine = make(resources=RESOURCES, log=log)
     with_quota(engine)
     with pytest.raises(QuotaError, match="org-trail-0"):
         engine.up()
@@ -74,7 +77,7 @@ def test_other_regions_multi_region_trails_take_a_place_here_too(make, log):
 
 
 def test_five_trails_including_ours_is_no_obstacle(make, log):
-    engine = make(resources=trail.RESOURCES, log=log)
+    engine = make(resources=RESOURCES, log=log)
     with_quota(engine)
     engine.up()
     other_trails(4)
@@ -84,7 +87,7 @@ def test_five_trails_including_ours_is_no_obstacle(make, log):
 
 def test_plan_says_so_too(make):
     other_trails(5)
-    engine = make(resources=trail.RESOURCES)
+    engine = make(resources=RESOURCES)
     with pytest.raises(QuotaError):
         engine.plan()
 
@@ -110,8 +113,8 @@ def test_an_env_without_its_own_trail_fits_where_five_trails_exist(make, log):
 
 
 def test_a_trail_made_before_it_was_disabled_is_reported_kept_and_destroyed(make, log):
-    make(resources=trail.RESOURCES).up()
-    engine = make(resources=trail.RESOURCES, log=log, sets=("storage.enforce_tls=false", "trail.enabled=false"))
+    make(resources=RESOURCES).up()
+    engine = make(resources=RESOURCES, log=log, sets=("storage.enforce_tls=false", "trail.enabled=false"))
     status = engine.status()
     assert by_id(status, "trail.trail").health == "unwanted" and not status.in_sync  # exit 2
     assert "destroy" in by_id(status, "trail.trail").message
@@ -126,7 +129,7 @@ def test_a_trail_made_before_it_was_disabled_is_reported_kept_and_destroyed(make
 
 # --- multi-region by default -----------------------------------------------------------------------
 def test_multi_region_trail_by_default_and_drift_is_repaired(make, log):
-    engine = make(resources=trail.RESOURCES, log=log)
+    engine = make(resources=RESOURCES, log=log)
     engine.up()
     found = client("cloudtrail").get_trail(Name=TRAIL)["Trail"]
     assert found["IsMultiRegionTrail"] is True and found["IncludeGlobalServiceEvents"] is True
@@ -139,7 +142,7 @@ def test_multi_region_trail_by_default_and_drift_is_repaired(make, log):
 def test_opting_out_of_multi_region_says_what_is_lost(make, moto, tmp_path):
     config = load_config("dev", region="eu-west-1",
                          assignments=("storage.enforce_tls=false", "trail.multi_region=false"))
-    engine = make_engine(config, AwsContext("eu-west-1"), tmp_path / "state", resources=trail.RESOURCES)
+    engine = make_engine(config, AwsContext("eu-west-1"), tmp_path / "state", resources=RESOURCES)
     planned = by_id(engine.plan(), "trail.trail")
     assert "IAM, STS" in planned.message and "eu-west-1" in planned.message
     engine.up()
@@ -148,5 +151,5 @@ def test_opting_out_of_multi_region_says_what_is_lost(make, moto, tmp_path):
 
 
 def test_opting_out_in_us_east_1_still_says_other_regions_are_not_recorded(make):
-    engine = make(resources=trail.RESOURCES, sets=("storage.enforce_tls=false", "trail.multi_region=false"))
+    engine = make(resources=RESOURCES, sets=("storage.enforce_tls=false", "trail.multi_region=false"))
     assert "us-east-1 only" in by_id(engine.plan(), "trail.trail").message
