@@ -147,24 +147,25 @@ def _target(opts: Options, engine: Any) -> Any:
                   config_file=str(path) if path else None, config=config, state_file=str(engine.store.path))
 
 
-def _guard_defaults(engine: Any, renderer: Any, target: Any, yes: bool) -> None:
-    """`up` without the env's config file on a live env: warn what the defaults would change,
-    and ask (or, without a terminal, refuse unless --yes) when that deletes data."""
-    from iotpipe.engine import loses_data
+def _defaults_guard(engine: Any, renderer: Any, target: Any, yes: bool) -> Any:
+    """For `up` without the env's config file: a check of the plan (made under the lock) that
+    warns what the defaults would change on a live env, and asks (or, without a terminal,
+    refuses unless --yes) when that deletes data."""
 
-    preview = engine.plan()  # reads only
-    changes = [(r, c) for r in preview.resources if r.action == "update" for c in r.changes]
-    if not changes:
-        return
-    lossy = [(r, c) for r, c in changes if loses_data(r, c)]
-    renderer.defaults_warning(target, changes, bool(lossy))
-    if not lossy or yes:
-        return
-    if not sys.stdin.isatty():
-        raise AbortedError("refusing to shorten a retention with built-in defaults without --yes "
-                           "(stdin is not a terminal): pass --config with the env's file, or --yes")
-    if not click.confirm("Apply the built-in defaults anyway?", default=False, err=True):
-        raise AbortedError("up cancelled: nothing was changed")
+    def confirm(preview: Any) -> bool:
+        changes = [(r, c) for r in preview.resources if r.action == "update" for c in r.changes]
+        if not changes:
+            return True
+        lossy = engine.lossy_changes(preview)
+        renderer.defaults_warning(target, changes, bool(lossy))
+        if not lossy or yes:
+            return True
+        if not sys.stdin.isatty():
+            raise AbortedError("refusing to shorten a retention with built-in defaults without --yes "
+                               "(stdin is not a terminal): pass --config with the env's file, or --yes")
+        return click.confirm("Apply the built-in defaults anyway?", default=False, err=True)
+
+    return confirm
 
 
 def _local_keys(opts: Options) -> list[str]:
@@ -221,9 +222,8 @@ def up(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, yes: boo
     engine = _build(opts, renderer, lock_timeout)
     target = _target(opts, engine)
     renderer.header(target)
-    if target.config_file is None:
-        _guard_defaults(engine, renderer, target, yes)
-    renderer.run_summary(engine.up())
+    confirm = _defaults_guard(engine, renderer, target, yes) if target.config_file is None else None
+    renderer.run_summary(engine.up(confirm))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

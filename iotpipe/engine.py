@@ -154,8 +154,30 @@ class Engine:
     def status(self) -> RunResult:
         return self._run("status", self._status_one, reverse=False, lock=False)
 
-    def up(self) -> RunResult:
-        return self._run("up", self._up_one, reverse=False, lock=True)
+    def up(self, confirm: Callable[[RunResult], bool] | None = None) -> RunResult:
+        """Converge; with ``confirm``, first plan under the lock and let it see the plan."""
+
+        def plan_then_confirm() -> None:
+            preview = RunResult("plan", self.ctx.env, self.ctx.region, self.ctx.account)
+            preview.resources = [self._guarded(res, self._plan_one) for res in self.resources]
+            if confirm is not None and not confirm(preview):
+                raise AbortedError("up cancelled: nothing was changed")
+
+        return self._run("up", self._up_one, reverse=False, lock=True,
+                         before=plan_then_confirm if confirm is not None else None)
+
+    def lossy_changes(self, plan: RunResult) -> list[tuple[ResourceResult, Change]]:
+        """The changes in ``plan`` that delete stored data (see RETENTION_FIELDS).
+
+        A resource the state file shows iotpipe was still creating is half-made (a log group
+        whose retention a killed run never set): finishing it loses nothing of anyone's.
+        """
+        return [(r, c) for r in plan.resources if r.action == "update" for c in r.changes
+                if loses_data(r, c) and not self._being_created(r.logical_id)]
+
+    def _being_created(self, logical_id: str) -> bool:
+        record = self.store.get(logical_id)
+        return bool(record and record.status == "creating")
 
     def destroy_plan(self) -> RunResult:
         """What `destroy` would do, in its order, from reads only (`plan --destroy`)."""

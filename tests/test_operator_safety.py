@@ -435,3 +435,19 @@ def test_no_doc_line_removes_the_whole_state_directory():
     assert offending == []
     assert whole_dir.search("rm -rf .iotpipe") and whole_dir.search("rm -r ./.iotpipe/")
     assert not whole_dir.search("rm .iotpipe/state/line7.json")
+
+
+def test_finishing_a_half_made_resource_is_not_data_loss(make):
+    """A run killed inside a create leaves e.g. a log group without retention: the next `up`
+    sets it without asking, while the same change on a finished resource counts as loss."""
+    from iotpipe.steps import kms as kms_step
+    from iotpipe.steps import stream as stream_step
+
+    resources = kms_step.RESOURCES + stream_step.RESOURCES
+    make(resources=resources, sets=("stream.retention_hours=48",)).up()
+    finished = make(resources=resources)
+    assert [(r.logical_id, c.field) for r, c in finished.lossy_changes(finished.plan())] == [
+        ("stream.sensor_stream", "retention_hours")]
+    half_made = make(resources=resources)
+    half_made.store.intend("stream.sensor_stream", "AWS::Kinesis::Stream", "iot-sensor-stream-dev")
+    assert half_made.lossy_changes(half_made.plan()) == []

@@ -43,7 +43,7 @@ def test_demo_runs_the_whole_job_without_an_account(tmp_path):
     assert pipeline["invalid_sent"] == 3 and pipeline["rejected_objects"] >= 1
     assert pipeline["archive_objects"] >= 1 and pipeline["undelivered"] == 0
     assert pipeline["anomalous_items"] > 0
-    assert result["destroy"]["counts"] == {"delete": 19}
+    assert result["destroy"]["counts"] == {"delete": 18, "scheduled": 1}  # the key: scheduled for deletion
     assert not list(tmp_path.rglob("*.json"))  # the demo's state lived in a temporary directory
 
 
