@@ -230,7 +230,11 @@ class AwsContext:
             try:
                 self._account = self.session.client("sts", **kwargs).get_caller_identity()["Account"]
             except Exception as err:  # noqa: BLE001 - translated, re-raised
-                raise translate(err) from err
+                typed = translate(err)
+                if typed is err and isinstance(err, (KeyError, TypeError, ValueError)):
+                    # botocore parsed a 200 answer that has no GetCallerIdentity result in it
+                    typed = translate(ResponseParserError(str(err)))
+                raise typed from err
         return self._account
 
     @property

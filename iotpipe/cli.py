@@ -355,12 +355,12 @@ def destroy(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, yes
 
     result = engine.destroy(confirm)
     aws = engine.ctx.aws
-    deadline = aws.clock() + WAIT_FOR_PENDING_S
-    while wait and any(r.action == "pending" for r in result.resources) and aws.clock() < deadline:
-        waited = WAIT_FOR_PENDING_S - (deadline - aws.clock())
+    waited = 0.0  # counted in what was slept, so an injected sleep still ends the wait
+    while wait and any(r.action == "pending" for r in result.resources) and waited < WAIT_FOR_PENDING_S:
         renderer.wait_line(f"waiting for AWS to allow deleting what is pending (IoT's 5-minute rules): "
                            f"{waited:.0f} s of {WAIT_FOR_PENDING_S:.0f} s")
         aws.sleep(10)  # no AWS waiter exists for IoT's 5-minute windows (thing type, detached policy)
+        waited += 10
         result = engine.destroy()
     renderer.run_summary(result, kept_keys=_local_keys(opts))
     if any(r.action == "pending" for r in result.resources):

@@ -294,7 +294,7 @@ class Renderer:
         rows = []
         for r in result.resources:
             health = r.health + (": " + ", ".join(c.field for c in r.changes) if r.changes else "")
-            if not r.changes and r.message:
+            if r.message:
                 health += f" ({r.message})" if r.health in ("disabled", "unwanted") else f" — {r.message}"
             rows.append({"resource": r.logical_id, "type": r.resource_type, "name": r.name,
                          "arn / id": r.ids.get("arn") or r.ids.get("id") or r.ids.get("uuid") or "",

@@ -122,5 +122,6 @@ def test_destroy_wait_says_how_long_of_how_long(hooked, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["destroy", "--yes", "--wait"]) == ExitCode.OK
     err = capsys.readouterr().err
-    assert "deprecated thing type: 0 s of 360 s" in err and "deprecated thing type: 10 s of 360 s" in err
+    assert "what is pending (IoT's 5-minute rules): 0 s of 360 s" in err
+    assert "what is pending (IoT's 5-minute rules): 10 s of 360 s" in err
     assert slept == [10, 10]

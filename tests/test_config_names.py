@@ -36,6 +36,7 @@ AWS_RULES = {
                         and not re.search(r"[._-]{2}", n)),
     "sensor_bucket": _bucket,
     "trail_bucket": _bucket,
+    "access_log_bucket": _bucket,
     # https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_CreateTable.html
     "metrics_table": _chars(r"[a-zA-Z0-9_.-]+", 3, 255),
     # https://docs.aws.amazon.com/kinesis/latest/APIReference/API_CreateStream.html

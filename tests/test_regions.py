@@ -47,7 +47,7 @@ def strip_region_tags() -> None:
     boto3.client("iam").untag_role(RoleName=ROLE, TagKeys=["iotpipe:region"])
 
 
-GLOBALS = kms.RESOURCES + (storage.SensorBucket(), lambda_.LAMBDA_ROLE)
+GLOBALS = kms.RESOURCES + (storage.AccessLogBucket(), storage.SensorBucket(), lambda_.LAMBDA_ROLE)
 
 
 def test_untagged_bucket_and_role_of_another_region_are_foreign(engine_in):
@@ -61,7 +61,7 @@ def test_untagged_bucket_and_role_of_another_region_are_foreign(engine_in):
     assert by_id(status, "lambda.role").health == "foreign"  # its policies name us-east-1 ARNs
     assert FIRST in by_id(status, "lambda.role").message
     log.clear()
-    with pytest.raises(OwnershipError, match=f"{BUCKET}.*{FIRST}"):
+    with pytest.raises(OwnershipError, match=rf"iot-(access-logs|sensor-data)-dev-\d{{12}}.*{FIRST}"):
         second.up()
     assert not [c for c in log.mutating if c[0] in ("s3", "iam")]
     result = second.destroy()

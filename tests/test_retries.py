@@ -305,7 +305,7 @@ def test_destroy_with_devices_reports_the_device_policy_pending_and_deletes_ever
     assert "destroy" in by_id(result, "iot.device_policy").message
     assert behaviour.fired_rules() == {"iot.delete-policy-after-detach"}
     everything_else = [r for r in result.resources if r.logical_id != "iot.device_policy"]
-    assert {r.action for r in everything_else} <= {"delete", "absent"}
+    assert {r.action for r in everything_else} <= {"delete", "scheduled", "absent"}
     assert _gone(TABLE, f"iot-sensor-data-dev-{ACCOUNT}")
     assert boto3.client("kinesis", region_name=REGION).list_streams()["StreamNames"] == []
     key_id = by_id(result, "kms.key").ids["id"]

@@ -286,7 +286,13 @@ class DevicePolicy(Resource):
         tags = iot_tags(ctx, found["policyArn"])
         if tags is None:  # the emulator: see the class docstring
             thing_type = get_or_none(ctx.client("iot").describe_thing_type, thingTypeName=ctx.names.thing_type)
-            managed = thing_type is not None and thing_type_is_ours(ctx, thing_type)
+            if thing_type is not None:
+                managed = thing_type_is_ours(ctx, thing_type)
+            else:
+                # The type went first while IoT still refused this policy (DeleteConflict after
+                # a detach): our state record of it is then the only mark left; without it a
+                # later destroy would leave the policy behind as "not ours".
+                managed = ctx.recorded(self.logical_id).get("arn") == found["policyArn"]
         else:
             managed = ctx.owns(tags)
         return Current({"document": found.get("policyDocument")}, ids, managed=managed)
