@@ -306,12 +306,14 @@ class AwsContext:
         """Whether the endpoint implements ``capability`` ("iot.list_tags_for_resource").
 
         The one place that knows the emulator lacks some calls: probed once per run, with a
-        client that does not retry (a server-mode 500 would otherwise be retried ten times),
+        client that retries twice at most (a server-mode 500 would otherwise be retried ten times),
         so resources use the real mechanism on AWS and a documented fallback elsewhere.
         """
         if capability not in self.capabilities:
             service, operation = capability.split(".", 1)
-            kwargs: dict[str, Any] = {"config": self._config.merge(Config(retries={"total_max_attempts": 1}))}
+            # Three attempts: a throttled probe must not read as "not implemented" (nor as
+            # implemented: a throttle is no proof), and an emulator's 500 costs only two retries.
+            kwargs: dict[str, Any] = {"config": self._config.merge(Config(retries={"total_max_attempts": 3}))}
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
             probe = self.session.client(service, **kwargs)
