@@ -72,7 +72,9 @@ def test_up_converge_repair_devices_destroy(aws_iotpipe, proxy, clients):
                                        StreamModeDetails={"StreamMode": "PROVISIONED"})
     mapping = lam.list_event_source_mappings(EventSourceArn=stream_arn)["EventSourceMappings"][0]
     lam.update_event_source_mapping(UUID=mapping["UUID"], BatchSize=50)
-    repaired = aws_iotpipe("up", "--env", "dev", "--json")
+    # The repair shortens the stream retention someone raised to 48 h: without the env's config
+    # file `up` asks before that (it drops records), so the operator says --yes.
+    repaired = aws_iotpipe("up", "--env", "dev", "--json", "--yes")
     _ok(repaired)
     updated = {lid for lid, r in _resources(repaired).items() if r["action"] == "update"}
     assert updated == {"lambda.function", "storage.metrics_table", "lambda.log_group",
