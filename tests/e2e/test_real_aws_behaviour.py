@@ -102,7 +102,7 @@ def test_up_converge_repair_devices_destroy(aws_iotpipe, proxy, clients):
     pending = {lid for lid, r in results.items() if r["action"] == "pending"}
     assert pending == {"iot.thing_type", "iot.device_policy"}
     assert "Please wait for 5 minutes after deprecation" in results["iot.thing_type"]["message"]
-    assert {r["action"] for lid, r in results.items() if lid not in pending} == {"delete"}
+    assert {r["action"] for lid, r in results.items() if lid not in pending} == {"delete", "scheduled"}  # the key: scheduled
     assert clients.iot.list_things()["things"] == []
     # The stream and table were waited out while AWS still showed them DELETING.
     assert proxy.behaviour.fired_rules() >= {"kinesis.stream-deleting", "dynamodb.table-deleting",
