@@ -187,6 +187,7 @@ class AwsContext:
         # "service.operation" -> whether this endpoint implements it; filled by ``supports``
         # (tests set entries to model AWS where the emulator falls short).
         self.capabilities: dict[str, bool] = {}
+        self._probing = False
         self.on_progress: ProgressSink = ignore
         self.events.register("needs-retry.*.*", _remember_retry_reason)
         self.events.register("request-created.*.*", self._report_retry)
@@ -197,6 +198,8 @@ class AwsContext:
 
     def _report_retry(self, request: Any, operation_name: str = "", **_: Any) -> None:
         """botocore retries silently; a retry is a wait the operator should see."""
+        if self._probing:
+            return
         context = getattr(request, "context", None) or {}
         attempt = context.get("retries", {}).get("attempt", 1)
         if attempt > 1:
@@ -311,12 +314,13 @@ class AwsContext:
         """
         if capability not in self.capabilities:
             service, operation = capability.split(".", 1)
-            # Three attempts: a throttled probe must not read as "not implemented" (nor as
-            # implemented: a throttle is no proof), and an emulator's 500 costs only two retries.
+            # Three attempts: a throttled probe must not decide anything, and an emulator's 500
+            # costs two quick retries (not reported: the probe is iotpipe's question, not a wait).
             kwargs: dict[str, Any] = {"config": self._config.merge(Config(retries={"total_max_attempts": 3}))}
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
             probe = self.session.client(service, **kwargs)
+            self._probing = True
             try:
                 getattr(probe, operation)(**CAPABILITY_PROBES[capability](self))
                 supported = True
@@ -326,6 +330,8 @@ class AwsContext:
                 status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
                 # An unimplemented call on the emulator: 500/501 with no AWS error code.
                 supported = not (status >= 500 and error_code(err) in {str(status), "NotImplemented", ""})
+            finally:
+                self._probing = False
             self.capabilities[capability] = supported
         return self.capabilities[capability]
 
