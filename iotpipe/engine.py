@@ -308,10 +308,7 @@ class Engine:
         if current is None:
             return self._result(res, "absent")
         if not self._is_ours(res, current):
-            return self._result(res, "skipped", health="foreign", ids=current.ids,
-                                message=(current.foreign_reason
-                                         or "exists but is not managed by iotpipe for this env")
-                                + ": left alone")
+            return self._left_alone(res, current)
         self.ctx.refs[res.logical_id] = current.ids  # only ours: later reads trust these ids
         if current.blockers:
             shown = ", ".join(current.blockers[:5]) + (", ..." if len(current.blockers) > 5 else "")
@@ -329,6 +326,12 @@ class Engine:
                     "then the things")
         return self._result(res, "delete", ids=current.ids, message=note)
 
+    def _left_alone(self, res: Resource, current: Current) -> ResourceResult:
+        """What destroy (and its survey) says of a resource with our name that is not ours."""
+        reason = current.foreign_reason or "exists but is not managed by iotpipe for this env"
+        return self._result(res, "skipped", health="foreign", ids=current.ids,
+                            message=f"{reason}: left alone")
+
     def _key_note(self) -> str:
         days = self.ctx.config.kms.deletion_window_days
         return (f"scheduled for deletion ({days} days): recoverable until then with "
@@ -340,10 +343,7 @@ class Engine:
             self.store.forget(res.logical_id)
             return self._result(res, "absent")
         if not self._is_ours(res, current):
-            return self._result(res, "skipped", health="foreign", ids=current.ids,
-                                message=(current.foreign_reason
-                                         or "exists but is not managed by iotpipe for this env")
-                                + ": left alone")
+            return self._left_alone(res, current)
         try:
             res.delete(self.ctx, current)
         except DeletionPending as pending:

@@ -87,11 +87,10 @@ class SensorBucket(Resource):
 
         def own_aspects(s3: Any) -> Spec:
             versioning = s3.get_bucket_versioning(Bucket=name).get("Status")
-            encryption = get_or_none(s3.get_bucket_encryption, Bucket=name)
             lifecycle = get_or_none(s3.get_bucket_lifecycle_configuration, Bucket=name)
             return {
                 "versioning": versioning,
-                "encryption": _norm_encryption(ctx, encryption),
+                "encryption": s3util.read_encryption(ctx, s3, name),
                 "lifecycle": {
                     "min_object_size": lifecycle.get("TransitionDefaultMinimumObjectSize"),
                     "rules": [_norm_rule(r) for r in lifecycle["Rules"]],
@@ -151,18 +150,6 @@ def lifecycle(ctx: StepContext) -> dict[str, Any]:
             "noncurrent_expiration_days": storage.noncurrent_version_expiration_days,
             "abort_incomplete_days": storage.abort_incomplete_upload_days,
         }],
-    }
-
-
-def _norm_encryption(ctx: StepContext, answer: dict[str, Any] | None) -> dict[str, Any] | None:
-    rules = (answer or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules") or []
-    if not rules:
-        return None
-    default = rules[0].get("ApplyServerSideEncryptionByDefault") or {}
-    return {
-        "algorithm": default.get("SSEAlgorithm"),
-        "kms_key": our_key_arn(ctx, default.get("KMSMasterKeyID")),
-        "bucket_key": bool(rules[0].get("BucketKeyEnabled", False)),
     }
 
 
