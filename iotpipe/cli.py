@@ -652,8 +652,15 @@ def _usage_message(err: click.UsageError, args: list[str]) -> str:
     return err.format_message() + (f" (see `{err.ctx.command_path} --help`)" if err.ctx else "")
 
 
+def _one_line(text: str) -> str:
+    """An operator's value may hold a newline or a control character; the error stays one line."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
 def _fail(json_mode: bool, code: ExitCode, text: str) -> int:
     """The one error line on stderr; with --json, the same as a JSON object on stdout too."""
+    text = _one_line(text)
     try:
         from iotpipe.render import Renderer
 

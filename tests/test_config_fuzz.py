@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from iotpipe import aws as aws_module
@@ -108,6 +108,9 @@ class NoAws:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(pairs=flags, env=st.one_of(st.sampled_from(["dev", "qa-2"]), st.text(max_size=12)),
        region=st.one_of(st.none(), st.sampled_from(["us-east-1", "nowhere", "eu-west-1"])))
+@example(pairs=[("kms.deletion_window_days", "\x1e")], env="dev", region=None)  # a record separator
+@example(pairs=[("lambda.memory_mb", "1\u20282")], env="dev", region=None)  # a line separator
+@example(pairs=[], env="a\nb", region=None)
 def test_any_flags_are_valid_or_rejected_before_aws(monkeypatch, tmp_path, capsys, pairs, env, region):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(aws_module, "AwsContext", NoAws)
