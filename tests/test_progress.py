@@ -200,3 +200,17 @@ def test_render_prints_waits_on_stderr_in_text_and_nothing_in_json(capsys):
     assert out == "" and err.strip() == "… waiting for sensor-metrics-dev: AWS reports CREATING"
     Renderer(json_mode=True).progress(event)
     assert capsys.readouterr() == ("", "")
+
+
+def test_publishing_with_its_own_progress_is_not_reported_twice(make):
+    from iotpipe.local.simulator import make_readings, publish
+    from iotpipe.steps import stream
+
+    engine = make(resources=kms.RESOURCES + stream.RESOURCES)
+    engine.up()
+    events: list[Event] = []
+    engine.on_event = events.append
+    counts: list[int] = []
+    assert publish(engine.ctx, make_readings(1200), on_progress=counts.append) == 1200
+    assert counts == [500, 1000, 1200]
+    assert _progress(events, "publishing") == []
