@@ -150,7 +150,10 @@ def run_fleet(
 ) -> FleetResult:
     """Run ``command`` on every env, at most ``fleet.concurrency`` at a time."""
     started = time.monotonic()
-    make = build or (lambda env: build_engine(env, state_dir, lock_timeout))
+    # What the endpoint implements is probed once per run (AwsContext.supports); a fleet is one
+    # run, so the envs that share an endpoint and region share the answers.
+    capabilities: dict[tuple[str, str], dict[str, bool]] = {}
+    make = build or (lambda env: build_engine(env, state_dir, lock_timeout, capabilities))
 
     def one(env: FleetEnv) -> EnvOutcome:
         begun = time.monotonic()
@@ -177,7 +180,8 @@ def run_fleet(
     return FleetResult(command, str(fleet.path), outcomes, time.monotonic() - started)
 
 
-def build_engine(env: FleetEnv, state_dir: Path, lock_timeout: float = 0.0) -> Any:
+def build_engine(env: FleetEnv, state_dir: Path, lock_timeout: float = 0.0,
+                 capabilities: dict[tuple[str, str], dict[str, bool]] | None = None) -> Any:
     from iotpipe.aws import AwsContext, default_region
     from iotpipe.config import load_config
     from iotpipe.engine import make_engine
@@ -186,6 +190,9 @@ def build_engine(env: FleetEnv, state_dir: Path, lock_timeout: float = 0.0) -> A
     config = load_config(env.name, env.config, region=env.region, fallback_region=fallback,
                          fallback_region_source=f"the region of AWS profile {env.profile or 'default'!r}")
     aws = AwsContext(config.region, profile=env.profile)
+    if capabilities is not None:
+        endpoint = aws.client("sts").meta.endpoint_url  # honours AWS_ENDPOINT_URL
+        aws.capabilities = capabilities.setdefault((endpoint, config.region), {})
     return make_engine(config, aws, state_dir, lock_timeout=lock_timeout, state=env.state)
 
 
