@@ -106,7 +106,7 @@ def _state_location(opts: Options) -> Any:
         return None
     from iotpipe.s3state import parse_location
 
-    return parse_location(opts.state, origin="--state" if "--state" in sys.argv else "IOTPIPE_STATE")
+    return parse_location(opts.state, origin="--state (or IOTPIPE_STATE)")
 
 
 def _check_endpoint(ctx: click.Context | None, param: Any, value: str | None) -> str | None:

@@ -83,3 +83,19 @@ def test_two_machines_race_up_on_one_env_and_exactly_one_proceeds(server, tmp_pa
     assert show.returncode == 0 and shown["lock"] is None and shown["envs"] == ["race"]
     assert {r["status"] for r in shown["resources"]} == {"present"} and len(shown["resources"]) > 10
     assert not (tmp_path / "machine-a" / ".iotpipe" / "state").exists()  # nothing local but keys' home
+
+
+def test_fleet_cli_one_table_one_exit_code_and_one_question(iotpipe, tmp_path):
+    (tmp_path / "one.toml").write_text('[[env]]\nname = "plant-b"\nregion = "eu-west-1"\n')
+    plan = iotpipe("fleet", "status", "one.toml", "--json")
+    report = json.loads(plan.stdout)
+    assert plan.returncode == 2, plan.stderr  # nothing deployed: every resource missing
+    assert [(e["env"], e["region"], e["result"]) for e in report["envs"]] == [
+        ("plant-b", "eu-west-1", "drifted")] and report["exit_code"] == 2
+    (tmp_path / "plants.toml").write_text(
+        '[[env]]\nname = "plant-a"\nregion = "us-east-1"\n\n[[env]]\nname = "plant-b"\nregion = "eu-west-1"\n')
+    refused = iotpipe("fleet", "destroy", "plants.toml")  # asked before any AWS call
+    assert refused.returncode == 70 and "plant-a" in refused.stderr and "plant-b" in refused.stderr
+    (tmp_path / "bad.toml").write_text('[[env]]\nname = "Plant_A"\n')
+    bad = iotpipe("fleet", "status", "bad.toml")
+    assert bad.returncode == 65 and bad.stderr.count("\n") == 1 and "env #1" in bad.stderr
