@@ -86,15 +86,21 @@ def test_two_machines_race_up_on_one_env_and_exactly_one_proceeds(server, tmp_pa
 
 
 def test_fleet_cli_one_table_one_exit_code_and_one_question(iotpipe, tmp_path):
-    (tmp_path / "one.toml").write_text('[[env]]\nname = "plant-b"\nregion = "eu-west-1"\n')
-    plan = iotpipe("fleet", "status", "one.toml", "--json")
-    report = json.loads(plan.stdout)
-    assert plan.returncode == 2, plan.stderr  # nothing deployed: every resource missing
-    assert [(e["env"], e["region"], e["result"]) for e in report["envs"]] == [
-        ("plant-b", "eu-west-1", "drifted")] and report["exit_code"] == 2
+    """The CLI's side of a fleet without deploying anything (the fleet's AWS work is tested
+    in-process, tests/test_fleet.py): envs whose profile does not exist fail, each on its row,
+    and the fleet exits 1; destroy asks before any AWS call, naming every env."""
     (tmp_path / "plants.toml").write_text(
-        '[[env]]\nname = "plant-a"\nregion = "us-east-1"\n\n[[env]]\nname = "plant-b"\nregion = "eu-west-1"\n')
-    refused = iotpipe("fleet", "destroy", "plants.toml")  # asked before any AWS call
+        '[[env]]\nname = "plant-a"\nregion = "us-east-1"\nprofile = "no-such-profile"\n\n'
+        '[[env]]\nname = "plant-b"\nregion = "eu-west-1"\nprofile = "no-such-profile"\n')
+    status = iotpipe("fleet", "status", "plants.toml", "--json")
+    report = json.loads(status.stdout)
+    assert status.returncode == 1 and report["exit_code"] == 1, status.stderr
+    assert [(e["env"], e["region"], e["result"], e["exit_code"]) for e in report["envs"]] == [
+        ("plant-a", "us-east-1", "failed", 67), ("plant-b", "eu-west-1", "failed", 67)]
+    assert "no-such-profile" in report["envs"][0]["message"]
+    table = iotpipe("fleet", "status", "plants.toml")
+    assert table.returncode == 1 and "plant-a" in table.stdout and "failed" in table.stdout
+    refused = iotpipe("fleet", "destroy", "plants.toml")
     assert refused.returncode == 70 and "plant-a" in refused.stderr and "plant-b" in refused.stderr
     (tmp_path / "bad.toml").write_text('[[env]]\nname = "Plant_A"\n')
     bad = iotpipe("fleet", "status", "bad.toml")
