@@ -338,10 +338,15 @@ class StateStore:
         started = clock()
         deadline = started + timeout
         next_report = started
+        vanished = 0
         while not self.backend.create_lock(info):
             holder = self.backend.read_lock()
             if holder is None:
-                continue  # released between our attempt and the read: try again at once
+                vanished += 1  # released between our attempt and the read: try again at once
+                if vanished > 5:
+                    raise LockHeldError(f"the lock of env {self.env!r} ({self.backend.lock_where}) could "
+                                        "not be created although none is held (concurrent runs): try again")
+                continue
             stale = stale_reason(holder)
             if stale and (self.force or (self.backend.takes_over_dead_local_holder and _is_stale(holder))):
                 self.on_progress(Progress(
