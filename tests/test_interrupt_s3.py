@@ -24,7 +24,7 @@ from tests.support import CallLog, FaultAt
 REGION = "us-east-1"
 MODES = ("error", "abort", "lost")
 STATE = "s3://iotpipe-state-interrupt/envs"
-STRIDE = 11  # 9 of 89 calls; odd, so the sample falls on AWS calls and state writes alike
+STRIDE = 15  # 6 of 89 calls, two per mode; odd, so it falls on AWS calls and state writes alike
 SETS = ("storage.enforce_tls=false",)
 
 
