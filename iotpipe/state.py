@@ -74,6 +74,7 @@ class Backend(Protocol):
 
     where: str  # the state's address, for messages
     lock_where: str
+    location: Any  # what --state names (S3); the local backend's root
     takes_over_dead_local_holder: bool  # a lock of a gone process on this host is taken at once
 
     def read(self) -> tuple[str | None, str | None]:
@@ -105,6 +106,7 @@ class LocalBackend:
         self.lock_path = self.root / "locks" / f"{env}.lock"
         self.where = str(self.path)
         self.lock_where = str(self.lock_path)
+        self.location = self.root
 
     def read(self) -> tuple[str | None, str | None]:
         for place in (self.root, self.path.parent):
@@ -355,9 +357,10 @@ class StateStore:
                 self.backend.remove_lock(holder)
                 continue
             if clock() >= deadline:
-                hint = (f"it looks stale ({stale}): pass --force to take it over, or run "
-                        f"`iotpipe unlock --env {self.env}`" if stale else
-                        f"wait, pass --lock-timeout, or run `iotpipe unlock --env {self.env}` if that run is gone")
+                unlock = f"iotpipe unlock --env {self.env}" + (
+                    "" if isinstance(self.backend, LocalBackend) else f" --state {self.backend.location}")
+                hint = (f"it looks stale ({stale}): pass --force to take it over, or run `{unlock}`"
+                        if stale else f"wait, pass --lock-timeout, or run `{unlock}` if that run is gone")
                 raise LockHeldError(f"env {self.env!r} is locked by {describe_lock(holder)}; {hint}")
             if clock() >= next_report:
                 waited = clock() - started
