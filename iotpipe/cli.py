@@ -37,7 +37,16 @@ EXIT_CODES: dict[str, tuple[ExitCode, ...]] = {  # the rest, per command path
     "device add": (ExitCode.CHANGES_PENDING, ExitCode.CONFIG, ExitCode.STATE, ExitCode.OWNERSHIP, ExitCode.LOCKED),
     "device list": (ExitCode.CHANGES_PENDING,),
     "device remove": (ExitCode.STATE, ExitCode.OWNERSHIP, ExitCode.ABORTED, ExitCode.LOCKED),
-    "unlock": (ExitCode.CONFIG, ExitCode.ABORTED, ExitCode.LOCKED),
+    "unlock": (ExitCode.CONFIG, ExitCode.ABORTED, ExitCode.LOCKED, ExitCode.STATE, ExitCode.CREDENTIALS,
+               ExitCode.ENDPOINT, ExitCode.ACCESS_DENIED),
+    "state bootstrap": (ExitCode.CONFIG, ExitCode.CREDENTIALS, ExitCode.ENDPOINT, ExitCode.OWNERSHIP,
+                        ExitCode.ACCESS_DENIED),
+    "state migrate": (ExitCode.LOCKED,),
+    "state show": (),
+    "fleet up": (ExitCode.CONFIG,),
+    "fleet plan": (ExitCode.CHANGES_PENDING, ExitCode.CONFIG),
+    "fleet status": (ExitCode.CHANGES_PENDING, ExitCode.CONFIG),
+    "fleet destroy": (ExitCode.CHANGES_PENDING, ExitCode.CONFIG, ExitCode.ABORTED),
     "demo": (ExitCode.CONFIG, ExitCode.ENDPOINT),
     "emulator": (ExitCode.CONFIG, ExitCode.ENDPOINT),
 }
@@ -52,6 +61,7 @@ class Options:
     endpoint_url: str | None
     state_dir: Path
     sets: tuple[str, ...]
+    state: str | None = None  # s3://BUCKET/PREFIX: the shared backend; None: local files
 
 
 def common_options(func: Any) -> Any:
@@ -68,12 +78,35 @@ def common_options(func: Any) -> Any:
                   default=Path(".iotpipe"), show_default=True, help="Where state and lock files live [env: IOTPIPE_STATE_DIR].")
     @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                   help="Override a config key, e.g. --set lambda.memory_mb=512 (repeatable).")
+    @state_option
     @wraps(func)
-    def wrapper(env, config_path, region, profile, endpoint_url, state_dir, sets, **kwargs):
-        opts = Options(env, config_path, region, profile, endpoint_url, state_dir, tuple(sets))
+    def wrapper(env, config_path, region, profile, endpoint_url, state_dir, sets, state, **kwargs):
+        opts = Options(env, config_path, region, profile, endpoint_url, state_dir, tuple(sets), state)
         return func(opts, **kwargs)
 
     return wrapper
+
+
+def state_option(func: Any) -> Any:
+    return click.option(
+        "--state", "state", envvar="IOTPIPE_STATE", metavar="s3://BUCKET/PREFIX",
+        help="Keep state and lock in S3 (shared by every operator) [env: IOTPIPE_STATE; config key "
+             "state; default: local files under --state-dir]. Device keys stay under --state-dir.")(func)
+
+
+def force_option(func: Any) -> Any:
+    return click.option("--force", is_flag=True,
+                        help="Take over the env's lock when it is recognised as stale (its process gone, "
+                             "or hours old); a live lock is never taken.")(func)
+
+
+def _state_location(opts: Options) -> Any:
+    """--state / IOTPIPE_STATE, checked (exit 65); None leaves it to the config key."""
+    if not opts.state:
+        return None
+    from iotpipe.s3state import parse_location
+
+    return parse_location(opts.state, origin="--state (or IOTPIPE_STATE)")
 
 
 def _check_endpoint(ctx: click.Context | None, param: Any, value: str | None) -> str | None:
@@ -114,18 +147,19 @@ def _config(opts: Options) -> Any:
                        fallback_region_source=origin, assignments=opts.sets)
 
 
-def _engine(opts: Options, config: Any, renderer: Any, lock_timeout: float = 0.0) -> Any:
+def _engine(opts: Options, config: Any, renderer: Any, lock_timeout: float = 0.0, force: bool = False) -> Any:
     from iotpipe.aws import AwsContext
     from iotpipe.engine import Event, make_engine
 
     aws = AwsContext(config.region, profile=opts.profile, endpoint_url=opts.endpoint_url)
     # retries of the first call (STS, inside make_engine) are said too; the engine takes over after
     aws.on_progress = lambda progress: renderer.progress(Event("progress", "", progress=progress))
-    return make_engine(config, aws, opts.state_dir, on_event=renderer.progress, lock_timeout=lock_timeout)
+    return make_engine(config, aws, opts.state_dir, on_event=renderer.progress, lock_timeout=lock_timeout,
+                       state=_state_location(opts), force_lock=force)
 
 
-def _build(opts: Options, renderer: Any, lock_timeout: float = 0.0) -> Any:
-    return _engine(opts, _config(opts), renderer, lock_timeout)
+def _build(opts: Options, renderer: Any, lock_timeout: float = 0.0, force: bool = False) -> Any:
+    return _engine(opts, _config(opts), renderer, lock_timeout, force)
 
 
 def _target(opts: Options, engine: Any) -> Any:
@@ -202,10 +236,11 @@ def cli() -> None:
 @json_option
 @wide_option
 @lock_option
+@force_option
 @click.option("--yes", "-y", is_flag=True,
               help="Apply built-in defaults that shorten a live retention without asking (only asked "
                    "when no config file is used on an env that exists).")
-def up(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, yes: bool) -> None:
+def up(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, force: bool, yes: bool) -> None:
     """Converge the environment: kms, storage, stream, lambda, iot, trail.
 
     Safe to repeat: an environment already in shape costs read calls only. Without a config
@@ -219,7 +254,7 @@ def up(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, yes: boo
       iotpipe up --env dev --set lambda.memory_mb=512 --json
     """
     renderer = _renderer(json_mode, wide)
-    engine = _build(opts, renderer, lock_timeout)
+    engine = _build(opts, renderer, lock_timeout, force)
     target = _target(opts, engine)
     renderer.header(target)
     confirm = _defaults_guard(engine, renderer, target, yes) if target.config_file is None else None
@@ -316,9 +351,11 @@ def outputs(opts: Options, json_mode: bool) -> None:
 @json_option
 @wide_option
 @lock_option
+@force_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 @click.option("--wait", is_flag=True, help="Wait (up to 6 minutes) for AWS's 5-minute rules on deprecated IoT thing types and detached IoT policies instead of finishing on the next run.")
-def destroy(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, yes: bool, wait: bool) -> None:
+def destroy(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, force: bool, yes: bool,
+            wait: bool) -> None:
     """Remove every resource of the env, in reverse order; a second run is a quiet success.
 
     It first reads everything and shows what would go (account, region, endpoint, config,
@@ -337,7 +374,7 @@ def destroy(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, yes
       iotpipe destroy --env ci-1234 --yes --wait
     """
     renderer = _renderer(json_mode, wide)
-    engine = _build(opts, renderer, lock_timeout)  # config and state are checked first
+    engine = _build(opts, renderer, lock_timeout, force)  # config and state are checked first
     target = _target(opts, engine)
     renderer.header(target)
 
@@ -468,18 +505,22 @@ def device_remove(opts: Options, device_id: str, json_mode: bool, lock_timeout: 
 @click.option("--env", "-e", default="dev", show_default=True, help="Environment name.")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False), envvar="IOTPIPE_STATE_DIR",
               default=Path(".iotpipe"), show_default=True, help="Where state and lock files live.")
+@state_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--force", is_flag=True, help="Remove the lock even though its holder still runs on this host.")
-def unlock(env: str, state_dir: Path, yes: bool, force: bool) -> None:
+def unlock(env: str, state_dir: Path, state: str | None, yes: bool, force: bool) -> None:
     """Remove an env's lock left behind by a run that is gone (on another host, say).
 
-    A lock left by a dead process on this host is taken over automatically; use this for
-    the rest, after making sure the holder is not running. A lock whose process still runs
-    on this host is kept unless --force.
+    A lock left by a dead process on this host is taken over automatically (local state); use
+    this for the rest, after making sure the holder is not running. A lock whose process still
+    runs on this host is kept unless --force. It shows the holder and removes exactly that lock:
+    if it changed hands meanwhile, nothing is removed. With --state s3://... the AWS settings
+    come from the environment (AWS_PROFILE, AWS_REGION, AWS_ENDPOINT_URL).
 
     \b
-    Example:
+    Examples:
       iotpipe unlock --env dev
+      iotpipe unlock --env plant-a --state s3://acme-iotpipe-state/plants
     """
     from iotpipe.config import validate_env
     from iotpipe.errors import LockHeldError
@@ -487,7 +528,15 @@ def unlock(env: str, state_dir: Path, yes: bool, force: bool) -> None:
 
     validate_env(env)  # the env names a file under the state directory
     renderer = _renderer()
-    store = StateStore(state_dir, env, region="")
+    location = _state_location(Options(env, None, None, None, None, state_dir, (), state))
+    if location is not None:
+        from iotpipe.aws import AwsContext, default_region
+        from iotpipe.s3state import open_backend
+
+        aws = AwsContext(default_region(None) or "us-east-1")
+        store = StateStore(state_dir, env, region="", backend=open_backend(location, env, aws))
+    else:
+        store = StateStore(state_dir, env, region="")
     holder = store.read_lock()
     if holder is None:
         renderer.message(f"env {env!r} is not locked")
@@ -496,14 +545,163 @@ def unlock(env: str, state_dir: Path, yes: bool, force: bool) -> None:
         raise LockHeldError(f"env {env!r} is locked by {describe_lock(holder)}, which is still running "
                             "on this host: wait for it to finish, or pass --force if that process is "
                             "not an iotpipe run")
-    renderer.lock_holder(f"env {env!r} is locked by {describe_lock(holder)}")
+    renderer.lock_holder(f"env {env!r} is locked by {describe_lock(holder)} ({store.lock_path})")
     if not yes:
         if not sys.stdin.isatty():
             raise AbortedError("refusing to unlock without --yes: stdin is not a terminal")
-        if not click.confirm("Remove this lock? Only do this if that run is no longer running", default=False):
+        if not click.confirm(f"Remove the lock of {holder.get('Who')} (pid {holder.get('Pid')} on "
+                             f"{holder.get('Host')})? Only do this if that run is no longer running",
+                             default=False):
             raise AbortedError("unlock cancelled")
-    store.force_unlock()
-    renderer.message(f"lock of env {env!r} removed")
+    store.force_unlock(holder)
+    renderer.message(f"lock of env {env!r} removed (it was held by {describe_lock(holder)})")
+
+
+@cli.group(context_settings=CONTEXT_SETTINGS)
+def state() -> None:
+    """Shared state in S3: create the bucket, move an env's local state there, show what it holds.
+
+    \b
+    Examples:
+      iotpipe state bootstrap s3://acme-iotpipe-state/plants --region eu-west-1
+      iotpipe state migrate --env plant-a --to s3://acme-iotpipe-state/plants
+      iotpipe state show --env plant-a --state s3://acme-iotpipe-state/plants
+    """
+
+
+@state.command("bootstrap", context_settings=CONTEXT_SETTINGS)
+@click.argument("location", metavar="s3://BUCKET/PREFIX")
+@click.option("--region", help="AWS region [default: AWS_REGION, AWS_DEFAULT_REGION, the profile, the config file, ap-southeast-1].")
+@click.option("--profile", envvar="AWS_PROFILE", help="AWS profile name [env: AWS_PROFILE].")
+@click.option("--enforce-tls/--no-enforce-tls", default=True, show_default=True,
+              help="The TLS-only bucket policy (--no-enforce-tls only on the emulator, which denies "
+                   "every object call with it).")
+@json_option
+def state_bootstrap(location: str, region: str | None, profile: str | None, enforce_tls: bool,
+                    json_mode: bool) -> None:
+    """Create the state bucket, or bring it in line: versioning, default encryption, public
+    access block, ACLs off (BucketOwnerEnforced), TLS-only policy, iotpipe's tags. Safe to
+    repeat; a bucket iotpipe did not create is left alone (exit 68). The endpoint comes from
+    AWS_ENDPOINT_URL, as for boto3 and the AWS CLI.
+
+    \b
+    Example:
+      iotpipe state bootstrap s3://acme-iotpipe-state/plants --region eu-west-1
+    """
+    from iotpipe.aws import AwsContext, default_region
+    from iotpipe.config import DEFAULT_REGION
+    from iotpipe.s3state import parse_location
+    from iotpipe.statecmd import bootstrap
+
+    where = parse_location(location, origin="LOCATION")
+    aws = AwsContext(region or default_region(profile) or DEFAULT_REGION, profile=profile)
+    _renderer(json_mode).state_bootstrap(bootstrap(aws, where, enforce_tls=enforce_tls))
+
+
+@state.command("migrate", context_settings=CONTEXT_SETTINGS)
+@common_options
+@json_option
+@lock_option
+@click.option("--to", "to", required=True, metavar="s3://BUCKET/PREFIX", help="The S3 state to move the env's local state to.")
+def state_migrate(opts: Options, json_mode: bool, lock_timeout: float, to: str) -> None:
+    """Move the env's local state file (under --state-dir) to S3, under both locks; the local
+    file is kept as <env>.json.migrated. An env that already has state there is never
+    overwritten. Device private keys never go to S3: they stay under --state-dir.
+
+    \b
+    Example:
+      iotpipe state migrate --env plant-a --to s3://acme-iotpipe-state/plants
+    """
+    from iotpipe.aws import AwsContext
+    from iotpipe.state import StateStore
+    from iotpipe.statecmd import migrate, s3_store
+
+    config = _config(opts)
+    aws = AwsContext(config.region, profile=opts.profile, endpoint_url=opts.endpoint_url)
+    local = StateStore(opts.state_dir, opts.env, config.region)
+    target = s3_store(opts.state_dir, opts.env, config.region, aws, to)
+    _renderer(json_mode).state_migrated(migrate(local, target, timeout=lock_timeout))
+
+
+@state.command("show", context_settings=CONTEXT_SETTINGS)
+@common_options
+@json_option
+def state_show(opts: Options, json_mode: bool) -> None:
+    """Print what the state backend holds for the env: its records, its lock (and, in S3, the
+    other envs under the prefix). Reads only.
+
+    \b
+    Example:
+      iotpipe state show --env plant-a --state s3://acme-iotpipe-state/plants --json
+    """
+    from iotpipe.aws import AwsContext
+    from iotpipe.engine import open_store
+    from iotpipe.statecmd import show
+
+    config = _config(opts)
+    aws = AwsContext(config.region, profile=opts.profile, endpoint_url=opts.endpoint_url)
+    store = open_store(opts.state_dir, opts.env, config.region, aws, _state_location(opts) or config.state)
+    _renderer(json_mode).state_show(show(store))
+
+
+@cli.group(context_settings=CONTEXT_SETTINGS)
+def fleet() -> None:
+    """Run up, plan, status or destroy over every env of a fleet file (one per plant, say),
+    side by side, with one summary table and one exit code: 0 all in sync, 2 changes or drift
+    somewhere, 1 a failure somewhere. A failing env does not stop the others.
+
+    \b
+    Examples:
+      iotpipe fleet plan plants.toml
+      iotpipe fleet up plants.toml --json
+      iotpipe fleet destroy plants.toml
+    """
+
+
+def _fleet_command(command: str, doc: str) -> Any:
+    @fleet.command(command, context_settings=CONTEXT_SETTINGS, help=doc)
+    @click.argument("fleet_file", metavar="FLEET.toml", type=click.Path(path_type=Path, dir_okay=False))
+    @click.option("--state-dir", type=click.Path(path_type=Path), envvar="IOTPIPE_STATE_DIR",
+                  default=Path(".iotpipe"), show_default=True,
+                  help="Local state (envs without a state key) and device keys [env: IOTPIPE_STATE_DIR].")
+    @click.option("--concurrency", type=click.IntRange(1, 32), default=None,
+                  help="Envs run at the same time [default: the fleet file's concurrency, else 4].")
+    @json_option
+    def run(fleet_file: Path, state_dir: Path, concurrency: int | None, json_mode: bool, **extra: Any) -> None:
+        from iotpipe.fleet import load_fleet, run_fleet
+
+        plan = load_fleet(fleet_file)
+        if concurrency:
+            plan.concurrency = concurrency
+        renderer = _renderer(json_mode)
+        if command == "destroy":
+            renderer.fleet_preview(plan.envs)
+            if not extra.get("yes"):
+                if not sys.stdin.isatty():
+                    raise AbortedError("refusing to destroy a fleet without --yes: stdin is not a terminal "
+                                       "(the envs are listed above; nothing was deleted)")
+                names = ", ".join(e.name for e in plan.envs)
+                if not click.confirm(f"Destroy every resource of these {len(plan.envs)} envs ({names})?",
+                                     default=False, err=True):
+                    raise AbortedError("fleet destroy cancelled")
+        result = run_fleet(plan, command, state_dir=state_dir, lock_timeout=extra.get("lock_timeout", 0.0),
+                           on_done=None if json_mode else renderer.fleet_env_done)
+        renderer.fleet_summary(result)
+        if result.exit_code:
+            raise SystemExit(result.exit_code)
+
+    if command in ("up", "destroy"):
+        run = lock_option(run)
+    if command == "destroy":
+        run = click.option("--yes", "-y", is_flag=True,
+                           help="Do not ask for confirmation (required when stdin is not a terminal).")(run)
+    return run
+
+
+_fleet_command("up", "Converge every env of FLEET.toml (exit 0 when all converged, 1 when one failed).")
+_fleet_command("plan", "What `up` would change in every env of FLEET.toml (exit 2 when anything would).")
+_fleet_command("status", "Every env's resources ok or not, one row per env (exit 2 on drift anywhere).")
+_fleet_command("destroy", "Remove every env of FLEET.toml, after one question that names each env.")
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

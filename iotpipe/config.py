@@ -194,6 +194,22 @@ class PipelineConfig(_Section):
     lambda_: LambdaConfig = Field(LambdaConfig(), alias="lambda")
     anomaly: dict[str, Threshold] = Field(default_factory=_default_thresholds)
     trail: TrailConfig = TrailConfig()
+    # Shared state, s3://BUCKET/PREFIX (see docs/runbooks/shared-state.md); unset: local files.
+    # --state and IOTPIPE_STATE override it.
+    state: str | None = None
+
+    @field_validator("state")
+    @classmethod
+    def _state(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from iotpipe.errors import ConfigError
+        from iotpipe.s3state import parse_location
+
+        try:
+            return str(parse_location(value, origin="state"))
+        except ConfigError as err:
+            raise ValueError(str(err).removeprefix("state: ")) from None
 
     @field_validator("env")
     @classmethod

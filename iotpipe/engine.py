@@ -480,6 +480,16 @@ def _creation(desired: dict[str, Any]) -> list[Change]:
     return [Change(k, None, v) for k, v in desired.items()]
 
 
+def open_store(state_root: Any, env: str, region: str, aws: Any, state: Any = None) -> StateStore:
+    """The env's store: local files under ``state_root``, or the S3 backend ``state`` names
+    (device keys stay under ``state_root`` either way)."""
+    if state is None:
+        return StateStore(state_root, env, region)
+    from iotpipe.s3state import open_backend
+
+    return StateStore(state_root, env, region, backend=open_backend(state, env, aws))
+
+
 def make_engine(
     config: Any,
     aws: Any,
@@ -488,6 +498,8 @@ def make_engine(
     on_event: EventSink | None = None,
     lock_timeout: float = 0.0,
     resources: Sequence[Resource] | None = None,
+    state: Any = None,
+    force_lock: bool = False,
 ) -> Engine:
     """Wire config, AWS context, state store and the ordered resources into an Engine.
 
@@ -497,7 +509,8 @@ def make_engine(
     from iotpipe.config import Names
     from iotpipe.steps import all_resources
 
-    store = StateStore(state_root, config.env, config.region)
+    store = open_store(state_root, config.env, config.region, aws, state or getattr(config, "state", None))
+    store.force = force_lock
     store.load()  # a bad state file is refused before any AWS call
     names = Names.derive(config, aws.account_id)
     ctx = StepContext(aws=aws, config=config, names=names)

@@ -26,7 +26,7 @@ class ExitCode(IntEnum):
     ABORTED = 70  # the operator declined a confirmation or stdin is not a terminal
     KEY_PENDING_DELETION = 72  # the env's KMS key is pending deletion and config says not to recover it
     QUOTA = 73  # an AWS quota that cannot be raised would be exceeded (CloudTrail's 5 trails)
-    LOCKED = 75  # another run holds the env's lock
+    LOCKED = 75  # another run holds the env's lock, or wrote its shared state since this run read it
     ACCESS_DENIED = 77  # AWS refused a call for lack of permission
     INTERRUPTED = 130  # Ctrl-C
 
@@ -62,6 +62,12 @@ class OwnershipError(IotpipeError):
 
 
 class LockHeldError(IotpipeError):
+    exit_code = ExitCode.LOCKED
+
+
+class StateConflictError(IotpipeError):
+    """A conditional state write lost a race: another run changed the state object first."""
+
     exit_code = ExitCode.LOCKED
 
 

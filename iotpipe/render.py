@@ -505,6 +505,72 @@ class Renderer:
                        f"certificates deleted: {certs}; local files "
                        f"{'removed' if result.local_files_removed else 'none'}")
 
+    # -- shared state and fleets (iotpipe/statecmd.py, iotpipe/fleet.py) ---------------------------
+    def state_bootstrap(self, result: Any) -> None:
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        self.out.print(f"[bold]state bucket {escape(result.location)}[/] ({result.region})")
+        for setting, action in result.settings:
+            self.out.print(f"  {escape(setting):<20} {escape(action)}")
+        self.out.print(f"use it with: --state {escape(result.location)} (or IOTPIPE_STATE, or the config key state)")
+
+    def state_migrated(self, result: Any) -> None:
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        self.out.print(f"env {escape(result.env)}: {result.resources} resource records moved from "
+                       f"{escape(result.source)} to {escape(result.target)}; the local file is now "
+                       f"{escape(result.moved_aside)}")
+        keys = len(result.kept_keys)
+        self.out.print(f"device private keys never go to S3: {keys} key file(s) stay in "
+                       f"{escape(result.key_directory)} on this machine (mode 0600); copy them by a secure "
+                       "channel to whoever runs `device add --rotate` or the devices themselves")
+
+    def state_show(self, data: dict[str, Any]) -> None:
+        if self.json_mode:
+            self.json(data)
+            return
+        self.out.print(f"[bold]env {escape(data['env'])}[/] · state {escape(data['location'])}")
+        if not data["exists"]:
+            self.out.print("  no state recorded")
+        else:
+            self.out.print(f"  account {data['account']} · region {data['region']} · "
+                           f"{len(data['resources'])} resources")
+            for r in data["resources"]:
+                self.out.print(f"  {escape(r['logical_id']):<30} {escape(r['status']):<9} {escape(r['name'])}")
+        self.out.print(f"  lock: {escape(data['lock_text']) if data['lock'] is not None else 'not locked'}")
+        if "envs" in data:
+            self.out.print(f"  envs with state under this prefix: {escape(', '.join(data['envs']) or 'none')}")
+
+    def fleet_env_done(self, outcome: Any) -> None:
+        """One line per env as it finishes (stderr, so stdout stays the table or the JSON)."""
+        self.err.print(f"[dim]{escape(outcome.env)} ({escape(outcome.region)}): {escape(outcome.result)} "
+                       f"in {outcome.elapsed_s:.1f} s[/]")
+
+    def fleet_summary(self, result: Any) -> None:
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        table = Table(title=f"fleet {escape(result.fleet)}: {result.command}", box=box.SIMPLE_HEAD,
+                      pad_edge=False, show_edge=False)
+        for column in ("env", "region", "result", "changes", "elapsed", "detail"):
+            table.add_column(column, overflow="fold")
+        styles = {"failed": "red", "drifted": "yellow", "changes pending": "yellow", "pending": "yellow"}
+        for o in result.outcomes:
+            shown = f"[{styles[o.result]}]{escape(o.result)}[/]" if o.result in styles else escape(o.result)
+            table.add_row(escape(o.env), escape(o.region), shown, str(o.changes), f"{o.elapsed_s:.1f} s",
+                          escape(o.message))
+        self.out.print(table)
+        self.out.print(f"{len(result.outcomes)} envs in {result.elapsed_s:.1f} s; exit {int(result.exit_code)}")
+
+    def fleet_preview(self, envs: list[Any]) -> None:
+        """What `fleet destroy` is about to remove, before the one question (stderr)."""
+        self.err.print(f"[bold]fleet destroy will remove every resource of {len(envs)} envs:[/]")
+        for env in envs:
+            self.err.print(f"  env {escape(env.name)} · region {escape(env.region or 'default')} · profile "
+                           f"{escape(env.profile or 'default')} · config {escape(str(env.config or 'built-in defaults'))}")
+
     def lock_holder(self, text: str) -> None:
         self.out.print(text)
 

@@ -2,12 +2,13 @@
 
 Service models grow: ``CreateStream(Tags=...)`` and ``CreateEventSourceMapping(Tags=...)``
 appeared in botocore 1.35.26 and 1.35.23, ``PutBucketLifecycleConfiguration(
-TransitionDefaultMinimumObjectSize=...)`` in 1.35.32. An older botocore rejects an unknown
+TransitionDefaultMinimumObjectSize=...)`` in 1.35.32, ``PutObject(IfMatch=...)`` (the S3 state
+backend's conditional writes) in 1.35.69. An older botocore rejects an unknown
 parameter before any request (ParamValidationError): `up` would fail halfway on a machine that
 satisfies ``pyproject.toml``. What this proves, and what not:
 
-- every parameter path iotpipe sends in a full `up`, a config change, device add/remove and
-  `destroy` (recorded from the calls themselves) exists in the service models of the declared
+- every parameter path iotpipe sends in a full `up`, a config change, device add/remove,
+  `destroy` and the S3 state backend's bootstrap, lock, writes and delete (recorded from the calls themselves) exists in the service models of the declared
   floor: ``tests/data/botocore-<floor>-params.json`` is those models' input paths for the
   operations iotpipe uses, extracted from the floor's wheel by
   ``tests/data/make_botocore_params.py``;
@@ -39,11 +40,13 @@ from tests.botocore_params import sent_paths
 REPO = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
 # Where each parameter first appears, found by reading the wheels' models (1.35.22: neither Tags;
-# 1.35.23: the mapping's; 1.35.26: the stream's; 1.35.31: no TransitionDefaultMinimumObjectSize).
+# 1.35.23: the mapping's; 1.35.26: the stream's; 1.35.31: no TransitionDefaultMinimumObjectSize;
+# 1.35.68: PutObject has IfNoneMatch but not IfMatch, 1.35.69 both).
 INTRODUCED = {
     ("lambda", "CreateEventSourceMapping", "Tags"): "1.35.23",
     ("kinesis", "CreateStream", "Tags"): "1.35.26",
     ("s3", "PutBucketLifecycleConfiguration", "TransitionDefaultMinimumObjectSize"): "1.35.32",
+    ("s3", "PutObject", "IfMatch"): "1.35.69",
 }
 OPERATIONS: frozenset[tuple[str, str]] = frozenset(
     (service, operation) for service, operations in {
@@ -55,7 +58,7 @@ OPERATIONS: frozenset[tuple[str, str]] = frozenset(
         "kms": ("CreateAlias", "CreateKey", "DeleteAlias", "DescribeKey", "EnableKeyRotation", "GetKeyPolicy", "GetKeyRotationStatus", "ListAliases", "ListKeys", "ListResourceTags", "ScheduleKeyDeletion", "TagResource"),
         "lambda": ("CreateEventSourceMapping", "CreateFunction", "DeleteEventSourceMapping", "DeleteFunction", "GetEventSourceMapping", "GetFunction", "ListEventSourceMappings", "ListTags", "TagResource", "UpdateEventSourceMapping", "UpdateFunctionConfiguration"),
         "logs": ("CreateLogGroup", "DeleteLogGroup", "DescribeLogGroups", "ListTagsForResource", "PutRetentionPolicy", "TagResource"),
-        "s3": ("CreateBucket", "DeleteBucket", "DeleteBucketPolicy", "DeleteObjects", "GetBucketEncryption", "GetBucketLifecycleConfiguration", "GetBucketLogging", "GetBucketOwnershipControls", "GetBucketPolicy", "GetBucketTagging", "GetBucketVersioning", "GetPublicAccessBlock", "HeadBucket", "ListObjectVersions", "PutBucketEncryption", "PutBucketLifecycleConfiguration", "PutBucketLogging", "PutBucketOwnershipControls", "PutBucketPolicy", "PutBucketTagging", "PutBucketVersioning", "PutPublicAccessBlock"),
+        "s3": ("CreateBucket", "DeleteBucket", "DeleteBucketPolicy", "DeleteObject", "DeleteObjects", "GetObject", "ListObjectsV2", "PutObject", "GetBucketEncryption", "GetBucketLifecycleConfiguration", "GetBucketLogging", "GetBucketOwnershipControls", "GetBucketPolicy", "GetBucketTagging", "GetBucketVersioning", "GetPublicAccessBlock", "HeadBucket", "ListObjectVersions", "PutBucketEncryption", "PutBucketLifecycleConfiguration", "PutBucketLogging", "PutBucketOwnershipControls", "PutBucketPolicy", "PutBucketTagging", "PutBucketVersioning", "PutPublicAccessBlock"),
         "sqs": ("CreateQueue", "DeleteQueue", "GetQueueAttributes", "GetQueueUrl", "ListQueueTags", "TagQueue"),
         "sts": ("GetCallerIdentity",),
     }.items() for operation in operations
@@ -99,6 +102,18 @@ def sent(tmp_path_factory) -> list[tuple[str, str, dict]]:
         remove_device(engine, "press-1")
         add_device(engine, "press-2", attributes=attributes)
         engine.destroy()
+        # the S3 state backend: bootstrap, the lock object, conditional writes, the conditional delete
+        from iotpipe.s3state import parse_location
+        from iotpipe.statecmd import bootstrap, show
+
+        bootstrap(aws, parse_location("s3://iotpipe-floor-state/envs"), enforce_tls=False)
+        shared = make_engine(config, aws, root / "s3", state="s3://iotpipe-floor-state/envs").store
+        with shared.lock("up"):
+            shared.set_account(aws.account_id)
+            shared.record("kms.key", "AWS::KMS::Key", "alias/x", {"arn": "arn:x"})
+            shared.forget("kms.key")
+            shared.remove_if_empty()
+        show(shared)
     return calls
 
 

@@ -16,7 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOKS = REPO / "docs" / "runbooks"
-ORDER = ["deploy.md", "devices.md", "drift.md", "interrupted-run.md", "teardown.md", "emulator.md"]
+ORDER = ["deploy.md", "devices.md", "drift.md", "interrupted-run.md", "teardown.md", "emulator.md",
+         "shared-state.md"]
 BLOCK = re.compile(r"(?:<!-- setup: (?P<setup>[\w-]+) -->\n)?```(?P<lang>\w+)\n(?P<body>.*?)```", re.S)
 EXPECT = re.compile(r"#\s*exit\s+(\d+)\s*$")
 ENV = "line7"
@@ -88,6 +89,11 @@ def _setup(name: str, shell, moto_url: str) -> None:
         lock.write_text(json.dumps({"ID": "1", "Operation": "up", "Who": "ci@build-agent-3",
                                     "Host": "build-agent-3", "Pid": 4242, "Created": "2026-11-29T08:00:00Z"}))
         assert socket.gethostname() != "build-agent-3"
+    elif name == "s3-foreign-lock":  # another operator's run, on another machine, holds the env
+        s3 = boto3.client("s3", endpoint_url=moto_url, region_name=region)
+        s3.put_object(Bucket="acme-iotpipe-state", Key="plants/plant4.lock", Body=json.dumps(
+            {"ID": "2", "Operation": "up", "Who": "maria@plant4-laptop", "User": "maria",
+             "Host": "plant4-laptop", "Pid": 5151, "Created": "2026-11-29T08:00:00Z"}).encode())
     else:
         raise AssertionError(f"unknown runbook setup {name!r}")
 

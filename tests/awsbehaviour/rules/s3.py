@@ -22,6 +22,21 @@ def _set_min_object_size(parsed: dict[str, Any], _bucket: Any, value: Any) -> No
 
 RULES = (
     ErrorRule(
+        # moto serialises every request, so two conditional writes never meet: it answers 412 or
+        # 200, never AWS's 409. A scenario rule (no trigger, no condition): a test picks it.
+        name="s3.conditional-write-conflict",
+        service="s3", operation="PutObject", code="ConditionalRequestConflict", http_status=409,
+        message="A conflicting operation occurred. If using PutObject you can retry the request. "
+                "If using multipart upload you should initiate another CreateMultipartUpload "
+                "request and re-upload each part.",
+        times=1,
+        source="https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html and "
+               "https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObject.html (IfMatch/IfNoneMatch: "
+               "\"If a conflicting operation occurs during the upload S3 returns a 409 "
+               "ConditionalRequestConflict response. On a 409 failure you should retry the upload\"); "
+               "https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html (ConditionalRequestConflict, 409)",
+    ),
+    ErrorRule(
         name="s3.create-bucket-name-being-released",
         service="s3", operation="CreateBucket", code="OperationAborted", http_status=409,
         message="A conflicting conditional operation is currently in progress against this "
