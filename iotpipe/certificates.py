@@ -180,7 +180,7 @@ def rotate_devices(
     with _locked(engine, "device rotate", lock_timeout) as ctx:
         type_name, policy_name = _require_deployed(ctx)
         iot = ctx.client("iot")
-        limiter.attach(ctx.aws.events)
+        limiter.attach(iot.meta.events)  # a client copies the session's hooks when made
         try:
             things = {t["thingName"]: t for t in paginate(iot, "list_things", "things", thingTypeName=type_name)}
             chosen: list[DeviceRow] = []
@@ -205,7 +205,7 @@ def rotate_devices(
             done = _register_all(ctx, engine.store.root, chosen, type_name, policy_name, endpoint,
                                  workers, on_progress, rotate=True) if chosen else []
         finally:
-            limiter.detach(ctx.aws.events)
+            limiter.detach(iot.meta.events)
     result.devices = unknown + done
     result.seconds = clock() - started
     return result

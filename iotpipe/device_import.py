@@ -278,13 +278,13 @@ def import_devices(
     with _locked(engine, f"device import {file or '(rows)'}", lock_timeout) as ctx:
         type_name, policy_name = _require_deployed(ctx)
         iot = ctx.client("iot")  # made once, here: clients are thread-safe, their creation is not
-        limiter.attach(ctx.aws.events)
+        limiter.attach(iot.meta.events)  # a client copies the session's hooks when made
         try:
             result.endpoint = iot.describe_endpoint(endpointType=ENDPOINT_TYPE)["endpointAddress"]
             result.devices = _register_all(ctx, engine.store.root, rows, type_name, policy_name,
                                            result.endpoint, workers, on_progress)
         finally:
-            limiter.detach(ctx.aws.events)
+            limiter.detach(iot.meta.events)
     result.seconds = clock() - started
     result.throttle_wait_s = limiter.waited
     return result

@@ -49,32 +49,37 @@ IOT_API_RATES: dict[str, float] = {
 
 @dataclass
 class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` saved up; ``take`` waits for one.
+    """``rate`` calls a second, at most ``burst`` at once after a quiet spell; ``take`` waits
+    for the caller's slot.
 
-    Thread-safe. The wait is computed, never polled: a caller reserves the next free slot under
-    the lock and sleeps until it outside the lock, so N threads waiting cost N sleeps, not a spin.
+    A token bucket kept as its equivalent the generic cell rate algorithm (one "theoretical
+    arrival time" instead of a token count): each caller is given the next free slot under the
+    lock and sleeps until it outside the lock, so N threads waiting cost N sleeps, never a
+    spin, and a caller whose clock reads earlier than the last one's is still never let in
+    before the rate allows.
     """
 
     rate: float
     burst: float = 1.0
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
-    _tokens: float = field(default=-1.0, init=False)
-    _stamp: float = field(default=0.0, init=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    slots: list[float] | None = None  # when a list: the time each call was let in (tests, benchmark)
     waited: float = field(default=0.0, init=False)
+    _tat: float | None = field(default=None, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def take(self) -> float:
-        """Take a token; returns the seconds waited for it."""
+        """Wait for a slot; returns the seconds waited."""
+        interval = 1.0 / self.rate
         with self._lock:
             now = self.clock()
-            if self._tokens < 0:  # first use: a full bucket
-                self._tokens, self._stamp = self.burst, now
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self._tokens -= 1.0  # may go negative: a reservation of a future slot
-            wait = 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+            tat = now if self._tat is None else max(self._tat, now)
+            slot = max(now, tat - (self.burst - 1) * interval)
+            self._tat = max(tat, slot) + interval
+            wait = slot - now
             self.waited += wait
+            if self.slots is not None:
+                self.slots.append(slot)
         if wait > 0:
             self.sleep(wait)
         return wait
@@ -95,8 +100,9 @@ class RateLimiter:
         scale: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        trace: bool = False,
     ) -> None:
-        self.buckets = {op: TokenBucket(rate * scale, burst, clock, sleep)
+        self.buckets = {op: TokenBucket(rate * scale, burst, clock, sleep, slots=[] if trace else None)
                         for op, rate in (rates if rates is not None else IOT_API_RATES).items()}
         self.calls: dict[str, int] = dict.fromkeys(self.buckets, 0)
         self._count_lock = threading.Lock()
