@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import stat
-import threading
 from pathlib import Path
 
 import boto3
@@ -23,6 +22,7 @@ from iotpipe.cli import main
 from iotpipe.errors import ExitCode
 from iotpipe.ratelimit import IOT_API_RATES, RateLimiter, TokenBucket, minimum_seconds
 from iotpipe.steps import iot, kms
+from tests.devicefleet import Killed, Killer, ModelClock, serial_moto  # noqa: F401 - a fixture
 from tests.support import CallLog
 
 REGION = "us-east-1"
@@ -30,7 +30,6 @@ THING_TYPE = "manufacturing-sensor-dev"
 POLICY = "iot-sensor-device-policy-dev"
 RESOURCES = kms.RESOURCES + iot.RESOURCES
 N = 20
-MUTATING_IOT = ("Create", "Attach", "Update", "Delete", "Detach")
 
 
 def client():
@@ -239,28 +238,6 @@ def test_token_bucket_spaces_calls_at_its_rate_without_real_sleeps():
     assert bucket.take() == 0.0 and bucket.take() == pytest.approx(0.1)
 
 
-class ModelClock:
-    """Model time per thread: each thread's clock moves only by its own sleeps, as if AWS
-    answered instantly; the run's model time is the latest any thread reached."""
-
-    def __init__(self) -> None:
-        self._times: dict[int, float] = {}
-        self._lock = threading.Lock()
-
-    def clock(self) -> float:
-        with self._lock:
-            return self._times.setdefault(threading.get_ident(), 0.0)
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            me = threading.get_ident()
-            self._times[me] = self._times.get(me, 0.0) + seconds
-
-    @property
-    def elapsed(self) -> float:
-        return max(self._times.values(), default=0.0)
-
-
 def test_import_keeps_every_iot_api_under_awss_rate_and_near_its_bound(env, tmp_path):
     """On a model clock (AWS answering instantly): no API gets more calls in any second than
     AWS allows, and the import takes at most 1.2x the least time AWS's limits allow for its
@@ -283,41 +260,6 @@ def test_import_keeps_every_iot_api_under_awss_rate_and_near_its_bound(env, tmp_
 
 
 # --- killed halfway and re-run -----------------------------------------------------------------
-class Killed(BaseException):
-    """The process dying: not an error any code may catch and carry on from."""
-
-
-class Killer:
-    """Dies at the ``at``-th mutating IoT call: before it is sent, or after AWS did it but
-    before its answer arrives; from then on every call of every thread dies too."""
-
-    def __init__(self, at: int, when: str) -> None:
-        self.at, self.when, self.count, self.dead = at, when, 0, False
-        self._lock = threading.Lock()
-
-    def attach(self, events) -> None:
-        events.register("before-call.iot.*", self._before)
-        events.register("after-call.iot.*", self._after)
-
-    def _before(self, model, **_) -> None:
-        with self._lock:
-            if self.dead:
-                raise Killed()
-            if model.name.startswith(MUTATING_IOT):
-                self.count += 1
-                if self.count == self.at and self.when == "before":
-                    self.dead = True
-                    raise Killed()
-
-    def _after(self, model, **_) -> None:
-        with self._lock:
-            if self.dead:
-                raise Killed()  # the answer of a call in flight is lost too
-            if self.when == "after" and self.count == self.at and model.name.startswith(MUTATING_IOT):
-                self.dead = True
-                raise Killed()
-
-
 @pytest.mark.parametrize("at, when", [(3, "before"), (2, "after"), (41, "before"), (57, "after")])
 def test_killed_at_a_sampled_call_then_rerun_ends_with_one_of_everything(env, tmp_path, at, when):
     """5 mutating calls a device (CreateThing, CreateKeysAndCertificate, UpdateCertificate,
