@@ -476,31 +476,38 @@ def device_remove(opts: Options, device_id: str, json_mode: bool, lock_timeout: 
 @json_option
 @lock_option
 @click.option("--dry-run", is_flag=True, help="Check the file and say what would be added, updated or fail; write nothing.")
-def device_import(opts: Options, file: Path, json_mode: bool, lock_timeout: float, dry_run: bool) -> None:
+@click.option("--skip-invalid", is_flag=True,
+              help="Report bad lines (with their numbers) and import the valid rows instead of refusing the file.")
+def device_import(opts: Options, file: Path, json_mode: bool, lock_timeout: float, dry_run: bool,
+                  skip_invalid: bool) -> None:
     """Register every device of FILE (CSV with a header, or JSON lines) with the guarantees of
     `device add`: columns/keys id, location, facility, equipment_type.
 
     Every row is checked first: a bad file (bad id or attribute, duplicate id, empty, too
-    large) is refused with the line number of every problem and nothing is created. Devices
+    large) is refused with the line number of every problem and nothing is created
+    (--skip-invalid: the bad lines are reported first and the valid rows imported). Devices
     are registered concurrently, each IoT API paced to AWS's documented rate. Safe to repeat:
     a run killed halfway is finished by the next, with one thing and one active certificate
-    per device. Exit 3 when some devices failed (each listed with its line and reason).
+    per device. Exit 3 when some devices failed or lines were skipped (each listed with its
+    line and reason).
 
     \b
     Examples:
       iotpipe device import plant-a.csv --env dev --dry-run
       iotpipe device import plant-a.jsonl --env dev --json
     """
-    from iotpipe.device_import import import_devices, read_rows
+    from iotpipe.device_import import import_devices, read_file
 
-    rows = read_rows(file)  # before any AWS call (building the engine asks STS)
+    rows, skipped = read_file(file, skip_invalid=skip_invalid)  # before any AWS call (STS included)
     renderer = _renderer(json_mode)
+    renderer.skipped_lines(str(file), skipped)
     engine = _build(opts, renderer)
     verb = "checking" if dry_run else "importing"
     result = import_devices(engine, rows, file=str(file), dry_run=dry_run, lock_timeout=lock_timeout,
                             on_progress=lambda done, total, _o: renderer.bulk_progress(verb, done, total))
+    result.skipped_lines = skipped
     renderer.bulk_summary(result, "import")
-    if result.failed:
+    if result.failed or skipped:
         raise SystemExit(ExitCode.INCOMPLETE)
 
 

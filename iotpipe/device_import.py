@@ -52,12 +52,12 @@ class ImportFileError(ConfigError):
     Exit 65 like any bad input: nothing was sent to AWS, nothing written.
     """
 
-    def __init__(self, path: str, problems: list[tuple[int, str]]) -> None:
+    def __init__(self, path: str, problems: list[tuple[int, str]], hint: str = "") -> None:
         self.problems = problems
         shown = "; ".join(f"line {n}: {text}" if n else text for n, text in problems[:MAX_PROBLEMS_SHOWN])
         more = f"; and {len(problems) - MAX_PROBLEMS_SHOWN} more" if len(problems) > MAX_PROBLEMS_SHOWN else ""
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
-        super().__init__(f"{path}: {count}, nothing imported: {shown}{more}")
+        super().__init__(f"{path}: {count}, nothing imported: {shown}{more}" + (f" ({hint})" if hint else ""))
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ class ImportResult:
     file: str
     dry_run: bool
     devices: list[DeviceOutcome] = field(default_factory=list)
+    skipped_lines: list[tuple[int, str]] = field(default_factory=list)  # --skip-invalid
     seconds: float = 0.0
     throttle_wait_s: float = 0.0  # summed over the IoT APIs' buckets (threads wait in parallel)
     endpoint: str = ""
@@ -101,6 +102,7 @@ class ImportResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"env": self.env, "file": self.file, "dry_run": self.dry_run, "counts": self.counts(),
+                "skipped_lines": [{"line": n, "reason": why} for n, why in self.skipped_lines],
                 "seconds": round(self.seconds, 3), "throttle_wait_s": round(self.throttle_wait_s, 3),
                 "endpoint": self.endpoint, "devices": [d.as_dict() for d in self.devices]}
 
@@ -110,6 +112,17 @@ class ImportResult:
 # --------------------------------------------------------------------------------------------
 def read_rows(path: Path) -> list[DeviceRow]:
     """Every row of ``path``, checked; raises ImportFileError naming every bad line."""
+    return read_file(path)[0]
+
+
+def read_file(path: Path, *, skip_invalid: bool = False) -> tuple[list[DeviceRow], list[tuple[int, str]]]:
+    """The valid rows of ``path`` and the bad lines (line, why).
+
+    Any bad line refuses the whole file (ImportFileError naming every one), unless
+    ``skip_invalid``: then the bad lines are returned to be reported and the valid rows
+    imported. A file that is wrong as a whole (empty, too large, a bad header, not CSV, too
+    many devices) is refused either way. A duplicate id is a bad line after its first.
+    """
     shown = str(path)
     try:
         size = path.stat().st_size
@@ -130,9 +143,10 @@ def read_rows(path: Path) -> list[DeviceRow]:
         raise ImportFileError(shown, [(0, "the file is empty: expected a CSV header "
                                          f"({', '.join(('id', *DEVICE_ATTRIBUTES))}) or JSON lines")])
     problems: list[tuple[int, str]] = []
-    rows = list(_json_lines(text, problems) if first.startswith("{") else _csv_rows(text, problems))
-    if not rows and not problems:
-        problems.append((0, "no devices in the file (only a header or blank lines)"))
+    fatal: list[tuple[int, str]] = []
+    rows = list(_json_lines(text, problems) if first.startswith("{") else _csv_rows(text, problems, fatal))
+    if not rows and not problems and not fatal:
+        fatal.append((0, "no devices in the file (only a header or blank lines)"))
     seen: dict[str, int] = {}
     checked: list[DeviceRow] = []
     for line, raw in rows:
@@ -145,14 +159,18 @@ def read_rows(path: Path) -> list[DeviceRow]:
         seen[row.device_id] = line
         checked.append(row)
         if len(seen) > MAX_DEVICES:
-            problems.append((line, f"more than {MAX_DEVICES:,} devices in one file: split it"))
+            fatal.append((line, f"more than {MAX_DEVICES:,} devices in one file: split it"))
             break
-    if problems:
-        raise ImportFileError(shown, sorted(problems, key=lambda p: p[0]))
-    return checked
+    problems = sorted(problems, key=lambda p: p[0])
+    if fatal or (problems and not skip_invalid):
+        hint = "" if fatal or not checked else \
+            f"fix them, or pass --skip-invalid to import the {len(checked)} valid rows"
+        raise ImportFileError(shown, sorted(fatal + problems, key=lambda p: p[0]), hint)
+    return checked, problems
 
 
-def _csv_rows(text: str, problems: list[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(text: str, problems: list[tuple[int, str]],
+              fatal: list[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
     try:
@@ -165,7 +183,7 @@ def _csv_rows(text: str, problems: list[tuple[int, str]]) -> Iterator[tuple[int,
                 unknown = [h for h in header if h not in (*ID_COLUMNS, *DEVICE_ATTRIBUTES)]
                 ids = [h for h in header if h in ID_COLUMNS]
                 if unknown or len(ids) != 1 or len(set(header)) != len(header):
-                    problems.append((line, f"the header must name the column id and any of "
+                    fatal.append((line, f"the header must name the column id and any of "
                                            f"{', '.join(DEVICE_ATTRIBUTES)}, each once (got "
                                            f"{', '.join(fields)})"))
                     return
@@ -178,7 +196,7 @@ def _csv_rows(text: str, problems: list[tuple[int, str]]) -> Iterator[tuple[int,
                 continue
             yield line, {("id" if h in ID_COLUMNS else h): v for h, v in zip(header, fields, strict=True)}
     except csv.Error as err:
-        problems.append((reader.line_num, f"not CSV: {err}"))
+        fatal.append((reader.line_num, f"not CSV: {err}"))
 
 
 def _json_lines(text: str, problems: list[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -546,6 +546,11 @@ class Renderer:
             self._demo_quarters[verb] = quarter
             self.out.print(f"  {verb}: {done:,} of {total:,} devices")
 
+    def skipped_lines(self, file: str, lines: list[tuple[int, str]]) -> None:
+        """`device import --skip-invalid`: the bad lines, on stderr, before anything is created."""
+        for line, why in lines:
+            self.err.print(f"[yellow]skipped[/] {escape(file)} line {line}: {escape(why)}")
+
     def bulk_summary(self, result: Any, what: str) -> None:
         """`device import` / `device rotate`: every failure with its line and reason, then counts."""
         self._stop_demo_progress()
@@ -566,6 +571,8 @@ class Renderer:
         parts = [f"{counts.get(key, 0)} {word}" for key, word in order]
         if what == "rotate":
             parts.append(f"{result.skipped} not selected")
+        if getattr(result, "skipped_lines", None):
+            parts.append(f"{len(result.skipped_lines)} bad line(s) skipped")
         tail = " (dry run: nothing written)" if getattr(result, "dry_run", False) else \
             f" in {result.seconds:.1f} s"
         if getattr(result, "throttle_wait_s", 0) > 0.05:

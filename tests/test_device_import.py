@@ -302,3 +302,24 @@ def test_an_interrupted_import_keeps_no_half_written_key(env, tmp_path):
         assert key.read_text().rstrip().endswith("PRIVATE KEY-----")
     di.import_devices(env(), rows, limiter=fast())
     assert fleet_state(tmp_path, [r.device_id for r in rows])["problems"] == []
+
+
+def test_skip_invalid_reports_bad_lines_first_then_imports_the_valid_rows(env, tmp_path, capsys):
+    f = write_csv(tmp_path / "plant.csv", 5, extra="sensor-001,hall-1,plant-a,press\nbad id,hall-1,,\n")
+    assert main(["device", "import", str(f), "--env", "dev", "--region", REGION]) == ExitCode.CONFIG
+    assert "pass --skip-invalid to import the 5 valid rows" in capsys.readouterr().err
+    code = main(["device", "import", str(f), "--env", "dev", "--region", REGION, "--skip-invalid", "--json"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == ExitCode.INCOMPLETE
+    assert out["counts"] == {"added": 5}
+    assert [s["line"] for s in out["skipped_lines"]] == [7, 8]
+    assert "line 7: duplicate id 'sensor-001'" in captured.err
+    assert len(client().list_things(thingTypeName=THING_TYPE)["things"]) == 5
+
+
+def test_a_file_wrong_as_a_whole_is_refused_even_with_skip_invalid(tmp_path):
+    f = tmp_path / "x.csv"
+    f.write_text("serial,location\n1,2\n")
+    with pytest.raises(di.ImportFileError, match="line 1: the header"):
+        di.read_file(f, skip_invalid=True)
