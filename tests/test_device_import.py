@@ -151,7 +151,8 @@ def test_too_many_devices_and_too_large_files_are_refused(tmp_path, monkeypatch)
         di.read_rows(write_csv(tmp_path / "big.csv", 8))
 
 
-def test_a_bad_file_exits_65_naming_lines_and_creates_nothing(env, tmp_path, capsys):
+def test_a_bad_file_exits_65_naming_lines_and_creates_nothing(moto, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     f = write_csv(tmp_path / "plant.csv", 5, extra="sensor-001,hall-1,plant-a,press\nok-1,hall:2,pl ant,x\n")
     code = main(["device", "import", str(f), "--env", "dev", "--region", REGION])
     err = capsys.readouterr().err
@@ -260,7 +261,7 @@ def test_import_keeps_every_iot_api_under_awss_rate_and_near_its_bound(env, tmp_
 
 
 # --- killed halfway and re-run -----------------------------------------------------------------
-@pytest.mark.parametrize("at, when", [(3, "before"), (2, "after"), (41, "before"), (57, "after")])
+@pytest.mark.parametrize("at, when", [(3, "before"), (41, "before"), (57, "after")])
 def test_killed_at_a_sampled_call_then_rerun_ends_with_one_of_everything(env, tmp_path, at, when):
     """5 mutating calls a device (CreateThing, CreateKeysAndCertificate, UpdateCertificate,
     AttachPolicy, AttachThingPrincipal): 100 for 20 devices, sampled early and mid-way, the

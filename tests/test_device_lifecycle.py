@@ -153,22 +153,22 @@ def test_rotate_needs_exactly_one_selection(fleet):
         certificates.rotate_devices(fleet(), ids=("s-01",), all_devices=True)
 
 
-def test_rotation_killed_halfway_is_finished_by_the_next_sweep(big_fleet, tmp_path):
-    fleet = big_fleet
+def test_rotation_killed_halfway_is_finished_by_the_next_sweep(fleet, tmp_path):
+    """8 mutating calls a device (4 to make and attach, 4 to retire): killed mid-sweep."""
     engine = fleet()
-    Killer(30, "after").attach(engine.ctx.aws.events)
+    Killer(20, "after").attach(engine.ctx.aws.events)
     with pytest.raises(Killed):
         certificates.rotate_devices(engine, all_devices=True, limiter=fast(), workers=4)
     # devices whose new certificate is recorded but not finished are finished; the rest rotate
     certificates.rotate_devices(fleet(), all_devices=True, limiter=fast())
     active = [c for c in client().list_certificates(pageSize=250)["certificates"] if c["status"] == "ACTIVE"]
-    assert len(active) == N
-    for i in range(N):
+    assert len(active) == SMALL
+    for i in range(SMALL):
         assert len(attached(f"s-{i:02d}")) == 1
     log = CallLog()
     assert device_import.import_devices(
-        fleet(log), [device_import.DeviceRow(2 + i, f"s-{i:02d}", {"location": "hall-1"}) for i in range(N)],
-        limiter=fast()).counts() == {"unchanged": N}
+        fleet(log), [device_import.DeviceRow(2 + i, f"s-{i:02d}", {"location": "hall-1"}) for i in range(SMALL)],
+        limiter=fast()).counts() == {"unchanged": SMALL}
     assert log.mutating == []
 
 
