@@ -7,8 +7,8 @@ fast as threads allow would be answered ``ThrottlingException`` and spend its ti
 backoff; pacing each API to its own rate keeps every call under the limit, so the import runs at
 the speed of its slowest API (CreateKeysAndCertificate, 10 per second) and no faster.
 
-The buckets hang on botocore's ``before-call.iot.<Operation>`` event, so every IoT call a run
-makes is paced, whatever code makes it; calls of other services are not. The clock and sleep
+The buckets hang on the IoT client's botocore ``before-call`` event, first of its handlers, so
+every IoT call a run makes is paced, whatever code makes it, before anything else sees it. The clock and sleep
 are injectable: tests and the benchmark run the same buckets on a model clock.
 """
 
@@ -90,6 +90,8 @@ class RateLimiter:
 
     ``burst`` is how many calls may go at once after a quiet spell; 1 keeps every second's
     calls at or under the documented rate. ``scale`` multiplies every rate (a raised quota).
+    ``headroom`` keeps each bucket a little under the rate, so that clock jitter (and the
+    rounding of 10 intervals of 0.1 s) never puts one call too many into AWS's second.
     """
 
     def __init__(
@@ -98,17 +100,18 @@ class RateLimiter:
         *,
         burst: float = 1.0,
         scale: float = 1.0,
+        headroom: float = 0.98,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         trace: bool = False,
     ) -> None:
-        self.buckets = {op: TokenBucket(rate * scale, burst, clock, sleep, slots=[] if trace else None)
+        self.buckets = {op: TokenBucket(rate * scale * headroom, burst, clock, sleep, slots=[] if trace else None)
                         for op, rate in (rates if rates is not None else IOT_API_RATES).items()}
         self.calls: dict[str, int] = dict.fromkeys(self.buckets, 0)
         self._count_lock = threading.Lock()
 
     def _on_call(self, model: Any, **_: Any) -> None:
-        bucket = self.buckets.get(model.name)
+        bucket = self.buckets.get(model.name) if model.service_model.service_name == "iot" else None
         if bucket is None:
             return
         with self._count_lock:
@@ -116,11 +119,13 @@ class RateLimiter:
         bucket.take()
 
     def attach(self, events: Any) -> RateLimiter:
-        events.register("before-call.iot.*", self._on_call, unique_id=f"iotpipe-ratelimit-{id(self)}")
+        """First among the ``before-call`` handlers: a handler that answers the call itself
+        (a stub, a cache) must see it when it would really be sent, after the wait."""
+        events.register_first("before-call.*.*", self._on_call, unique_id=f"iotpipe-ratelimit-{id(self)}")
         return self
 
     def detach(self, events: Any) -> None:
-        events.unregister("before-call.iot.*", unique_id=f"iotpipe-ratelimit-{id(self)}")
+        events.unregister("before-call.*.*", unique_id=f"iotpipe-ratelimit-{id(self)}")
 
     @property
     def waited(self) -> float:

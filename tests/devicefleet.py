@@ -27,6 +27,25 @@ def serial_moto(monkeypatch):
     monkeypatch.setattr(BotocoreStubber, "__call__", serial)
 
 
+_KEYS: list = []
+
+
+@pytest.fixture(autouse=True)
+def one_rsa_key(monkeypatch):
+    """moto makes a 2048-bit RSA key for every certificate, a tenth of a second of CPU each:
+    the emulator's cost, not the code's. Here every certificate reuses one key, so twenty
+    devices cost what one does (the tests never compare keys across devices)."""
+    import types
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from moto.iot import models
+
+    if not _KEYS:
+        _KEYS.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    monkeypatch.setattr(models, "rsa", types.SimpleNamespace(
+        generate_private_key=lambda *a, **k: _KEYS[0], RSAPrivateKey=rsa.RSAPrivateKey))
+
+
 class ModelClock:
     """Model time per thread: each thread's clock moves only by its own sleeps, as if AWS
     answered instantly; the run's model time is the latest any thread reached."""

@@ -324,3 +324,47 @@ def test_a_file_wrong_as_a_whole_is_refused_even_with_skip_invalid(tmp_path):
     f.write_text("serial,location\n1,2\n")
     with pytest.raises(di.ImportFileError, match="line 1: the header"):
         di.read_file(f, skip_invalid=True)
+
+
+THROTTLE_RULES = ("iot.throttle-CreateKeysAndCertificate", "iot.throttle-CreateThing",
+                  "iot.throttle-AttachPolicy", "iot.throttle-AttachThingPrincipal")
+
+
+def test_aws_throttles_an_unpaced_burst_and_never_the_paced_import(moto, tmp_path, monkeypatch):
+    """AWS's per-API rates as behaviour rules (moto has none): 11 CreateKeysAndCertificate
+    in one second are refused with AWS's ThrottlingException; the paced import of 20 devices,
+    sleeping on the same clock, is refused nothing."""
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+
+    from iotpipe.aws import AwsContext
+    from iotpipe.config import load_config
+    from iotpipe.engine import make_engine
+    from tests.awsbehaviour import FakeClock, install, rules_named
+    from tests.awsbehaviour.fixture import attach, behaviour_for
+
+    monkeypatch.chdir(tmp_path)
+    clock = FakeClock()
+    burst = behaviour_for(rules_named(*THROTTLE_RULES), clock, REGION)
+    session = boto3.session.Session(region_name=REGION)
+    install(session._session.get_component("event_emitter"), burst)
+    raw = session.client("iot", config=Config(retries={"total_max_attempts": 1}))
+    for _ in range(10):
+        raw.create_keys_and_certificate(setAsActive=False)
+    with pytest.raises(ClientError) as caught:
+        raw.create_keys_and_certificate(setAsActive=False)
+    assert caught.value.response["Error"] == {"Code": "ThrottlingException", "Message": "The rate exceeds the limit."}
+    clock.advance(1.0)
+    raw.create_keys_and_certificate(setAsActive=False)  # the next second has room again
+    clock.advance(2.0)  # the import shares the account's rate with nobody from here on
+
+    config = load_config("dev", region=REGION, assignments=("storage.enforce_tls=false",))
+    aws = AwsContext(config.region, sleep=clock.sleep, clock=clock.now)
+    behaviour = attach(aws, rules_named(*THROTTLE_RULES), clock)
+    engine = make_engine(config, aws, tmp_path / ".iotpipe", resources=RESOURCES)
+    engine.up()
+    rows = di.read_rows(write_csv(tmp_path / "plant.csv"))
+    result = di.import_devices(engine, rows, workers=1)  # the default buckets, on the clock
+    assert result.counts() == {"added": N}, [d.reason for d in result.failed]
+    assert behaviour.fired == []
+    assert result.throttle_wait_s > 0
