@@ -39,7 +39,7 @@ import boto3
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from iotpipe import device_import as di  # noqa: E402
-from iotpipe.ratelimit import IOT_API_RATES, RateLimiter, TokenBucket, minimum_seconds  # noqa: E402
+from iotpipe.ratelimit import IOT_API_RATES, RateLimiter, minimum_seconds  # noqa: E402
 
 REGION = "us-east-1"
 ENV = "bench"
@@ -91,15 +91,14 @@ class ThreadCalls:
         self.by_thread[threading.get_ident()].append(model.name)
 
 
-def simulate(sequences: list[list[str]], latency: float, rates=IOT_API_RATES, burst: float = 1.0) -> float:
+def simulate(sequences: list[list[str]], latency: float) -> float:
     """Model seconds for worker threads making these calls in this order, paced by
-    iotpipe's TokenBucket at ``rates``, each call answered after ``latency`` seconds.
+    iotpipe's own buckets (RateLimiter's defaults), each call answered after ``latency`` seconds.
 
     A discrete-event simulation: the earliest pending call goes next, so every bucket sees
     time move forward as it would on a real clock."""
     now = [0.0]
-    buckets = {op: TokenBucket(rate, burst, clock=lambda: now[0], sleep=lambda _s: None)
-               for op, rate in rates.items()}
+    buckets = RateLimiter(clock=lambda: now[0], sleep=lambda _s: None).buckets
     heap = [(0.0, i, 0) for i, seq in enumerate(sequences) if seq]
     heapq.heapify(heap)
     end = 0.0

@@ -376,12 +376,16 @@ def destroy(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, yes
 @cli.group(context_settings=CONTEXT_SETTINGS)
 def device() -> None:
     """Register, list and remove sensors: IoT things of the env's type, each with its own
-    certificate and private key (kept in <state-dir>/devices/<env>/<device>/).
+    certificate and private key (kept in <state-dir>/devices/<env>/<device>/); import a plant's
+    file of them, rotate their certificates, export what an installer flashes.
 
     \b
     Examples:
       iotpipe device add press-07 --env dev --location hall-2 --facility plant-a
+      iotpipe device import plant-a.csv --env dev
       iotpipe device list --env dev --json
+      iotpipe device rotate --expiring-within 30d --env dev
+      iotpipe device export press-07 --env dev --out press-07.zip
       iotpipe device remove press-07 --env dev --yes
     """
 

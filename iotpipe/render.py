@@ -566,7 +566,7 @@ class Renderer:
         counts = result.counts()
         order = (("would-add", "would add"), ("would-update", "would update"), ("unchanged", "unchanged"),
                  ("would-fail", "would fail")) if getattr(result, "dry_run", False) else (
-                 ("added", "added"), ("rotated", "rotated"), ("updated", "updated"),
+                 ("rotated", "rotated") if what == "rotate" else ("added", "added"), ("updated", "updated"),
                  ("unchanged", "unchanged"), ("failed", "failed"))
         parts = [f"{counts.get(key, 0)} {word}" for key, word in order]
         if what == "rotate":

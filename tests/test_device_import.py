@@ -368,3 +368,25 @@ def test_aws_throttles_an_unpaced_burst_and_never_the_paced_import(moto, tmp_pat
     assert result.counts() == {"added": N}, [d.reason for d in result.failed]
     assert behaviour.fired == []
     assert result.throttle_wait_s > 0
+
+
+def test_text_summary_names_each_failure_with_its_line_and_counts_the_rest():
+    import io
+
+    from rich.console import Console
+
+    from iotpipe.render import Renderer
+
+    out = io.StringIO()
+    renderer = Renderer(console=Console(file=out, width=200, force_terminal=False))
+    result = di.ImportResult("dev", "plant.csv", False, devices=[
+        di.DeviceOutcome("a", 2, "added"), di.DeviceOutcome("b", 3, "failed", "thing 'b' is not ours"),
+        di.DeviceOutcome("c", 4, "unchanged")], seconds=1.5, throttle_wait_s=0.8)
+    for done in (1, 2, 3):
+        renderer.bulk_progress("importing", done, 3)
+    renderer.bulk_summary(result, "import")
+    text = out.getvalue()
+    assert "importing: 3 of 3 devices" in text
+    assert "failed line 3 b: thing 'b' is not ours" in text
+    assert "import env dev: 1 added, 0 updated, 1 unchanged, 1 failed in 1.5 s" in text
+    assert "paced to AWS's IoT rate limits" in text
