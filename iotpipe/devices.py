@@ -44,6 +44,7 @@ from typing import Any
 
 from iotpipe.engine import Engine
 from iotpipe.errors import ConfigError, ExitCode, IotpipeError, OwnershipError, StateError
+from iotpipe.ratelimit import RateLimiter
 from iotpipe.steps.base import StepContext, get_or_none, paginate
 from iotpipe.steps.iot import (
     DEVICE_MARKER_ATTRIBUTE,
@@ -554,7 +555,18 @@ def list_devices(engine: Engine) -> list[DeviceInfo]:
     if get_or_none(iot.describe_thing_type, thingTypeName=type_name) is None:
         raise EnvNotDeployedError(f"env {ctx.env!r} is not deployed (no thing type {type_name}): "
                                   f"run `iotpipe up --env {ctx.env}` first")
-    devices = []
+    # A thousand devices cost two thousand reads at 10 a second (ListThingPrincipals,
+    # DescribeCertificate): paced like `device import`, never throttled.
+    limiter = RateLimiter(clock=ctx.aws.clock, sleep=ctx.aws.sleep).attach(iot.meta.events)
+    try:
+        devices = _list(engine, ctx, iot, type_name)
+    finally:
+        limiter.detach(iot.meta.events)
+    return sorted(devices, key=lambda d: d.device_id)
+
+
+def _list(engine: Engine, ctx: StepContext, iot: Any, type_name: str) -> list[DeviceInfo]:
+    devices: list[DeviceInfo] = []
     for thing in paginate(iot, "list_things", "things", thingTypeName=type_name):
         name = thing["thingName"]
         certs = []
@@ -574,7 +586,7 @@ def list_devices(engine: Engine) -> list[DeviceInfo]:
             device_id=name, thing_arn=thing.get("thingArn", ""), thing_type=type_name,
             attributes={k: v for k, v in attrs.items() if k != DEVICE_MARKER_ATTRIBUTE},
             managed=device_marker_ok(ctx, thing), certificates=certs, local_key=local))
-    return sorted(devices, key=lambda d: d.device_id)
+    return devices
 
 
 def _not_after(found: dict[str, Any] | None) -> str:
