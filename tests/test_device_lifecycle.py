@@ -221,3 +221,13 @@ def test_export_refuses_a_device_whose_key_is_not_here_and_writes_nothing(fleet,
     with pytest.raises(devices.DeviceNeedsRotationError, match="s-03.*revoked"):
         device_export.export_devices(fleet(), ("s-03",), out)
     assert not Path(out).exists()
+
+
+def test_cli_rotate_by_expiry_and_list_with_expiry(fleet, capsys):
+    code = main(["device", "rotate", "--expiring-within", "30d", "--env", "dev", "--region", REGION, "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == ExitCode.OK and out["counts"] == {"rotated": SMALL}
+    assert main(["device", "list", "--env", "dev", "--region", REGION]) == ExitCode.OK
+    text = capsys.readouterr().out
+    assert text.count(" ACTIVE until ") == SMALL
+    assert main(["device", "rotate", "--expiring-within", "soon", "--env", "dev"]) == ExitCode.CONFIG
