@@ -61,6 +61,7 @@ DEVICE_ID = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 ATTRIBUTE_VALUE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{1,800}")  # AWS's pattern, minus empty
 DEVICE_ATTRIBUTES = ("location", "facility", "equipment_type")  # the thing type's searchable ones
 KEY_FILE = "private.pem.key"
+ISSUING_FILE = ".issuing.json"  # a CreateKeysAndCertificate sent, its answer not yet recorded
 CERT_FILE = "certificate.pem.crt"
 RECORD_FILE = "certificate.json"
 ROOT_CA_URL = "https://www.amazontrust.com/repository/AmazonRootCA1.pem"
@@ -368,6 +369,11 @@ def register_device(
         _refuse_other_region(ctx, paths, early)  # before anything is written
     notes: list[str] = []
     action = "unchanged"
+    lost = _lost_answer(paths)
+    if lost:
+        notes.append(f"a certificate requested at {lost} by a run that died may exist without its "
+                     "answer: if so it is INACTIVE and attached to nothing (it cannot connect); "
+                     "`aws iot list-certificates` shows it")
 
     thing = get_or_none(iot.describe_thing, thingName=device_id)
     if thing is None:
@@ -494,6 +500,8 @@ def _issue(
     Returns the record and what CreateKeysAndCertificate said of the certificate: a new
     certificate is INACTIVE (step 1) and has no policy yet, so describing it again would only
     spend DescribeCertificate's small rate (10 per second) in a bulk import."""
+    issuing = paths.dir / ISSUING_FILE
+    _write_file(issuing, json.dumps({"requested_at": _now()}) + "\n", 0o644)
     made = ctx.client("iot").create_keys_and_certificate(setAsActive=False)
     key = made["keyPair"]["PrivateKey"]
     record = {
@@ -503,10 +511,26 @@ def _issue(
         "created_at": _now(),
     }
     _write_record(paths, record)
+    issuing.unlink()  # the answer is recorded: nothing of this request can be lost any more
     _write_file(paths.key, key, 0o600)
     del key, made["keyPair"]
     _write_file(paths.certificate, made["certificatePem"], 0o644)
     return record, {"certificatePem": made["certificatePem"], "status": "INACTIVE"}
+
+
+def _lost_answer(paths: DevicePaths) -> str:
+    """When a run died between sending CreateKeysAndCertificate and recording its answer: the
+    time it was sent (and the marker is cleared, this run takes over); else ""."""
+    marker = paths.dir / ISSUING_FILE
+    try:
+        sent = str(json.loads(marker.read_text(encoding="utf-8")).get("requested_at", "?"))
+    except FileNotFoundError:
+        return ""
+    except (OSError, ValueError, AttributeError):
+        sent = "?"
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()
+    return sent
 
 
 def _finish(

@@ -563,6 +563,11 @@ class Renderer:
                 self.out.print(f"[red]! {d.outcome}[/] {where}[bold]{escape(d.device_id)}[/]: {escape(d.reason)}")
             elif d.outcome in ("would-update",) and d.reason:
                 self.out.print(f"[yellow]~ would update[/] {escape(d.device_id)}: {escape(d.reason)}")
+        lost = sum("without its answer" in d.reason for d in result.devices)
+        if lost:
+            self.out.print(f"[yellow]note:[/] {lost} certificate request(s) of a run that died got no "
+                           "answer; any certificate AWS made for them is INACTIVE and attached to nothing "
+                           "(it cannot connect): see `aws iot list-certificates`")
         counts = result.counts()
         order = (("would-add", "would add"), ("would-update", "would update"), ("unchanged", "unchanged"),
                  ("would-fail", "would fail")) if getattr(result, "dry_run", False) else (
