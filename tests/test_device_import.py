@@ -22,7 +22,7 @@ from iotpipe.cli import main
 from iotpipe.errors import ExitCode
 from iotpipe.ratelimit import IOT_API_RATES, RateLimiter, TokenBucket, minimum_seconds
 from iotpipe.steps import iot, kms
-from tests.devicefleet import Killed, Killer, ModelClock, serial_moto  # noqa: F401 - a fixture
+from tests.bulk_devices import Killed, Killer, ModelClock, serial_moto  # noqa: F401 - a fixture
 from tests.support import CallLog
 
 REGION = "us-east-1"

@@ -19,7 +19,7 @@ from iotpipe.cli import main
 from iotpipe.errors import ConfigError, ExitCode
 from iotpipe.ratelimit import RateLimiter
 from iotpipe.steps import iot, kms
-from tests.devicefleet import Killed, Killer, serial_moto  # noqa: F401 - a fixture
+from tests.bulk_devices import Killed, Killer, serial_moto  # noqa: F401 - a fixture
 from tests.support import CallLog
 
 REGION = "us-east-1"
