@@ -37,6 +37,10 @@ EXIT_CODES: dict[str, tuple[ExitCode, ...]] = {  # the rest, per command path
     "device add": (ExitCode.CHANGES_PENDING, ExitCode.CONFIG, ExitCode.STATE, ExitCode.OWNERSHIP, ExitCode.LOCKED),
     "device list": (ExitCode.CHANGES_PENDING,),
     "device remove": (ExitCode.STATE, ExitCode.OWNERSHIP, ExitCode.ABORTED, ExitCode.LOCKED),
+    "device import": (ExitCode.CHANGES_PENDING, ExitCode.INCOMPLETE, ExitCode.CONFIG, ExitCode.OWNERSHIP,
+                      ExitCode.LOCKED),
+    "device rotate": (ExitCode.CHANGES_PENDING, ExitCode.INCOMPLETE, ExitCode.OWNERSHIP, ExitCode.LOCKED),
+    "device export": (ExitCode.CONFIG, ExitCode.STATE),
     "unlock": (ExitCode.CONFIG, ExitCode.ABORTED, ExitCode.LOCKED, ExitCode.STATE, ExitCode.CREDENTIALS,
                ExitCode.ENDPOINT, ExitCode.ACCESS_DENIED),
     "state bootstrap": (ExitCode.CONFIG, ExitCode.CREDENTIALS, ExitCode.ENDPOINT, ExitCode.OWNERSHIP,
@@ -317,7 +321,9 @@ def status(opts: Options, json_mode: bool, wide: bool) -> None:
     engine = _build(opts, renderer)
     renderer.header(_target(opts, engine))
     result = engine.status()
-    renderer.status(result)
+    from iotpipe.certificates import local_expiring
+
+    renderer.status(result, certificates=local_expiring(opts.state_dir, opts.env))
     if not result.in_sync:
         raise SystemExit(ExitCode.CHANGES_PENDING)
 
@@ -407,12 +413,16 @@ def destroy(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, for
 @cli.group(context_settings=CONTEXT_SETTINGS)
 def device() -> None:
     """Register, list and remove sensors: IoT things of the env's type, each with its own
-    certificate and private key (kept in <state-dir>/devices/<env>/<device>/).
+    certificate and private key (kept in <state-dir>/devices/<env>/<device>/); import a plant's
+    file of them, rotate their certificates, export what an installer flashes.
 
     \b
     Examples:
       iotpipe device add press-07 --env dev --location hall-2 --facility plant-a
+      iotpipe device import plant-a.csv --env dev
       iotpipe device list --env dev --json
+      iotpipe device rotate --expiring-within 30d --env dev
+      iotpipe device export press-07 --env dev --out press-07.zip
       iotpipe device remove press-07 --env dev --yes
     """
 
@@ -499,6 +509,111 @@ def device_remove(opts: Options, device_id: str, json_mode: bool, lock_timeout: 
     renderer = _renderer(json_mode)
     engine = _engine(opts, config, renderer)
     renderer.device_removed(remove_device(engine, device_id, lock_timeout=lock_timeout))
+
+
+@device.command("import", context_settings=CONTEXT_SETTINGS)
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@common_options
+@json_option
+@lock_option
+@click.option("--dry-run", is_flag=True, help="Check the file and say what would be added, updated or fail; write nothing.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Report bad lines (with their numbers) and import the valid rows instead of refusing the file.")
+def device_import(opts: Options, file: Path, json_mode: bool, lock_timeout: float, dry_run: bool,
+                  skip_invalid: bool) -> None:
+    """Register every device of FILE (CSV with a header, or JSON lines) with the guarantees of
+    `device add`: columns/keys id, location, facility, equipment_type.
+
+    Every row is checked first: a bad file (bad id or attribute, duplicate id, empty, too
+    large) is refused with the line number of every problem and nothing is created
+    (--skip-invalid: the bad lines are reported first and the valid rows imported). Devices
+    are registered concurrently, each IoT API paced to AWS's documented rate. Safe to repeat:
+    a run killed halfway is finished by the next, with one thing and one active certificate
+    per device. Exit 3 when some devices failed or lines were skipped (each listed with its
+    line and reason).
+
+    \b
+    Examples:
+      iotpipe device import plant-a.csv --env dev --dry-run
+      iotpipe device import plant-a.jsonl --env dev --json
+    """
+    from iotpipe.device_import import import_devices, read_file
+
+    rows, skipped = read_file(file, skip_invalid=skip_invalid)  # before any AWS call (STS included)
+    renderer = _renderer(json_mode)
+    renderer.skipped_lines(str(file), skipped)
+    engine = _build(opts, renderer)
+    verb = "checking" if dry_run else "importing"
+    result = import_devices(engine, rows, file=str(file), dry_run=dry_run, lock_timeout=lock_timeout,
+                            on_progress=lambda done, total, _o: renderer.bulk_progress(verb, done, total))
+    result.skipped_lines = skipped
+    renderer.bulk_summary(result, "import")
+    if result.failed or skipped:
+        raise SystemExit(ExitCode.INCOMPLETE)
+
+
+@device.command("rotate", context_settings=CONTEXT_SETTINGS)
+@click.argument("device_ids", nargs=-1)
+@common_options
+@json_option
+@lock_option
+@click.option("--all", "all_devices", is_flag=True, help="Rotate every device of the env.")
+@click.option("--expiring-within", metavar="DURATION",
+              help="Rotate the devices with a certificate that expires within DURATION (30d, 12h, 2w).")
+def device_rotate(opts: Options, device_ids: tuple[str, ...], json_mode: bool, lock_timeout: float,
+                  all_devices: bool, expiring_within: str | None) -> None:
+    """Issue new certificates for DEVICE_IDS, --all, or --expiring-within DURATION, in the
+    order of `device add --rotate`: the new certificate and key made, recorded and attached
+    first, the old certificate detached, deactivated and deleted after. Concurrent and paced
+    like `device import`; exit 3 when some devices failed.
+
+    \b
+    Examples:
+      iotpipe device rotate --expiring-within 30d --env prod
+      iotpipe device rotate press-07 press-08 --env dev
+    """
+    from iotpipe.certificates import parse_within, rotate_devices
+    from iotpipe.devices import validate_device_id
+
+    within = parse_within(expiring_within) if expiring_within is not None else None
+    if sum((bool(device_ids), all_devices, within is not None)) != 1:
+        raise click.UsageError("give device ids, --all or --expiring-within (exactly one of them)")
+    for device_id in device_ids:
+        validate_device_id(device_id)
+    renderer = _renderer(json_mode)
+    engine = _build(opts, renderer)
+    result = rotate_devices(engine, ids=device_ids, all_devices=all_devices, expiring_within=within,
+                            lock_timeout=lock_timeout,
+                            on_progress=lambda done, total, _o: renderer.bulk_progress("rotating", done, total))
+    renderer.bulk_summary(result, "rotate")
+    if result.failed:
+        raise SystemExit(ExitCode.INCOMPLETE)
+
+
+@device.command("export", context_settings=CONTEXT_SETTINGS)
+@click.argument("device_ids", nargs=-1, required=True)
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+              help="A directory (one folder per device) or a FILE.zip; never overwritten.")
+@common_options
+@json_option
+def device_export(opts: Options, device_ids: tuple[str, ...], out: Path, json_mode: bool) -> None:
+    """Bundle what an installer flashes onto each sensor: certificate, private key (mode 0600
+    kept, also inside a zip), and device.json with endpoint, client id, topic, port and where
+    to get the Amazon root CA. Only devices whose key is here and whose certificate is active.
+
+    \b
+    Examples:
+      iotpipe device export press-07 press-08 --env dev --out flash/
+      iotpipe device export press-07 --env dev --out press-07.zip
+    """
+    from iotpipe.device_export import export_devices
+    from iotpipe.devices import validate_device_id
+
+    for device_id in device_ids:
+        validate_device_id(device_id)
+    renderer = _renderer(json_mode)
+    engine = _build(opts, renderer)
+    renderer.device_exported(export_devices(engine, device_ids, out))
 
 
 @cli.command(context_settings=CONTEXT_SETTINGS)

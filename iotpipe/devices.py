@@ -5,22 +5,23 @@ never prints. AWS hands out a certificate's private key exactly once (in the
 CreateKeysAndCertificate answer), so the order of steps is what keeps a device usable when a
 run dies halfway:
 
-1. create the certificate (active);
+1. create the certificate, inactive;
 2. record it in ``certificate.json`` (atomic replace): id, ARN, sha256 of the key, and the
    certificates it replaces — before anything else, so that no later crash can leave a
    certificate iotpipe does not know about;
 3. write the private key (``O_CREAT|O_EXCL``, mode 0600, to a temporary name, then renamed:
    never through a default-umask open, never a half-written key under the final name);
 4. write the certificate PEM (0644);
-5. attach the device policy to the certificate and the certificate to the thing;
+5. activate the certificate, attach the device policy to it and it to the thing;
 6. (rotation) retire the replaced certificates; mark the record "active".
 
 A re-run reads the record first. Its certificate with a key that matches the recorded hash is
 finished (steps 5–6), never duplicated; its certificate without the key (died between 2 and
 3) is useless, so it is deleted and a new one made. The one window left is between AWS
 answering step 1 and step 2 (or an answer lost on the way): CreateKeysAndCertificate takes no
-idempotency token, so that can leave an unattached certificate without policy, which is
-harmless and shows in `aws iot list-certificates`.
+idempotency token, so that can leave an unattached certificate without policy; it was made
+inactive, so it can never connect and a device never has more than one active certificate.
+It shows in `aws iot list-certificates` as INACTIVE.
 
 The files live in ``<state-dir>/devices/<env>/<device>/``; the Amazon root CA is not
 downloaded (get it from https://www.amazontrust.com/repository/AmazonRootCA1.pem).
@@ -43,6 +44,7 @@ from typing import Any
 
 from iotpipe.engine import Engine
 from iotpipe.errors import ConfigError, ExitCode, IotpipeError, OwnershipError, StateError
+from iotpipe.ratelimit import RateLimiter
 from iotpipe.steps.base import StepContext, get_or_none, paginate
 from iotpipe.steps.iot import (
     DEVICE_MARKER_ATTRIBUTE,
@@ -59,6 +61,7 @@ DEVICE_ID = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 ATTRIBUTE_VALUE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{1,800}")  # AWS's pattern, minus empty
 DEVICE_ATTRIBUTES = ("location", "facility", "equipment_type")  # the thing type's searchable ones
 KEY_FILE = "private.pem.key"
+ISSUING_FILE = ".issuing.json"  # a CreateKeysAndCertificate sent, its answer not yet recorded
 CERT_FILE = "certificate.pem.crt"
 RECORD_FILE = "certificate.json"
 ROOT_CA_URL = "https://www.amazontrust.com/repository/AmazonRootCA1.pem"
@@ -132,6 +135,7 @@ class CertificateInfo:
     id: str
     arn: str
     status: str
+    not_after: str = ""  # ISO 8601 UTC, from DescribeCertificate's validity; "" when unknown
 
 
 @dataclass
@@ -334,56 +338,86 @@ def add_device(
     wanted = validate_attributes(attributes or {})
     with _locked(engine, f"device add {device_id}", lock_timeout) as ctx:
         type_name, policy_name = _require_deployed(ctx)
-        iot = ctx.client("iot")
-        paths = device_paths(engine.store.root, ctx.env, device_id)
-        early = None
-        with contextlib.suppress(StateError):  # an unreadable record is reported further on
-            early = _read_record(paths)
-        if early is not None:
-            _refuse_other_region(ctx, paths, early)  # before anything is written
-        notes: list[str] = []
-        action = "unchanged"
+        return register_device(ctx, engine.store.root, device_id, wanted, type_name=type_name,
+                               policy_name=policy_name, rotate=rotate)
 
-        thing = get_or_none(iot.describe_thing, thingName=device_id)
-        if thing is None:
-            made = iot.create_thing(thingName=device_id, thingTypeName=type_name, attributePayload={
-                "attributes": {**wanted, DEVICE_MARKER_ATTRIBUTE: ctx.env}})
-            thing_arn = made["thingArn"]
-            action = "create"
-        else:
-            if not device_marker_ok(ctx, thing):
-                raise OwnershipError(f"thing {device_id!r} exists but is not an iotpipe device of env "
-                                     f"{ctx.env!r} (no {DEVICE_MARKER_ATTRIBUTE}={ctx.env} attribute): "
-                                     "choose another device id")
-            thing_arn = thing["thingArn"]
-            have = thing.get("attributes") or {}
-            fix = {k: v for k, v in wanted.items() if have.get(k) != v}
-            if fix or thing.get("thingTypeName") != type_name:
-                kwargs: dict[str, Any] = {"thingName": device_id, "thingTypeName": type_name}
-                if fix:
-                    kwargs["attributePayload"] = {"attributes": fix, "merge": True}
-                iot.update_thing(**kwargs)
-                action = "update"
-                notes.append("thing updated: " + ", ".join(sorted(fix) or ["thing type"]))
 
-        attached = thing_certificates(ctx, device_id) if thing is not None else []
-        record, cert = _usable_record(ctx, paths, device_id, attached, rotate, notes)
-        if record is None or (rotate and record.get("status") == "active"):
-            replaces = sorted(set(attached) | ({record["certificate_arn"]} if record else set()))
-            record = _issue(ctx, paths, device_id, replaces)
-            cert = iot.describe_certificate(certificateId=record["certificate_id"])["certificateDescription"]
-            action = "rotate" if replaces else "create"
-        if _finish(ctx, paths, device_id, policy_name, record, cert, attached, notes) and action == "unchanged":
+def register_device(
+    ctx: StepContext,
+    state_root: Path,
+    device_id: str,
+    wanted: dict[str, str],
+    *,
+    type_name: str,
+    policy_name: str,
+    rotate: bool = False,
+    endpoint: str | None = None,
+) -> DeviceResult:
+    """One device's registration with every guarantee of `device add` (steps 1-6 of the module
+    docstring, each only when not done yet), for callers that hold the env's lock and have
+    checked the env is deployed: `device add` for one device, `device import` and `device
+    rotate` for many at once (from several threads: it shares nothing but the client).
+
+    ``endpoint`` given saves a DescribeEndpoint per device (it is the same for the account).
+    """
+    iot = ctx.client("iot")
+    paths = device_paths(state_root, ctx.env, device_id)
+    early = None
+    with contextlib.suppress(StateError):  # an unreadable record is reported further on
+        early = _read_record(paths)
+    if early is not None:
+        _refuse_other_region(ctx, paths, early)  # before anything is written
+    notes: list[str] = []
+    action = "unchanged"
+    lost = _lost_answer(paths)
+    if lost:
+        notes.append(f"a certificate requested at {lost} by a run that died may exist without its "
+                     "answer: if so it is INACTIVE and attached to nothing (it cannot connect); "
+                     "`aws iot list-certificates` shows it")
+
+    thing = get_or_none(iot.describe_thing, thingName=device_id)
+    if thing is None:
+        made = iot.create_thing(thingName=device_id, thingTypeName=type_name, attributePayload={
+            "attributes": {**wanted, DEVICE_MARKER_ATTRIBUTE: ctx.env}})
+        thing_arn = made["thingArn"]
+        action = "create"
+    else:
+        if not device_marker_ok(ctx, thing):
+            raise OwnershipError(f"thing {device_id!r} exists but is not an iotpipe device of env "
+                                 f"{ctx.env!r} (no {DEVICE_MARKER_ATTRIBUTE}={ctx.env} attribute): "
+                                 "choose another device id")
+        thing_arn = thing["thingArn"]
+        have = thing.get("attributes") or {}
+        fix = {k: v for k, v in wanted.items() if have.get(k) != v}
+        if fix or thing.get("thingTypeName") != type_name:
+            kwargs: dict[str, Any] = {"thingName": device_id, "thingTypeName": type_name}
+            if fix:
+                kwargs["attributePayload"] = {"attributes": fix, "merge": True}
+            iot.update_thing(**kwargs)
             action = "update"
+            notes.append("thing updated: " + ", ".join(sorted(fix) or ["thing type"]))
 
+    attached = thing_certificates(ctx, device_id) if thing is not None else []
+    record, cert = _usable_record(ctx, paths, device_id, attached, rotate, notes)
+    fresh = False
+    if record is None or (rotate and record.get("status") == "active"):
+        replaces = sorted(set(attached) | ({record["certificate_arn"]} if record else set()))
+        record, cert = _issue(ctx, paths, device_id, replaces)
+        fresh = True
+        action = "rotate" if replaces else "create"
+    if _finish(ctx, paths, device_id, policy_name, record, cert, attached, notes, fresh=fresh) \
+            and action == "unchanged":
+        action = "update"
+
+    if endpoint is None:
         endpoint = iot.describe_endpoint(endpointType=ENDPOINT_TYPE)["endpointAddress"]
-        return DeviceResult(
-            action=action, env=ctx.env, device_id=device_id, thing_arn=thing_arn,
-            certificate_id=record["certificate_id"], certificate_arn=record["certificate_arn"],
-            endpoint=endpoint, topic=topic(device_id), key_path=os.path.abspath(paths.key),
-            certificate_path=os.path.abspath(paths.certificate),
-            replaced_certificates=[cert_id(a) for a in record.get("replaces", [])] if action == "rotate" else [],
-            notes=notes)
+    return DeviceResult(
+        action=action, env=ctx.env, device_id=device_id, thing_arn=thing_arn,
+        certificate_id=record["certificate_id"], certificate_arn=record["certificate_arn"],
+        endpoint=endpoint, topic=topic(device_id), key_path=os.path.abspath(paths.key),
+        certificate_path=os.path.abspath(paths.certificate),
+        replaced_certificates=[cert_id(a) for a in record.get("replaces", [])] if action == "rotate" else [],
+        notes=notes)
 
 
 def _usable_record(
@@ -416,6 +450,8 @@ def _usable_record(
             notes.append(f"deleted certificate {record['certificate_id'][:12]}… whose key was never "
                          "written (an interrupted run)")
             record = None
+        elif cert.get("status") == "INACTIVE" and record.get("status") == "pending":
+            return record, cert  # made inactive by a run that died before activating it: finish it
         elif cert.get("status") != "ACTIVE":
             # Deactivated by someone (a revocation): not iotpipe's to undo.
             if not rotate:
@@ -456,9 +492,17 @@ def _needs_rotation(ctx: StepContext, device_id: str, paths: DevicePaths, why: s
         "certificate and retire the old one")
 
 
-def _issue(ctx: StepContext, paths: DevicePaths, device_id: str, replaces: list[str]) -> dict[str, Any]:
-    """Steps 1-4 of the module docstring: a new certificate, recorded, its key on disk."""
-    made = ctx.client("iot").create_keys_and_certificate(setAsActive=True)
+def _issue(
+    ctx: StepContext, paths: DevicePaths, device_id: str, replaces: list[str],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Steps 1-4 of the module docstring: a new certificate, recorded, its key on disk.
+
+    Returns the record and what CreateKeysAndCertificate said of the certificate: a new
+    certificate is INACTIVE (step 1) and has no policy yet, so describing it again would only
+    spend DescribeCertificate's small rate (10 per second) in a bulk import."""
+    issuing = paths.dir / ISSUING_FILE
+    _write_file(issuing, json.dumps({"requested_at": _now()}) + "\n", 0o644)
+    made = ctx.client("iot").create_keys_and_certificate(setAsActive=False)
     key = made["keyPair"]["PrivateKey"]
     record = {
         "device_id": device_id, "env": ctx.env, "status": "pending",
@@ -467,17 +511,35 @@ def _issue(ctx: StepContext, paths: DevicePaths, device_id: str, replaces: list[
         "created_at": _now(),
     }
     _write_record(paths, record)
+    issuing.unlink()  # the answer is recorded: nothing of this request can be lost any more
     _write_file(paths.key, key, 0o600)
     del key, made["keyPair"]
     _write_file(paths.certificate, made["certificatePem"], 0o644)
-    return record
+    return record, {"certificatePem": made["certificatePem"], "status": "INACTIVE"}
+
+
+def _lost_answer(paths: DevicePaths) -> str:
+    """When a run died between sending CreateKeysAndCertificate and recording its answer: the
+    time it was sent (and the marker is cleared, this run takes over); else ""."""
+    marker = paths.dir / ISSUING_FILE
+    try:
+        sent = str(json.loads(marker.read_text(encoding="utf-8")).get("requested_at", "?"))
+    except FileNotFoundError:
+        return ""
+    except (OSError, ValueError, AttributeError):
+        sent = "?"
+    with contextlib.suppress(FileNotFoundError):
+        marker.unlink()
+    return sent
 
 
 def _finish(
     ctx: StepContext, paths: DevicePaths, device_id: str, policy_name: str, record: dict[str, Any],
-    cert: dict[str, Any], attached: list[str], notes: list[str],
+    cert: dict[str, Any], attached: list[str], notes: list[str], *, fresh: bool = False,
 ) -> bool:
-    """Steps 4-6, each only if not done yet; returns whether anything was written."""
+    """Steps 4-6, each only if not done yet; returns whether anything was written.
+
+    ``fresh``: the certificate was made by this run a moment ago, so it has no policy yet."""
     iot = ctx.client("iot")
     arn = record["certificate_arn"]
     changed = False
@@ -485,7 +547,11 @@ def _finish(
     if pem and (not paths.certificate.exists() or paths.certificate.read_text(encoding="utf-8") != pem):
         _write_file(paths.certificate, pem, 0o644)
         changed = True
-    policies = [p["policyName"] for p in paginate(iot, "list_attached_policies", "policies", target=arn)]
+    if cert.get("status") != "ACTIVE":  # made inactive (step 1), recorded, key on disk: now usable
+        iot.update_certificate(certificateId=record["certificate_id"], newStatus="ACTIVE")
+        changed = True
+    policies = [] if fresh else [
+        p["policyName"] for p in paginate(iot, "list_attached_policies", "policies", target=arn)]
     if policy_name not in policies:
         iot.attach_policy(policyName=policy_name, target=arn)
         changed = True
@@ -513,14 +579,25 @@ def list_devices(engine: Engine) -> list[DeviceInfo]:
     if get_or_none(iot.describe_thing_type, thingTypeName=type_name) is None:
         raise EnvNotDeployedError(f"env {ctx.env!r} is not deployed (no thing type {type_name}): "
                                   f"run `iotpipe up --env {ctx.env}` first")
-    devices = []
+    # A thousand devices cost two thousand reads at 10 a second (ListThingPrincipals,
+    # DescribeCertificate): paced like `device import`, never throttled.
+    limiter = RateLimiter(clock=ctx.aws.clock, sleep=ctx.aws.sleep).attach(iot.meta.events)
+    try:
+        devices = _list(engine, ctx, iot, type_name)
+    finally:
+        limiter.detach(iot.meta.events)
+    return sorted(devices, key=lambda d: d.device_id)
+
+
+def _list(engine: Engine, ctx: StepContext, iot: Any, type_name: str) -> list[DeviceInfo]:
+    devices: list[DeviceInfo] = []
     for thing in paginate(iot, "list_things", "things", thingTypeName=type_name):
         name = thing["thingName"]
         certs = []
         for arn in get_or_none(thing_certificates, ctx, name) or []:
             found = get_or_none(iot.describe_certificate, certificateId=cert_id(arn))
             status = found["certificateDescription"].get("status", "") if found else "DELETED"
-            certs.append(CertificateInfo(cert_id(arn), arn, status))
+            certs.append(CertificateInfo(cert_id(arn), arn, status, _not_after(found)))
         local = False
         if DEVICE_ID.fullmatch(name):
             paths = device_paths(engine.store.root, ctx.env, name)
@@ -533,7 +610,14 @@ def list_devices(engine: Engine) -> list[DeviceInfo]:
             device_id=name, thing_arn=thing.get("thingArn", ""), thing_type=type_name,
             attributes={k: v for k, v in attrs.items() if k != DEVICE_MARKER_ATTRIBUTE},
             managed=device_marker_ok(ctx, thing), certificates=certs, local_key=local))
-    return sorted(devices, key=lambda d: d.device_id)
+    return devices
+
+
+def _not_after(found: dict[str, Any] | None) -> str:
+    value = ((found or {}).get("certificateDescription", {}).get("validity") or {}).get("notAfter")
+    if not isinstance(value, datetime):
+        return ""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def remove_device(engine: Engine, device_id: str, *, lock_timeout: float = 0.0) -> RemoveResult:

@@ -286,10 +286,13 @@ class Renderer:
                     f"{sum(r.action == 'update' for r in pending)} to update, "
                     f"{len(result.resources) - len(pending)} unchanged.")
 
-    def status(self, result: RunResult) -> None:
-        """A table on a terminal, as many columns as fit; one plain row per line otherwise."""
+    def status(self, result: RunResult, certificates: dict[str, Any] | None = None) -> None:
+        """A table on a terminal, as many columns as fit; one plain row per line otherwise.
+
+        ``certificates``: the local device certificates expiring soon (certificates.local_expiring)."""
         if self.json_mode:
-            self.json(self._document(result.as_dict()))
+            extra = {"device_certificates": certificates} if certificates is not None else {}
+            self.json(self._document({**result.as_dict(), **extra}))
             return
         rows = []
         for r in result.resources:
@@ -306,6 +309,14 @@ class Renderer:
             self._status_rows(title, rows)
         counts = result.count("health")
         self._print(", ".join(f"{n} {h}" for h, n in counts.items()))
+        if certificates is not None and certificates["local_certificates"]:
+            soon = certificates["expiring"]
+            style = "yellow" if soon else "dim"
+            names = ", ".join(escape(e["device_id"]) for e in soon[:5]) + (", ..." if len(soon) > 5 else "")
+            self._print(f"[{style}]device certificates: {len(soon)} of {certificates['local_certificates']} "
+                        f"here expire within {certificates['within_days']} days"
+                        + (f" ({names}): `iotpipe device rotate --expiring-within "
+                           f"{certificates['within_days']}d`" if soon else "") + "[/]")
 
     def _status_rows(self, title: str, rows: list[dict[str, str]]) -> None:
         """Piped or --wide: every column, whole values, aligned, one resource per line."""
@@ -482,7 +493,8 @@ class Renderer:
             table.add_column(column, overflow="fold")
         for d in devices:
             attrs = ", ".join(f"{k}={v}" for k, v in sorted(d.attributes.items()))
-            certs = "\n".join(f"{c.id[:12]}… {c.status}" for c in d.certificates) or "[red]none[/]"
+            certs = "\n".join(f"{c.id[:12]}… {c.status}" + (f" until {c.not_after[:10]}" if c.not_after else "")
+                              for c in d.certificates) or "[red]none[/]"
             table.add_row(escape(d.device_id), escape(attrs), certs,
                           "yes" if d.local_key else "[yellow]no[/]",
                           "yes" if d.managed else "[magenta]no[/]")
@@ -570,6 +582,84 @@ class Renderer:
         for env in envs:
             self.err.print(f"  env {escape(env.name)} · region {escape(env.region or 'default')} · profile "
                            f"{escape(env.profile or 'default')} · config {escape(str(env.config or 'built-in defaults'))}")
+
+    def bulk_progress(self, verb: str, done: int, total: int) -> None:
+        """`device import`/`rotate`: a bar on a terminal, a line per quarter when piped."""
+        if self.json_mode:
+            return
+        if self.out.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            if self._demo_bar is None or self._demo_bar[1] != verb:
+                self._stop_demo_progress()
+                bar = Progress(TextColumn(f"  {verb}"), BarColumn(), MofNCompleteColumn(),
+                               TimeElapsedColumn(), console=self.out)
+                bar.start()
+                self._demo_bar = (bar, verb, bar.add_task(verb, total=total))
+            bar, _, task = self._demo_bar
+            bar.update(task, completed=done)
+            if done >= total:
+                self._stop_demo_progress()
+            return
+        quarter = done * 4 // max(total, 1)
+        if quarter > self._demo_quarters.get(verb, 0):
+            self._demo_quarters[verb] = quarter
+            self.out.print(f"  {verb}: {done:,} of {total:,} devices")
+
+    def skipped_lines(self, file: str, lines: list[tuple[int, str]]) -> None:
+        """`device import --skip-invalid`: the bad lines, on stderr, before anything is created."""
+        for line, why in lines:
+            self.err.print(f"[yellow]skipped[/] {escape(file)} line {line}: {escape(why)}")
+
+    def bulk_summary(self, result: Any, what: str) -> None:
+        """`device import` / `device rotate`: every failure with its line and reason, then counts."""
+        self._stop_demo_progress()
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        for d in result.devices:
+            if d.outcome in ("failed", "would-fail"):
+                where = f"line {d.line} " if what == "import" else ""
+                self.out.print(f"[red]! {d.outcome}[/] {where}[bold]{escape(d.device_id)}[/]: {escape(d.reason)}")
+            elif d.outcome in ("would-update",) and d.reason:
+                self.out.print(f"[yellow]~ would update[/] {escape(d.device_id)}: {escape(d.reason)}")
+        lost = sum("without its answer" in d.reason for d in result.devices)
+        if lost:
+            self.out.print(f"[yellow]note:[/] {lost} certificate request(s) of a run that died got no "
+                           "answer; any certificate AWS made for them is INACTIVE and attached to nothing "
+                           "(it cannot connect): see `aws iot list-certificates`")
+        counts = result.counts()
+        order = (("would-add", "would add"), ("would-update", "would update"), ("unchanged", "unchanged"),
+                 ("would-fail", "would fail")) if getattr(result, "dry_run", False) else (
+                 ("rotated", "rotated") if what == "rotate" else ("added", "added"), ("updated", "updated"),
+                 ("unchanged", "unchanged"), ("failed", "failed"))
+        parts = [f"{counts.get(key, 0)} {word}" for key, word in order]
+        if what == "rotate":
+            parts.append(f"{result.skipped} not selected")
+        if getattr(result, "skipped_lines", None):
+            parts.append(f"{len(result.skipped_lines)} bad line(s) skipped")
+        tail = " (dry run: nothing written)" if getattr(result, "dry_run", False) else \
+            f" in {result.seconds:.1f} s"
+        if getattr(result, "throttle_wait_s", 0) > 0.05:
+            tail += f"; paced to AWS's IoT rate limits ({result.throttle_wait_s:.1f} s of waits over all threads)"
+        self.out.print(f"{what} env {escape(result.env)}: " + ", ".join(parts) + tail)
+
+    def device_exported(self, result: Any) -> None:
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        self.out.print(f"[green]+ exported[/] {len(result.devices)} device(s) of env {escape(result.env)} "
+                       f"to {escape(result.out)}" + (" (zip; the key entries keep mode 0600)"
+                                                      if result.kind == "zip" else ""))
+        for name in result.files:
+            self.out.print(f"  {escape(name)}" + ("  (mode 0600; keep it secret)" if name.endswith(".key") else ""))
+        self.out.print("  root CA: not included, get https://www.amazontrust.com/repository/AmazonRootCA1.pem")
 
     def lock_holder(self, text: str) -> None:
         self.out.print(text)

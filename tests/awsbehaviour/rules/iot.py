@@ -3,7 +3,9 @@ a deprecated thing type that can be deleted only five minutes later."""
 
 from __future__ import annotations
 
-from tests.awsbehaviour.model import ErrorRule, param, trigger_param
+from collections import deque
+
+from tests.awsbehaviour.model import Call, ErrorRule, param, trigger_param
 
 THING_TYPE_SOURCE = (
     "https://docs.aws.amazon.com/iot/latest/developerguide/delete-thing-types.html ('Before you "
@@ -12,6 +14,34 @@ THING_TYPE_SOURCE = (
     "minutes on InvalidRequestException 'Please wait for 5 minutes after deprecation and then "
     "retry'; the full text as the AWS CLI prints it: 'Cannot delete thing type : LightBulb. "
     "Please wait for 5 minutes after deprecation and then retry'")
+
+THROTTLE_SOURCE = (
+    "https://docs.aws.amazon.com/general/latest/gr/iot-core.html (AWS IoT Core API throttling "
+    "limits, per account and region: CreateKeysAndCertificate 10, CreateThing, AttachPolicy, "
+    "AttachThingPrincipal 15 transactions per second); the error: "
+    "https://docs.aws.amazon.com/iot/latest/apireference/API_AttachPolicy.html (ThrottlingException "
+    "'The rate exceeds the limit.', HTTP 400)")
+# The APIs a bulk import calls once per device; modelled as at most ``rate`` calls in any
+# second on the behaviour clock (AWS does not document its bucket's burst).
+THROTTLED = {"CreateKeysAndCertificate": 10, "CreateThing": 15, "AttachPolicy": 15,
+             "AttachThingPrincipal": 15}
+_RECENT: dict[str, deque[float]] = {}
+
+
+def _over_rate(call: Call, rate: int) -> bool:
+    """Whether this call is one more than ``rate`` in the second before it (and count it).
+
+    A clock that went back is a new test's clock: the window starts again."""
+    seen = _RECENT.setdefault(call.operation, deque())
+    if seen and call.now < seen[-1]:
+        seen.clear()
+    while seen and seen[0] <= call.now - 1.0:
+        seen.popleft()
+    if len(seen) >= rate:
+        return True  # refused: not counted, as AWS does not serve it
+    seen.append(call.now)
+    return False
+
 
 RULES = (
     ErrorRule(
@@ -43,5 +73,15 @@ RULES = (
         source="https://docs.aws.amazon.com/iot/latest/apireference/API_DetachPolicy.html and "
                "API_DeletePolicy.html (DeleteConflictException); detachments are eventually "
                "consistent, seen for minutes (cdk destroy reports of this exact text)",
+    ),
+    *(
+        ErrorRule(
+            name=f"iot.throttle-{operation}",
+            service="iot", operation=operation, code="ThrottlingException",
+            message="The rate exceeds the limit.",
+            when=lambda call, rate=rate: _over_rate(call, rate),
+            source=THROTTLE_SOURCE,
+        )
+        for operation, rate in THROTTLED.items()
     ),
 )
