@@ -99,6 +99,11 @@ class StorageConfig(_Section):
     access_log_bucket_name: str | None = None
     access_log_bucket_external: bool = False
     access_log_expiration_days: int = Field(365, ge=1, le=36500)
+    # How long the Lambda event source mapping's failure records (aws/lambda/ in the sensor
+    # bucket: the whole failed batch) stay after they were written, unless `replay failed`
+    # persists and removes them first. At most glacier_transition_days: `replay` cannot read
+    # an object that went to Glacier.
+    failure_record_expiration_days: int = Field(30, ge=1, le=36500)
 
     @field_validator("sensor_bucket_name", "access_log_bucket_name")
     @classmethod
@@ -111,6 +116,15 @@ class StorageConfig(_Section):
     def _external_is_named(self) -> StorageConfig:
         if self.access_log_bucket_external and not self.access_log_bucket_name:
             raise ValueError("access_log_bucket_external needs access_log_bucket_name (the bucket to log into)")
+        return self
+
+    @model_validator(mode="after")
+    def _failure_records_stay_readable(self) -> StorageConfig:
+        if self.failure_record_expiration_days > self.glacier_transition_days:
+            raise ValueError(
+                f"failure_record_expiration_days ({self.failure_record_expiration_days}) must not exceed "
+                f"glacier_transition_days ({self.glacier_transition_days}): a failure record in Glacier "
+                "cannot be read by `iotpipe replay failed`")
         return self
 
 

@@ -49,13 +49,11 @@ OUTPUT_KEYS: dict[str, tuple[str, str]] = {
     "sensor_metrics_table_arn": ("storage.metrics_table", "arn"),
     "kinesis_stream_arn": ("stream.sensor_stream", "arn"),
     "lambda_function_arn": ("lambda.function", "arn"),
-    "dead_letter_queue_url": ("lambda.dlq", "url"),
     "iot_topic_rule_name": ("iot.topic_rule", "name"),
     "iot_device_policy_name": ("iot.device_policy", "name"),
     "cloudtrail_bucket_name": ("trail.bucket", "name"),
     "iot_rule_role_arn": ("iot.rule_role", "arn"),
     "lambda_role_arn": ("lambda.role", "arn"),
-    "dead_letter_queue_arn": ("lambda.dlq", "arn"),
 }
 
 
@@ -159,7 +157,8 @@ class Engine:
 
         def plan_then_confirm() -> None:
             preview = RunResult("plan", self.ctx.env, self.ctx.region, self.ctx.account)
-            preview.resources = [self._guarded(res, self._plan_one) for res in self.resources]
+            preview.resources = [item for res in self.resources
+                                 if (item := self._guarded(res, self._plan_one)) is not None]
             if confirm is not None and not confirm(preview):
                 raise AbortedError("up cancelled: nothing was changed")
 
@@ -220,7 +219,29 @@ class Engine:
         return result
 
     # -- per resource --------------------------------------------------------------------------
-    def _plan_one(self, res: Resource) -> ResourceResult:
+    def _retired(self, res: Resource, command: str) -> ResourceResult | None:
+        """A retired resource (see Resource.retired): None when there is nothing to show."""
+        current = res.read(self.ctx)
+        if current is None or not self._is_ours(res, current):
+            if command == "up":
+                self.store.forget(res.logical_id)
+            return None
+        blocker = res.retire_blocker(self.ctx, current)
+        if command == "status":
+            return self._result(res, "read", health="unwanted", ids=current.ids,
+                                message=f"retired: {res.retired}; " + (blocker or "the next `up` deletes it"))
+        if blocker:
+            return self._result(res, "skipped" if command == "up" else "unchanged", health="unwanted",
+                                ids=current.ids, message=f"retired ({res.retired}) but kept: {blocker}")
+        if command == "plan":
+            return self._result(res, "delete", ids=current.ids, message=f"retired: {res.retired}")
+        res.delete(self.ctx, current)
+        self.store.forget(res.logical_id)
+        return self._result(res, "delete", health="deleted", ids=current.ids, message=f"retired: {res.retired}")
+
+    def _plan_one(self, res: Resource) -> ResourceResult | None:
+        if res.retired:
+            return self._retired(res, "plan")
         if why := res.disabled_by(self.ctx):
             return self._disabled(res, why, "unchanged")
         desired = res.desired(self.ctx)
@@ -247,7 +268,9 @@ class Engine:
         return self._result(res, action, health="unwanted" if action == "read" else "", ids=current.ids,
                             message=f"exists although {why}: kept; `iotpipe destroy` removes it")
 
-    def _status_one(self, res: Resource) -> ResourceResult:
+    def _status_one(self, res: Resource) -> ResourceResult | None:
+        if res.retired:
+            return self._retired(res, "status")
         if why := res.disabled_by(self.ctx):
             return self._disabled(res, why, "read")
         current = res.read(self.ctx)
@@ -262,7 +285,9 @@ class Engine:
         return self._result(res, "read", health="drifted" if changes else "ok",
                             changes=changes, ids=current.ids, message=current.condition)
 
-    def _up_one(self, res: Resource) -> ResourceResult:
+    def _up_one(self, res: Resource) -> ResourceResult | None:
+        if res.retired:
+            return self._retired(res, "up")
         if why := res.disabled_by(self.ctx):
             return self._disabled(res, why, "unchanged")
         desired = res.desired(self.ctx)
@@ -298,15 +323,16 @@ class Engine:
         for res in self.resources:
             self.on_event(Event("start", res.logical_id, verb="read"))
             item = self._guarded(res, self._survey_one)
-            result.resources.append(item)
+            if item is not None:
+                result.resources.append(item)
             self.on_event(Event("done", res.logical_id, verb="read", result=item))
         result.resources.reverse()  # shown in the order destroy works
         return result
 
-    def _survey_one(self, res: Resource) -> ResourceResult:
+    def _survey_one(self, res: Resource) -> ResourceResult | None:
         current = res.read(self.ctx)
         if current is None:
-            return self._result(res, "absent")
+            return None if res.retired else self._result(res, "absent")
         if not self._is_ours(res, current):
             return self._left_alone(res, current)
         self.ctx.refs[res.logical_id] = current.ids  # only ours: later reads trust these ids
@@ -337,11 +363,11 @@ class Engine:
         return (f"scheduled for deletion ({days} days): recoverable until then with "
                 "`aws kms cancel-key-deletion`")
 
-    def _destroy_one(self, res: Resource) -> ResourceResult:
+    def _destroy_one(self, res: Resource) -> ResourceResult | None:
         current = res.read(self.ctx)
         if current is None:
             self.store.forget(res.logical_id)
-            return self._result(res, "absent")
+            return None if res.retired else self._result(res, "absent")
         if not self._is_ours(res, current):
             return self._left_alone(res, current)
         try:
@@ -355,7 +381,7 @@ class Engine:
         return self._result(res, "delete", health="deleted", ids=current.ids)
 
     # -- plumbing --------------------------------------------------------------------------------
-    def _run(self, command: str, one: Callable[[Resource], ResourceResult], *, reverse: bool,
+    def _run(self, command: str, one: Callable[[Resource], ResourceResult | None], *, reverse: bool,
              lock: bool, before: Callable[[], None] | None = None) -> RunResult:
         started = time.monotonic()
         account = self._account()
@@ -375,7 +401,8 @@ class Engine:
                 self._doing = (command, res.logical_id)
                 self.on_event(Event("start", res.logical_id, verb=command))
                 item = self._guarded(res, one)
-                result.resources.append(item)
+                if item is not None:  # None: a retired resource that is gone, nothing to say
+                    result.resources.append(item)
                 self.on_event(Event("done", res.logical_id, verb=command, result=item))
         result.outputs = self._outputs()
         result.elapsed_s = time.monotonic() - started
@@ -402,7 +429,7 @@ class Engine:
             self.store.reload()  # another run may have written while we waited for the lock
             yield
 
-    def _guarded(self, res: Resource, one: Callable[[Resource], ResourceResult]) -> ResourceResult:
+    def _guarded(self, res: Resource, one: Callable[[Resource], Any]) -> Any:
         try:
             return one(res)
         except IotpipeError:

@@ -32,7 +32,8 @@ ACTION_STYLE = {
     "scheduled": ("-", "red", "scheduled"),
     "blocked": ("!", "red", "blocked"),
 }
-PLAN_WORDS = {"create": "will be created", "update": "will be updated", "unchanged": "no changes"}
+PLAN_WORDS = {"create": "will be created", "update": "will be updated", "unchanged": "no changes",
+              "delete": "will be deleted"}
 DESTROY_WORDS = {"delete": "will be deleted", "scheduled": "will be",
                  "absent": "does not exist", "skipped": "will be left alone", "blocked": "stops destroy"}
 HEALTH_STYLE = {"ok": "green", "missing": "red", "drifted": "yellow", "foreign": "magenta",
@@ -284,6 +285,7 @@ class Renderer:
                 self._changes(r.changes)
         self._print(f"\nPlan: {sum(r.action == 'create' for r in pending)} to create, "
                     f"{sum(r.action == 'update' for r in pending)} to update, "
+                    + (f"{n} to delete, " if (n := sum(r.action == 'delete' for r in pending)) else "") +
                     f"{len(result.resources) - len(pending)} unchanged.")
 
     def status(self, result: RunResult, certificates: dict[str, Any] | None = None) -> None:

@@ -166,11 +166,12 @@ def verify_pipeline(c: Clients, env: str, *, enforce_tls: bool = False) -> dict[
     assert esm["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert esm["BisectBatchOnFunctionError"] is True
     assert 0 <= esm["MaximumRetryAttempts"] <= 10000 and esm["MaximumRecordAgeInSeconds"] > 0
-    dlq_arn = esm["DestinationConfig"]["OnFailure"]["Destination"]
-    assert dlq_arn.endswith(f":iot-processor-dlq-{env}")
-    dlq_url = c.sqs.get_queue_url(QueueName=f"iot-processor-dlq-{env}")["QueueUrl"]
-    dlq = c.sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["All"])["Attributes"]
-    assert dlq.get("KmsMasterKeyId") in (key_arn, key_id, alias)
+    # failed batches, whole, to the sensor bucket (aws/lambda/), which the role may write
+    assert esm["DestinationConfig"]["OnFailure"]["Destination"] == f"arn:aws:s3:::{bucket}"
+    assert "s3:ListBucket" in lambda_actions
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert rules["expire-failure-records"]["Filter"]["Prefix"] == "aws/lambda/"
+    assert rules["expire-failure-records"]["Expiration"]["Days"] == 30
 
     # --- IoT
     thing_type = c.iot.describe_thing_type(thingTypeName=f"manufacturing-sensor-{env}")

@@ -172,6 +172,15 @@ class Resource(ABC):
     # does, so `plan` on a new env must not promise a creation `up` will never report.
     makes_nothing: ClassVar[bool] = False
 
+    # Set (to the reason) on a resource iotpipe no longer makes: `plan` shows it as to be
+    # deleted, `status` as unwanted, `up` deletes one of its own (once ``retire_blocker``
+    # allows), `destroy` removes it like any other. Absent, it is not shown at all.
+    retired: ClassVar[str] = ""
+
+    def retire_blocker(self, ctx: StepContext, current: Current) -> str | None:
+        """Why a retired resource of ours must stay for now (it still holds data), or None."""
+        return None
+
     def name(self, ctx: StepContext) -> str:
         """The deterministic physical name (the alias name for a KMS key)."""
         return getattr(ctx.names, self.name_field)

@@ -1,10 +1,16 @@
-"""The processing step: log group, execution role, dead-letter queue, function, Kinesis mapping.
+"""The processing step: log group, execution role, function, Kinesis mapping.
 
 Order matters and is the tuple's order: the log group exists before the function so that Lambda
 never creates an unencrypted one itself (the role is not even allowed to); the role exists
-before the function (CreateFunction needs it); the DLQ exists before the mapping names it as
-its on-failure destination; the mapping comes last because Lambda checks, when it is created,
-that the function's role can read the stream and send to the queue.
+before the function (CreateFunction needs it); the mapping comes after them because Lambda
+checks, when it is created, that the function's role can read the stream and write to the
+on-failure destination.
+
+The on-failure destination is the sensor bucket (prefix ``aws/lambda/``): for a Kinesis source
+an S3 destination receives the whole failed batch, where an SQS queue (iotpipe's earlier
+destination, ``lambda.dlq``) receives only shard and sequence numbers that the stream forgets
+after its retention. The queue is *retired*: last in the tuple, so `up` deletes it (when it is
+iotpipe's and empty) only after the mapping stopped naming it.
 
 Other steps' resources (table, bucket, stream) are referenced by their deterministic names and
 ARNs (``ctx.names`` + ``ctx.aws.arn``), so this step does not need their state to plan.
@@ -16,11 +22,10 @@ from typing import Any
 
 from iotpipe.aws import (
     MAPPING_IN_USE,
-    QUEUE_NAME_BEING_RELEASED,
     ROLE_NOT_ASSUMABLE_YET,
     is_not_found,
 )
-from iotpipe.errors import AwsCallError
+from iotpipe.errors import AwsCallError, IotpipeError
 from iotpipe.package import build_handler_zip, code_sha256
 from iotpipe.steps.base import (
     Change,
@@ -38,14 +43,13 @@ from iotpipe.steps.base import (
     tolerate_gone,
 )
 from iotpipe.steps.common import LogGroup, Role, service_trust
+from iotpipe.steps.storage import FAILURE_RECORDS_PREFIX
 
 HANDLER = "index.lambda_handler"
 # arm64 (Graviton2): Lambda bills arm64 about 20% less per GB-second than x86_64, and the
 # handler is pure Python (stdlib + the runtime's boto3, no native wheels), so nothing in the
 # package depends on the CPU architecture.
 ARCHITECTURE = "arm64"
-DLQ_RETENTION_S = 1_209_600  # 14 days, SQS's maximum: time to inspect and replay failed batches
-DLQ_DATA_KEY_REUSE_S = 300  # SQS's default; fewer KMS calls than shorter periods, bounded exposure
 REPORT_BATCH_ITEM_FAILURES = "ReportBatchItemFailures"
 
 
@@ -90,9 +94,14 @@ def lambda_policy(ctx: StepContext) -> dict[str, Any]:
     left out (it takes no resource, so it would need ``"*"``, and the poller does not call it
     for a known stream ARN), and so is ``SubscribeToShard`` (only enhanced fan-out consumers
     use it; its resource is a consumer ARN, and this pipeline registers none).
-    ``sqs:SendMessage`` is there because Lambda sends the mapping's on-failure records with the
-    function's role; KMS because the stream, table, bucket and queue are encrypted with the
-    pipeline key.
+    The mapping's S3 on-failure destination needs, with the function's role, exactly what
+    Lambda documents: ``s3:PutObject`` and ``s3:ListBucket``, and ``kms:GenerateDataKey`` for a
+    bucket encrypted with a customer key
+    (https://docs.aws.amazon.com/lambda/latest/dg/kinesis-on-failure-destination.html); the put
+    only under ``aws/lambda/``, where Lambda writes, and both only while the bucket is in this
+    account (``s3:ResourceAccount``, as that page advises: a bucket deleted and re-created by
+    someone else under the same name must not receive failed batches). KMS because the stream,
+    table and bucket are encrypted with the pipeline key.
     """
     bucket = bucket_arn(ctx)
     return {
@@ -130,10 +139,18 @@ def lambda_policy(ctx: StepContext) -> dict[str, Any]:
                 "Resource": ctx.ref("kms.key", "arn"),
             },
             {
-                "Sid": "SendFailedBatchesToDlq",
+                "Sid": "WriteFailureRecords",
                 "Effect": "Allow",
-                "Action": "sqs:SendMessage",
-                "Resource": dlq_arn(ctx),
+                "Action": "s3:PutObject",
+                "Resource": f"{bucket}/{FAILURE_RECORDS_PREFIX}*",
+                "Condition": {"StringEquals": {"s3:ResourceAccount": ctx.account}},
+            },
+            {
+                "Sid": "FindFailureRecordsBucket",
+                "Effect": "Allow",
+                "Action": "s3:ListBucket",
+                "Resource": bucket,
+                "Condition": {"StringEquals": {"s3:ResourceAccount": ctx.account}},
             },
         ],
     }
@@ -158,32 +175,27 @@ LAMBDA_ROLE = Role(
 
 
 # --------------------------------------------------------------------------------------------
-# lambda.dlq
+# lambda.dlq (retired)
 # --------------------------------------------------------------------------------------------
 class DeadLetterQueue(Resource):
-    """Where the mapping sends a batch's metadata once retries or record age are exhausted.
+    """The SQS queue earlier versions made as the mapping's on-failure destination: retired.
 
-    The seed has no dead-letter path at all: a batch that keeps failing just expires from the
-    stream. Encrypted with the pipeline key (the metadata names shards and sequence numbers),
-    kept for SQS's maximum of 14 days. Attributes and tags are set in CreateQueue itself, so a
-    queue is never half-made; one changed out of band is reported and set back.
-
-    Deleting a queue blocks re-creating the same name for 60 seconds (QueueDeletedRecently):
-    an ``up`` right after a ``destroy`` may have to be repeated a minute later.
+    For a Kinesis source an SQS destination receives only a batch's shard and sequence range,
+    which point at nothing once the stream's retention has passed; the S3 destination receives
+    the records themselves. A queue of ours is deleted by `up` once the mapping no longer names
+    it (it comes after the mapping) and once it is empty: messages still in it are failure
+    records that `iotpipe replay failed` reads back from the stream, so `up` keeps the queue
+    and says so until they are replayed. ``destroy`` deletes it like everything else.
     """
 
     logical_id = "lambda.dlq"
     resource_type = "AWS::SQS::Queue"
-    depends_on = ("kms.key",)
+    depends_on = ("lambda.event_source_mapping",)
     name_field = "dlq"
+    retired = "failed batches now go to the sensor bucket under aws/lambda/ (S3 on-failure destination)"
 
     def desired(self, ctx: StepContext) -> Spec:
-        return {
-            "kms_master_key_id": ctx.ref("kms.key", "arn"),
-            "kms_data_key_reuse_period_s": DLQ_DATA_KEY_REUSE_S,
-            "message_retention_s": DLQ_RETENTION_S,
-            "tags": ctx.tags(self.logical_id),
-        }
+        return {}
 
     def read(self, ctx: StepContext) -> Current | None:
         sqs = ctx.client("sqs")
@@ -195,51 +207,23 @@ class DeadLetterQueue(Resource):
             if is_not_found(err):
                 return None
             raise
-        spec = {
-            "kms_master_key_id": attrs.get("KmsMasterKeyId"),
-            "kms_data_key_reuse_period_s": _int(attrs.get("KmsDataKeyReusePeriodSeconds")),
-            "message_retention_s": _int(attrs.get("MessageRetentionPeriod")),
-            "tags": filter_tags(ctx, self.logical_id, tags),
-        }
+        messages = sum(_int(attrs.get(f"ApproximateNumberOf{kind}")) or 0
+                       for kind in ("Messages", "MessagesNotVisible", "MessagesDelayed"))
         ids = {"name": self.name(ctx), "arn": attrs.get("QueueArn", dlq_arn(ctx)), "url": url}
-        return Current(spec, ids, managed=ctx.owns(tags))
+        return Current({"messages": messages}, ids, managed=ctx.owns(tags))
 
-    @staticmethod
-    def _attributes(desired: Spec, fields: set[str] | None = None) -> dict[str, str]:
-        names = {
-            "kms_master_key_id": "KmsMasterKeyId",
-            "kms_data_key_reuse_period_s": "KmsDataKeyReusePeriodSeconds",
-            "message_retention_s": "MessageRetentionPeriod",
-        }
-        return {attr: str(desired[key]) for key, attr in names.items()
-                if fields is None or key in fields}
+    def retire_blocker(self, ctx: StepContext, current: Current) -> str | None:
+        count = current.spec.get("messages") or 0
+        if not count:
+            return None
+        return (f"it holds {count} failure record(s) of batches that failed before the move to S3: "
+                f"run `iotpipe replay failed --env {ctx.env}`, then `up` again")
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
-        sqs = ctx.client("sqs")
-        # A destroy that stopped after deleting the queue, then `up`: the name is refused for
-        # 60 s after the delete.
-        url = ctx.aws.retrying(lambda: sqs.create_queue(
-            QueueName=self.name(ctx), Attributes=self._attributes(desired), tags=desired["tags"],
-        ), QUEUE_NAME_BEING_RELEASED)["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        return {"name": self.name(ctx), "arn": arn, "url": url}
+        raise IotpipeError("lambda.dlq is retired: iotpipe no longer creates it")
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
-        sqs = ctx.client("sqs")
-        url = current.ids["url"]
-        fields = changed_fields(changes)
-        attributes = self._attributes(desired, fields)
-        if "kms_master_key_id" in fields:
-            # A queue switched to SSE-SQS out of band: SQS takes one kind of encryption at a time.
-            attributes["SqsManagedSseEnabled"] = "false"
-        if attributes:
-            sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
-        if "tags" in fields:
-            to_set, to_remove = tag_changes(current.spec["tags"], desired["tags"])
-            if to_set:
-                sqs.tag_queue(QueueUrl=url, Tags=to_set)
-            if to_remove:
-                sqs.untag_queue(QueueUrl=url, TagKeys=to_remove)
+        return None
 
     def delete(self, ctx: StepContext, current: Current) -> None:
         tolerate_gone(ctx.client("sqs").delete_queue, QueueUrl=current.ids["url"])
@@ -457,13 +441,14 @@ ESM_CREATE_ONLY = frozenset({"starting_position"})
 
 
 class EventSourceMapping(Resource):
-    """Kinesis stream → function, with partial-batch failure reporting and a dead-letter queue.
+    """Kinesis stream → function, with partial-batch failure reporting and an S3 on-failure destination.
 
     ``FunctionResponseTypes=["ReportBatchItemFailures"]`` is what makes Lambda honour the
     handler's ``batchItemFailures`` answer; without it a partial failure is either a silent
     loss or a whole-batch retry, so a mapping missing it is drift that ``status`` reports.
     Retries and record age are bounded and the batch is bisected on error, so one poison record
-    cannot block a shard for the stream's whole retention; what still fails goes to the DLQ.
+    cannot block a shard for the stream's whole retention; what still fails is written by Lambda,
+    whole, to the sensor bucket under ``aws/lambda/`` (see `iotpipe replay failed`).
 
     A mapping has no name: it is found by its natural key, the stream ARN, filtered by our
     function ARN (moto's FunctionName filter matches only the exact string used at creation).
@@ -480,7 +465,7 @@ class EventSourceMapping(Resource):
     logical_id = "lambda.event_source_mapping"
     resource_type = "AWS::Lambda::EventSourceMapping"
     # The stream is another step's; named here so that a concurrent engine orders it first.
-    depends_on = ("lambda.function", "lambda.dlq", "stream.sensor_stream")
+    depends_on = ("lambda.function", "stream.sensor_stream", "storage.sensor_bucket")
 
     def name(self, ctx: StepContext) -> str:
         return f"{ctx.names.function}<-{ctx.names.stream}"
@@ -496,7 +481,7 @@ class EventSourceMapping(Resource):
             "max_retry_attempts": cfg.max_retry_attempts,
             "max_record_age_s": cfg.max_record_age_s,
             "parallelization_factor": cfg.parallelization_factor,
-            "on_failure_destination": dlq_arn(ctx),
+            "on_failure_destination": bucket_arn(ctx),
             "enabled": True,
             "tags": ctx.tags(self.logical_id),
             "duplicates": [],
@@ -567,8 +552,8 @@ class EventSourceMapping(Resource):
             **self._params(ctx, desired),
             "Tags": desired["tags"],
         }
-        # Lambda checks at creation that the function's role may read the stream and send to
-        # the queue: a policy written seconds ago can still be invisible to it.
+        # Lambda checks at creation that the function's role may read the stream and write to
+        # the destination: a policy written seconds ago can still be invisible to it.
         created = ctx.aws.retrying(lambda: lam.create_event_source_mapping(**params), ROLE_NOT_ASSUMABLE_YET)
         # Creating -> Enabled takes a while on AWS, and the iot step (next) makes the topic rule
         # live: a LATEST mapping positions itself only once Enabled, so wait for it here.
@@ -668,7 +653,7 @@ def _int(value: Any) -> int | None:
 RESOURCES: tuple[Resource, ...] = (
     LAMBDA_LOG_GROUP,
     LAMBDA_ROLE,
-    DeadLetterQueue(),
     Function(),
     EventSourceMapping(),
+    DeadLetterQueue(),  # retired: after the mapping, which must stop naming it first
 )

@@ -39,6 +39,11 @@ from iotpipe.steps.base import (
 )
 
 LIFECYCLE_RULE_ID = "archive-old-data"
+FAILURE_RECORDS_RULE_ID = "expire-failure-records"
+# Where Lambda writes an event source mapping's on-failure records in an S3 destination:
+# "aws/lambda/<ESM-UUID>/<shardID>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<Random UUID>"
+# (https://docs.aws.amazon.com/lambda/latest/dg/kinesis-on-failure-destination.html).
+FAILURE_RECORDS_PREFIX = "aws/lambda/"
 # DynamoDB tables take a few seconds to turn ACTIVE; 5 s polls for up to 10 minutes.
 TABLE_WAIT = {"Delay": 5, "MaxAttempts": 120}
 # No boto3 waiter exists for point-in-time recovery: DescribeContinuousBackups is polled.
@@ -129,7 +134,8 @@ class SensorBucket(Resource):
 
 
 def lifecycle(ctx: StepContext) -> dict[str, Any]:
-    """Archive to Glacier, expire replaced versions, abort abandoned uploads.
+    """Archive to Glacier, expire replaced versions, abort abandoned uploads, and expire the
+    event source mapping's failure records (``aws/lambda/``) after their own period.
 
     ``min_object_size`` is S3's TransitionDefaultMinimumObjectSize, always sent: since
     September 2024 a configuration that omits it stops objects under 128 KB from transitioning
@@ -147,6 +153,17 @@ def lifecycle(ctx: StepContext) -> dict[str, Any]:
             "prefix": "",
             "transitions": [{"days": storage.glacier_transition_days, "storage_class": "GLACIER"}],
             # A retried batch overwrites its archive object: the replaced version is a copy.
+            "noncurrent_expiration_days": storage.noncurrent_version_expiration_days,
+            "abort_incomplete_days": storage.abort_incomplete_upload_days,
+        }, {
+            # The mapping's failure records: kept until `replay failed` persists their readings
+            # and deletes them, or until they expire; the version a replay deleted stays for
+            # audit as long as any replaced version.
+            "id": FAILURE_RECORDS_RULE_ID,
+            "status": "Enabled",
+            "prefix": FAILURE_RECORDS_PREFIX,
+            "transitions": [],
+            "expiration_days": storage.failure_record_expiration_days,
             "noncurrent_expiration_days": storage.noncurrent_version_expiration_days,
             "abort_incomplete_days": storage.abort_incomplete_upload_days,
         }],
@@ -168,6 +185,11 @@ def _norm_rule(rule: dict[str, Any]) -> dict[str, Any]:
         "abort_incomplete_days": (rest.pop("AbortIncompleteMultipartUpload", None) or {}).get(
             "DaysAfterInitiation"),
     }
+    expiration = rest.pop("Expiration", None)
+    if expiration and set(expiration) == {"Days"}:
+        out["expiration_days"] = expiration["Days"]
+    elif expiration:
+        rest["Expiration"] = expiration  # a date or delete-marker rule: not ours, shown as drift
     other = {k: v for k, v in rest.items() if v not in (None, [], {})}
     if filt:
         other["Filter"] = filt
@@ -191,15 +213,21 @@ def _set_encryption(s3: Any, name: str, want: dict[str, Any]) -> None:
 
 
 def _set_lifecycle(s3: Any, name: str, want: dict[str, Any]) -> None:
-    rules = [{
-        "ID": rule["id"],
-        "Status": rule["status"],
-        "Filter": {"Prefix": rule["prefix"]},
-        "Transitions": [{"Days": t["days"], "StorageClass": t["storage_class"]}
-                        for t in rule["transitions"]],
-        "NoncurrentVersionExpiration": {"NoncurrentDays": rule["noncurrent_expiration_days"]},
-        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": rule["abort_incomplete_days"]},
-    } for rule in want["rules"]]
+    rules = []
+    for rule in want["rules"]:
+        out: dict[str, Any] = {
+            "ID": rule["id"],
+            "Status": rule["status"],
+            "Filter": {"Prefix": rule["prefix"]},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": rule["noncurrent_expiration_days"]},
+            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": rule["abort_incomplete_days"]},
+        }
+        if rule["transitions"]:
+            out["Transitions"] = [{"Days": t["days"], "StorageClass": t["storage_class"]}
+                                  for t in rule["transitions"]]
+        if "expiration_days" in rule:
+            out["Expiration"] = {"Days": rule["expiration_days"]}
+        rules.append(out)
     s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": rules},
                                           TransitionDefaultMinimumObjectSize=want["min_object_size"])
 

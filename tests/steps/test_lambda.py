@@ -123,7 +123,8 @@ def test_up_creates_function_with_every_setting(env, handler_src) -> None:
     engine, _ = env
     params = Params(_events(engine, "lambda"), "lambda.CreateFunction")
     result = engine.up()
-    assert {r.logical_id: r.action for r in result.resources} == {r.logical_id: "create" for r in RESOURCES}
+    assert {r.logical_id: r.action for r in result.resources} == {
+        r.logical_id: "create" for r in RESOURCES if not r.retired}
     names, key_arn = engine.ctx.names, _key_arn(engine)
 
     fn = _client("lambda").get_function(FunctionName=names.function)
@@ -189,26 +190,24 @@ def test_up_creates_least_privilege_role(env) -> None:
         "kinesis:ListShards": {stream},
         "dynamodb:BatchWriteItem": {f"arn:aws:dynamodb:{REGION}:{acct}:table/{names.metrics_table}"},
         "dynamodb:PutItem": {f"arn:aws:dynamodb:{REGION}:{acct}:table/{names.metrics_table}"},
-        "s3:PutObject": {f"{bucket}/raw/*", f"{bucket}/rejected/*"},
+        "s3:PutObject": {f"{bucket}/raw/*", f"{bucket}/rejected/*", f"{bucket}/aws/lambda/*"},
+        "s3:ListBucket": {bucket},
         "logs:CreateLogStream": {f"arn:aws:logs:{REGION}:{acct}:log-group:{names.lambda_log_group}:*"},
         "logs:PutLogEvents": {f"arn:aws:logs:{REGION}:{acct}:log-group:{names.lambda_log_group}:*"},
         "kms:Decrypt": {key_arn},
         "kms:GenerateDataKey": {key_arn},
-        "sqs:SendMessage": {f"arn:aws:sqs:{REGION}:{acct}:{names.dlq}"},
     }
     assert "s3:PutObjectAcl" not in json.dumps(doc)  # the seed's weakness
     assert "*" not in {r for rs in grants.values() for r in rs}
 
 
-def test_up_creates_mapping_log_group_and_encrypted_dlq(env) -> None:
+def test_up_creates_mapping_with_s3_failure_destination_and_log_group(env) -> None:
     engine, _ = env
     engine.up()
     names, key_arn = engine.ctx.names, _key_arn(engine)
 
     (esm,) = _mappings(engine)
     fn_arn = _client("lambda").get_function(FunctionName=names.function)["Configuration"]["FunctionArn"]
-    queue_url = _client("sqs").get_queue_url(QueueName=names.dlq)["QueueUrl"]
-    attrs = _client("sqs").get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
     assert esm["FunctionArn"] == fn_arn
     assert esm["StartingPosition"] == "LATEST"
     assert esm["BatchSize"] == 100
@@ -218,18 +217,13 @@ def test_up_creates_mapping_log_group_and_encrypted_dlq(env) -> None:
     assert esm["MaximumRetryAttempts"] == 5
     assert esm["MaximumRecordAgeInSeconds"] == 3600
     assert esm["ParallelizationFactor"] == 1
-    assert esm["DestinationConfig"]["OnFailure"]["Destination"] == attrs["QueueArn"]
+    assert esm["DestinationConfig"]["OnFailure"]["Destination"] == f"arn:aws:s3:::{names.sensor_bucket}"
     assert esm["State"] == "Enabled"
     esm_tags = _client("lambda").list_tags(Resource=esm["EventSourceMappingArn"])["Tags"]
     assert esm_tags["iotpipe:resource"] == "lambda.event_source_mapping"
     assert engine.store.get("lambda.event_source_mapping").ids["uuid"] == esm["UUID"]
 
-    assert attrs["KmsMasterKeyId"] == key_arn
-    assert attrs["KmsDataKeyReusePeriodSeconds"] == "300"
-    assert attrs["MessageRetentionPeriod"] == "1209600"
-    queue_tags = _client("sqs").list_queue_tags(QueueUrl=queue_url)["Tags"]
-    assert queue_tags["iotpipe:resource"] == "lambda.dlq"
-    assert queue_tags["managed-by"] == "iotpipe"
+    assert _client("sqs").list_queues().get("QueueUrls", []) == []  # the retired DLQ is not made
 
     (group,) = _client("logs").describe_log_groups(logGroupNamePrefix=names.lambda_log_group)["logGroups"]
     assert group["logGroupName"] == "/aws/lambda/iot-processor-dev"
@@ -361,7 +355,7 @@ def test_mapping_settings_drift_is_repaired_in_one_call(env) -> None:
     (after,) = _mappings(engine)
     assert (after["BatchSize"], after["MaximumRetryAttempts"], after["BisectBatchOnFunctionError"],
             after["State"]) == (100, 5, True, "Enabled")
-    assert after["DestinationConfig"]["OnFailure"]["Destination"].endswith(":iot-processor-dlq-dev")
+    assert after["DestinationConfig"]["OnFailure"]["Destination"] == f"arn:aws:s3:::{engine.ctx.names.sensor_bucket}"
 
 
 def test_inline_policy_drift_is_reported_and_repaired(env) -> None:
@@ -402,23 +396,6 @@ def test_role_without_inline_policy_is_finished_by_the_next_up(env) -> None:
     assert log.mutating[0] == ("iam", "PutRolePolicy")
     assert not any(op == "CreateRole" for _, op in log.mutating)
     assert engine.status().in_sync
-
-
-def test_queue_without_encryption_is_finished_by_the_next_up(env) -> None:
-    engine, log = env
-    engine.up()
-    sqs = _client("sqs")
-    url = sqs.get_queue_url(QueueName=engine.ctx.names.dlq)["QueueUrl"]
-    sqs.set_queue_attributes(QueueUrl=url, Attributes={"KmsMasterKeyId": "", "MessageRetentionPeriod": "345600"})
-    status = engine.status()
-    # (moto also drops KmsDataKeyReusePeriodSeconds here; AWS keeps it: either way one call)
-    assert {"kms_master_key_id", "message_retention_s"} <= _fields(status, "lambda.dlq")
-    log.clear()
-    engine.up()
-    assert log.mutating == [("sqs", "SetQueueAttributes")]
-    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
-    assert attrs["KmsMasterKeyId"] == _key_arn(engine)
-    assert attrs["MessageRetentionPeriod"] == "1209600"
 
 
 def test_lost_create_function_answer_adopts_the_function(env) -> None:
@@ -585,7 +562,7 @@ def test_destroy_leaves_nothing(env) -> None:
         EventSourceArn=_mappings(engine)[0]["EventSourceArn"], FunctionName=engine.ctx.names.function,
         StartingPosition="LATEST")
     result = engine.destroy()
-    lambda_ids = [r.logical_id for r in lambda_.RESOURCES]
+    lambda_ids = [r.logical_id for r in lambda_.RESOURCES if not r.retired]
     assert {r.logical_id: r.action for r in result.resources if r.logical_id in lambda_ids} == {
         lid: "delete" for lid in lambda_ids}
     names = engine.ctx.names

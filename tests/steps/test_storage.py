@@ -64,7 +64,8 @@ def test_bucket_is_created_with_every_attribute(env):
     rule = client.get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"][0]
     assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}
     assert rule["BucketKeyEnabled"] is True
-    (lifecycle,) = client.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    lifecycle, failures = client.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert failures["ID"] == "expire-failure-records" and failures["Filter"] == {"Prefix": "aws/lambda/"}
     assert lifecycle["ID"] == "archive-old-data"
     assert lifecycle["Status"] == "Enabled"
     assert lifecycle["Filter"] == {"Prefix": ""}
@@ -265,7 +266,7 @@ def test_glacier_days_follow_the_config(env, make):
     make(resources=RESOURCES, sets=("storage.enforce_tls=false", "storage.glacier_transition_days=31"),
          log=log).up()
     assert dict(log.counts(mutating_only=True)) == {"s3.PutBucketLifecycleConfiguration": 1}
-    (rule,) = s3().get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    rule, _failure_records = s3().get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
     assert rule["Transitions"] == [{"Days": 31, "StorageClass": "GLACIER"}]
 
 

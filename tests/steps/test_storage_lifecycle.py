@@ -38,10 +38,14 @@ def with_aws_memory(engine):
     return session.client("s3")
 
 
-def lifecycle_rule(client=None):
-    (rule,) = (client or boto3.client("s3", region_name=REGION)).get_bucket_lifecycle_configuration(
+def lifecycle_rules(client=None) -> dict[str, dict]:
+    rules = (client or boto3.client("s3", region_name=REGION)).get_bucket_lifecycle_configuration(
         Bucket=BUCKET)["Rules"]
-    return rule
+    return {rule["ID"]: rule for rule in rules}
+
+
+def lifecycle_rule(client=None):
+    return lifecycle_rules(client)[storage.LIFECYCLE_RULE_ID]
 
 
 def test_the_size_rule_is_always_sent_and_the_cleanup_rules_are_set(make, log):
@@ -77,8 +81,8 @@ def test_small_objects_to_glacier_on_request_read_back_and_kept(make, log):
     log.clear()
     assert engine.up().in_sync and log.mutating == []
     # Someone rewrites the lifecycle without the header: AWS falls back to 128 KB.
-    rule = lifecycle_rule(outside)
-    outside.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": [rule]})
+    rules = list(lifecycle_rules(outside).values())
+    outside.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": rules})
     assert_repaired(engine, log, "storage.sensor_bucket", "lifecycle",
                     {"s3.PutBucketLifecycleConfiguration": 1})
     assert outside.get_bucket_lifecycle_configuration(Bucket=BUCKET)[
@@ -90,10 +94,33 @@ def test_a_cleanup_rule_removed_out_of_band_is_drift_and_repaired(make, drop):
     log = CallLog()
     engine = make(resources=RESOURCES, log=log)
     engine.up()
-    rule = {k: v for k, v in lifecycle_rule().items() if k != drop}
+    rules = lifecycle_rules()
+    rule = {k: v for k, v in rules.pop(storage.LIFECYCLE_RULE_ID).items() if k != drop}
     boto3.client("s3", region_name=REGION).put_bucket_lifecycle_configuration(
-        Bucket=BUCKET, LifecycleConfiguration={"Rules": [rule]})
+        Bucket=BUCKET, LifecycleConfiguration={"Rules": [rule, *rules.values()]})
     changed = by_id(engine.status(), "storage.sensor_bucket").changes
     assert [c.field for c in changed] == ["lifecycle"]
     assert_repaired(engine, log, "storage.sensor_bucket", "lifecycle", {"s3.PutBucketLifecycleConfiguration": 1})
     assert drop in lifecycle_rule()
+
+
+def test_failure_records_expire_after_their_own_days_and_stay_out_of_glacier(make, log):
+    """The mapping's failure records (aws/lambda/) expire after storage.failure_record_expiration_days;
+    a rule removed out of band is drift; days beyond the Glacier transition are refused."""
+    engine = make(resources=RESOURCES, log=log,
+                  sets=("storage.enforce_tls=false", "storage.failure_record_expiration_days=9"))
+    engine.up()
+    rule = lifecycle_rules()[storage.FAILURE_RECORDS_RULE_ID]
+    assert rule["Filter"] == {"Prefix": "aws/lambda/"}
+    assert rule["Expiration"] == {"Days": 9}
+    assert rule["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+    assert "Transitions" not in rule
+    others = [r for i, r in lifecycle_rules().items() if i != storage.FAILURE_RECORDS_RULE_ID]
+    boto3.client("s3", region_name=REGION).put_bucket_lifecycle_configuration(
+        Bucket=BUCKET, LifecycleConfiguration={"Rules": others})
+    assert_repaired(engine, log, "storage.sensor_bucket", "lifecycle", {"s3.PutBucketLifecycleConfiguration": 1})
+    from iotpipe.config import load_config
+    from iotpipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="failure_record_expiration_days"):
+        load_config("dev", region=REGION, assignments=("storage.failure_record_expiration_days=91",))
