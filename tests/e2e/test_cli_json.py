@@ -58,9 +58,7 @@ def test_outputs_carry_what_a_device_integrator_needs(iotpipe, clients):
     assert outputs["iot_device_topic"] == "manufacturing/sensors/<device_id>/data"
     assert outputs["iot_rule_role_arn"] == clients.iam.get_role(RoleName="iot-rule-role-dev")["Role"]["Arn"]
     assert outputs["lambda_role_arn"] == clients.iam.get_role(RoleName="iot-lambda-role-dev")["Role"]["Arn"]
-    dlq_url = clients.sqs.get_queue_url(QueueName="iot-processor-dlq-dev")["QueueUrl"]
-    assert outputs["dead_letter_queue_arn"] == clients.sqs.get_queue_attributes(
-        QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    assert "dead_letter_queue_arn" not in outputs  # retired: failed batches go to the sensor bucket
     text = iotpipe("outputs", *SETS)
     assert text.returncode == 0 and "iot_data_endpoint" in text.stdout and "manufacturing/sensors/+/data" in text.stdout
 
