@@ -4,6 +4,8 @@ moto never routes an IoT publish through a topic rule and never runs our handler
 does what AWS would: put readings on the stream with the rule's partition key (the device,
 ``${topic(3)}``), then poll the shards and call the handler with Lambda-shaped batches,
 re-delivering from the lowest reported failure as Lambda does with ReportBatchItemFailures.
+A batch that still fails after its retries is sent, as Lambda sends it, to the mapping's
+on-failure destination: the whole batch to S3 (``aws/lambda/...``), its metadata to SQS.
 """
 
 from __future__ import annotations
@@ -90,10 +92,56 @@ class DeliveryReport:
     redeliveries: int = 0
     failures: list[str] = field(default_factory=list)
     shards: int = 0
+    failure_records: list[str] = field(default_factory=list)  # S3 keys or SQS message ids written
+
+
+@dataclass(frozen=True)
+class FailureDestination:
+    """The env's mapping as the local event source needs it to send a discarded batch."""
+
+    mapping_uuid: str
+    function_arn: str
+    destination: str | None
+
+
+def failure_destination(ctx: StepContext) -> FailureDestination | None:
+    """The env's mapping (its UUID names the failure records) and its on-failure destination."""
+    lam = ctx.client("lambda")
+    stream_arn = ctx.aws.arn("kinesis", f"stream/{ctx.names.stream}")
+    function_arn = ctx.aws.arn("lambda", f"function:{ctx.names.function}")
+    for mapping in paginate(lam, "list_event_source_mappings", "EventSourceMappings", EventSourceArn=stream_arn):
+        if mapping.get("FunctionArn") == function_arn:
+            on_failure = ((mapping.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+            return FailureDestination(mapping["UUID"], function_arn, on_failure or None)
+    return None
+
+
+def send_failure_record(ctx: StepContext, target: FailureDestination, batch: list[dict[str, Any]],
+                        shard_id: str, invoke_count: int, when: datetime) -> str | None:
+    """What Lambda does with a batch it discards: the whole invocation record to an S3
+    destination, its metadata only to an SQS one. Returns the S3 key or SQS message id."""
+    from iotpipe.ops.failure_records import failure_record, failure_record_key
+
+    destination = target.destination or ""
+    stream_arn = ctx.aws.arn("kinesis", f"stream/{ctx.names.stream}")
+    doc = failure_record(records=batch, function_arn=target.function_arn, stream_arn=stream_arn,
+                         shard_id=shard_id, invoke_count=invoke_count, when=when,
+                         with_payload=":s3:::" in destination)
+    if ":s3:::" in destination:
+        key = failure_record_key(target.mapping_uuid, shard_id, when)
+        data_client(ctx, "s3").put_object(Bucket=destination.split(":::", 1)[1], Key=key,
+                                          Body=json.dumps(doc).encode(), ContentType="application/json")
+        return key
+    if ":sqs:" in destination:
+        sqs = data_client(ctx, "sqs")
+        url = sqs.get_queue_url(QueueName=destination.rsplit(":", 1)[1])["QueueUrl"]
+        return sqs.send_message(QueueUrl=url, MessageBody=json.dumps(doc))["MessageId"]
+    return None
 
 
 def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None,
-            max_redeliveries: int = 3, on_progress: Callable[[int], None] | None = None) -> DeliveryReport:
+            max_redeliveries: int = 3, on_progress: Callable[[int], None] | None = None,
+            now: Callable[[], datetime] | None = None) -> DeliveryReport:
     """Read every shard from the start and feed the handler as Lambda's event source would.
 
     Shards are delivered concurrently, one worker each, as Lambda runs one invocation per
@@ -109,6 +157,8 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
     report = DeliveryReport()
     lock = threading.Lock()
     handled = [0]
+    target = failure_destination(ctx)
+    clock = now or (lambda: datetime.now(UTC))
 
     def one_shard(shard_id: str) -> None:
         iterator = kinesis.get_shard_iterator(StreamName=ctx.names.stream, ShardId=shard_id,
@@ -119,11 +169,16 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
             pending.extend(page["Records"])
             iterator = page.get("NextShardIterator") if page["Records"] else None
         for start in range(0, len(pending), batch_size):
-            batch = [_lambda_record(r, shard_id, stream_arn, ctx.region)
+            batch = [lambda_record(r, shard_id, stream_arn, ctx.region)
                      for r in pending[start:start + batch_size]]
             own = DeliveryReport()
-            _invoke_with_redelivery(handler, batch, own, max_redeliveries)
+            discarded = _invoke_with_redelivery(handler, batch, own, max_redeliveries)
+            if discarded and target is not None:
+                written = send_failure_record(ctx, target, discarded, shard_id, max_redeliveries + 1, clock())
+                if written:
+                    own.failure_records.append(written)
             with lock:
+                report.failure_records.extend(own.failure_records)
                 report.batches += own.batches
                 report.records += own.records
                 report.redeliveries += own.redeliveries
@@ -141,20 +196,23 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
 
 
 def _invoke_with_redelivery(handler: Handler, batch: list[dict[str, Any]], report: DeliveryReport,
-                            max_redeliveries: int) -> None:
+                            max_redeliveries: int) -> list[dict[str, Any]]:
+    """Invoke until the batch is persisted or its retries are spent; return what is discarded
+    (from the lowest failure reported by the last attempt on), empty on success."""
     for attempt in range(max_redeliveries + 1):
         report.batches += 1
         report.records += len(batch)
         report.redeliveries += attempt > 0
         failures = handler({"Records": batch}, None).get("batchItemFailures", [])
         if not failures:
-            return
+            return []
         first = min(int(f["itemIdentifier"]) for f in failures)
         batch = [r for r in batch if int(r["kinesis"]["sequenceNumber"]) >= first]
     report.failures.append(batch[0]["kinesis"]["sequenceNumber"])
+    return batch
 
 
-def _lambda_record(record: dict[str, Any], shard_id: str, stream_arn: str, region: str) -> dict[str, Any]:
+def lambda_record(record: dict[str, Any], shard_id: str, stream_arn: str, region: str) -> dict[str, Any]:
     arrival = record.get("ApproximateArrivalTimestamp")
     arrival_ts = arrival.timestamp() if isinstance(arrival, datetime) else float(arrival or 0)
     return {
@@ -193,14 +251,21 @@ class HandlerTotals:
     rejected: int = 0
     failed: int = 0
     anomalies: int = 0
+    # The handler's error lines ({"event": ..., fields}): kept here; also written to stderr
+    # (what the demo wants) unless ``echo_errors`` is off (a command that reports them itself).
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    echo_errors: bool = True
 
 
 @contextmanager
-def local_handler(ctx: StepContext, totals: HandlerTotals | None = None) -> Iterator[Handler]:
-    """The real handler module, run in this process against the same endpoint as iotpipe.
+def local_handler(ctx: StepContext, totals: HandlerTotals | None = None,
+                  sleep: Callable[[float], None] | None = None) -> Iterator[Handler]:
+    """The real handler module, run in this process against the same endpoint as iotpipe,
+    configured as the env's function is (the lambda step's own environment variables).
 
     With ``totals``, the handler's batch summaries are added up there instead of printed;
-    its errors still reach stderr.
+    its errors still reach stderr unless ``totals.echo_errors`` is off. ``sleep`` is the
+    handler's backoff between retries of unprocessed items (tests pass one that returns).
     """
     import logging
 
@@ -210,9 +275,12 @@ def local_handler(ctx: StepContext, totals: HandlerTotals | None = None) -> Iter
     saved = {k: os.environ.get(k) for k in variables}
     os.environ.update(variables)
     index.reset()
-    index.configure(dynamodb=data_client(ctx, "dynamodb"), s3=data_client(ctx, "s3"))
+    index.configure(dynamodb=data_client(ctx, "dynamodb"), s3=data_client(ctx, "s3"), sleep=sleep)
     collector = _SummaryCollector(totals) if totals is not None else None
+    printers = [h for h in index.log.handlers if isinstance(h, handler_index._JsonLines)]  # noqa: SLF001
     if collector is not None:
+        for printer in printers:  # left by an earlier run without totals: would print every line
+            index.log.removeHandler(printer)
         index.log.addHandler(collector)  # counts as the handler's own JSON-lines handler
     try:
         yield index.lambda_handler
@@ -220,6 +288,8 @@ def local_handler(ctx: StepContext, totals: HandlerTotals | None = None) -> Iter
         if collector is not None:
             index.log.removeHandler(collector)
             index.log.setLevel(logging.NOTSET)
+            for printer in printers:
+                index.log.addHandler(printer)
         index.reset()
         for key, value in saved.items():
             if value is None:
@@ -251,4 +321,6 @@ class _SummaryCollector(handler_index._JsonLines):  # noqa: SLF001
                 setattr(self.totals, name, getattr(self.totals, name) + int(fields.get(name, 0)))
         elif record.levelno >= logging.ERROR:
             line = {"level": record.levelname, "event": record.getMessage(), **getattr(record, "fields", {})}
-            sys.stderr.write(json.dumps(line, default=str) + "\n")
+            self.totals.errors.append(line)
+            if self.totals.echo_errors:
+                sys.stderr.write(json.dumps(line, default=str) + "\n")
