@@ -459,6 +459,36 @@ class Renderer:
             self.out.print(f"  {escape(line)}")
         self.out.print(f"Stop it with: [bold]kill {pid}[/]", soft_wrap=False)
 
+    # -- replay --------------------------------------------------------------------------------
+    def replay_report(self, report: Any) -> None:
+        """`replay failed|rejected`: one line per failure record or quarantine object, then totals."""
+        if self.json_mode:
+            self.json(self._document(report.as_dict()))
+            return
+        style = {"replayed": "green", "would-replay": "cyan", "failing": "red", "expired": "red",
+                 "nothing": "dim"}
+        what = "failure record" if report.kind == "failed" else "quarantine object"
+        for item in report.items:
+            colour = style.get(item.outcome, "")
+            counts = (f"{item.records} records, {item.stored} stored, {item.rejected} quarantined"
+                      if report.kind == "failed" else
+                      f"{item.records} records, {item.stored} valid (back into the stream), "
+                      f"{item.rejected} still invalid")
+            line = f"[{colour}]{item.outcome:<12}[/] {escape(item.ref)}  [dim]{counts}[/]"
+            if item.message:
+                line += f"  [{colour or 'dim'}]{escape(item.message)}[/]"
+            self._print(line)
+        t = report.totals
+        verb = "would replay" if report.dry_run else "replayed"
+        if report.kind == "failed":
+            self._print(f"\n{verb} {t['records']} {what}(s): {t['readings']} records, {t['stored']} readings stored, "
+                        f"{t['rejected']} quarantined, {t['still_failing']} still failing, "
+                        f"{t['expired_ranges']} range(s) expired" + ("" if report.complete else
+                                                                       " (kept for the next run)"))
+        else:
+            self._print(f"\n{verb} {t['records']} {what}(s): {t['readings']} records, {t['stored']} valid "
+                        f"{'to put' if report.dry_run else 'put'} back into the stream, {t['rejected']} still invalid")
+
     # -- devices -------------------------------------------------------------------------------
     def device_added(self, result: Any) -> None:
         """`device add`: what to configure on the sensor. Paths only: the key is never shown."""

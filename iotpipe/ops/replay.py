@@ -108,7 +108,7 @@ def replay_failed(ctx: StepContext, *, since: datetime | None = None, until: dat
 
     report = ReplayReport("failed", ctx.env, dry_run)
     s3 = ctx.client("s3")
-    bucket = ctx.names.sensor_bucket
+    bucket = _deployed_bucket(ctx)
     refs = list_failure_records(s3, bucket, since, until)
     totals = HandlerTotals(echo_errors=False)
     with local_handler(ctx, totals, sleep=ctx.aws.sleep) as handler:
@@ -121,6 +121,22 @@ def replay_failed(ctx: StepContext, *, since: datetime | None = None, until: dat
             report.items.append(item)
             _said(ctx, "failure record from the retired queue", item)
     return report
+
+
+def _deployed_bucket(ctx: StepContext) -> str:
+    """The env's sensor bucket; NotDeployedError (exit 2) when there is none to replay from."""
+    from iotpipe.aws import is_not_found
+    from iotpipe.errors import NotDeployedError
+
+    bucket = ctx.names.sensor_bucket
+    try:
+        ctx.client("s3").head_bucket(Bucket=bucket)
+    except ClientError as err:
+        if is_not_found(err):
+            raise NotDeployedError(f"env {ctx.env!r} has no sensor bucket {bucket} in {ctx.region}: "
+                                   f"nothing to replay (run `iotpipe up --env {ctx.env}` first)") from None
+        raise
+    return bucket
 
 
 def _said(ctx: StepContext, where: str, item: ReplayedItem) -> None:
@@ -311,7 +327,7 @@ def replay_rejected(ctx: StepContext, *, reason: str | None = None, since: datet
 
     report = ReplayReport("rejected", ctx.env, dry_run)
     thresholds = handler_index.Settings.from_env(function_environment(ctx)).thresholds
-    s3, bucket = ctx.client("s3"), ctx.names.sensor_bucket
+    s3, bucket = ctx.client("s3"), _deployed_bucket(ctx)
     objects = [o for o in paginate(s3, "list_objects_v2", "Contents", Bucket=bucket, Prefix=REJECTED_PREFIX)
                if since is None or o["LastModified"] >= since]
     for number, obj in enumerate(sorted(objects, key=lambda o: (o["LastModified"], o["Key"])), 1):
