@@ -16,8 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOKS = REPO / "docs" / "runbooks"
-ORDER = ["deploy.md", "devices.md", "drift.md", "interrupted-run.md", "teardown.md", "emulator.md",
-         "shared-state.md"]
+ORDER = ["deploy.md", "devices.md", "drift.md", "interrupted-run.md", "replay-failed.md", "replay-rejected.md",
+         "teardown.md", "emulator.md", "shared-state.md"]
 BLOCK = re.compile(r"(?:<!-- setup: (?P<setup>[\w-]+) -->\n)?```(?P<lang>\w+)\n(?P<body>.*?)```", re.S)
 EXPECT = re.compile(r"#\s*exit\s+(\d+)\s*$")
 ENV = "line7"
@@ -94,8 +94,57 @@ def _setup(name: str, shell, moto_url: str) -> None:
         s3.put_object(Bucket="acme-iotpipe-state", Key="plants/plant4.lock", Body=json.dumps(
             {"ID": "2", "Operation": "up", "Who": "maria@plant4-laptop", "User": "maria",
              "Host": "plant4-laptop", "Pid": 5151, "Created": "2026-11-29T08:00:00Z"}).encode())
+    elif name in ("failed-batches", "quarantined"):
+        _pipeline_trouble(name, shell, moto_url)
     else:
         raise AssertionError(f"unknown runbook setup {name!r}")
+
+
+def _pipeline_trouble(name: str, shell, moto_url: str) -> None:
+    """Readings that went wrong in env line7, made by iotpipe's local event source (the
+    emulator's stand-in for Lambda): batches whose DynamoDB writes kept failing until they
+    were written to aws/lambda/ ("failed-batches"), or records quarantined under rejected/ by
+    today's handler and by an older one that refused millisecond timestamps ("quarantined").
+
+    moto denies every object call under the TLS-only bucket policy (it ignores the Deny's
+    Condition), so the policy is lifted first, as config/local.toml does for the emulator."""
+    import base64
+    import gzip
+
+    from iotpipe.aws import AwsContext
+    from iotpipe.config import load_config
+    from iotpipe.engine import make_engine
+    from iotpipe.handler import index as handler_index
+    from iotpipe.local.simulator import (
+        HandlerTotals,
+        deliver,
+        local_handler,
+        make_readings,
+        publish,
+    )
+    from tests.support import fail_with
+
+    region = os.environ["AWS_DEFAULT_REGION"]
+    aws = AwsContext(region, endpoint_url=moto_url, sleep=lambda _s: None)
+    ctx = make_engine(load_config(ENV, region=region), aws, shell.work / ".iotpipe", resources=()).ctx
+    s3 = aws.client("s3")
+    s3.delete_bucket_policy(Bucket=ctx.names.sensor_bucket)
+    if name == "failed-batches":
+        publish(ctx, make_readings(30, seed=11))
+        with local_handler(ctx, HandlerTotals(echo_errors=False)) as handler:
+            handler_index.client("dynamodb").meta.events.register(
+                "before-call.dynamodb.BatchWriteItem", fail_with("ProvisionedThroughputExceededException"))
+            assert deliver(ctx, handler, max_redeliveries=1).failure_records
+        return
+    publish(ctx, [{"device_id": "press-004", "timestamp": 1_700_000_500, "temperature": "hot"}, b"not json"])
+    with local_handler(ctx, HandlerTotals(echo_errors=False)) as handler:
+        deliver(ctx, handler)
+    line = {"sequence_number": "1", "partition_key": "press-004", "received_at": 1_700_000_000,
+            "reason": "invalid_timestamp: milliseconds are not accepted",
+            "data": base64.b64encode(json.dumps({"device_id": "press-004", "timestamp": 1_700_000_000_000,
+                                                  "temperature": 20.5}).encode()).decode()}
+    s3.put_object(Bucket=ctx.names.sensor_bucket, Key="rejected/dt=2023-11-14/hh=22/shardId-000000000000-1.jsonl.gz",
+                  Body=gzip.compress((json.dumps(line) + "\n").encode(), mtime=0))
 
 
 def test_runbooks_in_order(shell, server):
