@@ -254,3 +254,33 @@ def test_since_and_until_select_by_the_time_in_the_key(make):
     assert replay_failed(ctx, since=datetime(2026, 12, 2, tzinfo=UTC), dry_run=True).items == []
     assert len(replay_failed(ctx, until=datetime(2026, 12, 2, tzinfo=UTC), dry_run=True).items) == 3
     assert replay_failed(ctx, until=WHEN, dry_run=True).items == []
+
+
+def test_the_cli_reports_json_and_exit_codes(make, capsys, tmp_path):
+    """`iotpipe replay failed`: JSON totals; 3 while something still fails; 64 for a bad time;
+    2 for an env that is not deployed; `replay rejected` runs on the same env."""
+    from iotpipe.cli import main
+    from iotpipe.errors import ExitCode
+
+    ctx, _ = bare_env(make)
+    args = ["--env", "dev", "--state-dir", str(tmp_path / "state"), "--json"]
+    assert main(["replay", "failed", "--since", "yesterday", *args]) == ExitCode.USAGE
+    assert "neither an age" in capsys.readouterr().err
+    assert main(["replay", "failed", "--env", "nope", "--state-dir", str(tmp_path / "s2")]) == ExitCode.CHANGES_PENDING
+    assert "nothing to replay" in capsys.readouterr().err
+    assert main(["replay", "failed", "--dry-run", *args]) == ExitCode.OK
+    assert json.loads(capsys.readouterr().out)["totals"]["readings"] == 21
+    assert main(["replay", "failed", *args]) == ExitCode.OK
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["complete"] and doc["totals"]["stored"] == 20 and doc["env"] == "dev" and "endpoint" in doc
+    stored_exactly_once(ctx)
+    assert main(["replay", "rejected", *args]) == ExitCode.OK
+    assert json.loads(capsys.readouterr().out)["totals"]["rejected"] == 1  # "not json at all": still invalid
+    bare = make(resources=()).ctx
+    bare_doc = failure_record(records=[{"kinesis": {"sequenceNumber": "1", "approximateArrivalTimestamp": 0}}],
+                              function_arn=FUNCTION_ARN, stream_arn="arn:aws:kinesis:us-east-1:123456789012:stream/gone",
+                              shard_id="shardId-000000000000", invoke_count=1, when=WHEN, with_payload=False)
+    _client("s3").put_object(Bucket=bare.names.sensor_bucket, Key=failure_record_key(UUID, "shardId-000000000000", WHEN),
+                             Body=json.dumps(bare_doc).encode())
+    assert main(["replay", "failed", *args]) == ExitCode.INCOMPLETE  # its stream is gone: expired, kept
+    assert json.loads(capsys.readouterr().out)["totals"]["expired_ranges"] == 1

@@ -21,8 +21,9 @@ stream no longer holds is reported as expired and the record kept, so the loss s
 **Quarantined records.** `replay rejected` re-validates the lines of the ``rejected/`` objects
 with the handler's current rules; the valid ones go back into the stream (partition key as
 the topic rule sets it), where the pipeline stores them as any reading. An object is never
-deleted; once its records of a reason are back in the stream it is tagged
-(``iotpipe-replayed``: the reason codes done) and later runs skip those. Into the stream is
+deleted; once its valid records are back in the stream it is tagged (``iotpipe-replayed``:
+their reason codes) and later runs skip records of those codes in it; an object with nothing
+valid is left unmarked and reported again, still invalid, by every run. Into the stream is
 at-least-once, like every Kinesis producer: a run stopped between the put and the tag puts the
 records again, which the handler stores under the same keys.
 """
@@ -343,7 +344,6 @@ def replay_rejected(ctx: StepContext, *, reason: str | None = None, since: datet
             if code in done or (reason and code != reason):
                 continue
             item.records += 1
-            codes.add(code)
             record = {"kinesis": {"data": line.get("data"), "sequenceNumber": line.get("sequence_number"),
                                   "partitionKey": line.get("partition_key"),
                                   "approximateArrivalTimestamp": line.get("received_at")}}
@@ -355,17 +355,19 @@ def replay_rejected(ctx: StepContext, *, reason: str | None = None, since: datet
                 item.message = outcome.reason
             else:
                 valid.append((base64.b64decode(line["data"]), str(line.get("partition_key") or "unknown")))
+                codes.add(code)
         if not item.records:
             continue
         item.stored = len(valid)
         if dry_run:
             item.outcome = "would-replay" if valid else "nothing"
-        else:
-            if valid:
-                _put_back(ctx, valid)
+        elif valid:  # an object with nothing valid is not marked: it is reported again next time
+            _put_back(ctx, valid)
             s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": tag_list(
                 {**tags, REPLAYED_TAG: "+".join(sorted(done | codes))})})
-            item.outcome = "replayed" if valid else "nothing"
+            item.outcome = "replayed"
+        else:
+            item.outcome = "nothing"
         if item.rejected:
             item.message = f"{item.rejected} still invalid, e.g. {item.message}"
         report.items.append(item)
