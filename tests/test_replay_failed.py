@@ -284,3 +284,29 @@ def test_the_cli_reports_json_and_exit_codes(make, capsys, tmp_path):
                              Body=json.dumps(bare_doc).encode())
     assert main(["replay", "failed", *args]) == ExitCode.INCOMPLETE  # its stream is gone: expired, kept
     assert json.loads(capsys.readouterr().out)["totals"]["expired_ranges"] == 1
+
+
+def test_messages_of_the_retired_queue_are_read_back_from_the_stream_and_deleted(make):
+    """An env deployed before the move: its queue holds metadata-only records, as Lambda (here
+    the local event source) sends them to SQS. Replay reads the batch back from the stream,
+    stores it and deletes the message; the same readings in an S3 record are not stored twice."""
+    from iotpipe.local.simulator import FailureDestination, send_failure_record
+
+    ctx, records = bare_env(make)
+    sqs = _client("sqs")
+    url = sqs.create_queue(QueueName=ctx.names.dlq, tags=ctx.tags("lambda.dlq"))["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    shard = records[0]["eventID"].split(":")[0]
+    # the batch of the first S3 record, as the old destination got it: stored once all the same
+    send_failure_record(ctx, FailureDestination(UUID, FUNCTION_ARN, arn), records[:7], shard, 3, WHEN)
+    (message,) = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)["Messages"]
+    body = json.loads(message["Body"])
+    assert "payload" not in body and body["KinesisBatchInfo"]["batchSize"] == 7  # metadata only
+    preview = replay_failed(ctx, dry_run=True)
+    assert [i.source for i in preview.items].count("sqs") == 1
+    report = replay_failed(ctx)
+    (queued,) = [i for i in report.items if i.source == "sqs"]
+    assert report.complete and queued.outcome == "replayed" and queued.stored == 7
+    assert sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])[
+        "Attributes"]["ApproximateNumberOfMessages"] == "0"
+    stored_exactly_once(ctx)

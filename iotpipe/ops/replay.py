@@ -12,7 +12,9 @@ against any endpoint, an emulator where Lambda never runs code included.
 Each failure record is handed to the handler whole, as one batch, on every attempt and every
 run: the handler's writes are idempotent (items keyed by device and time; the archive object
 named after the batch's first record, so a later attempt overwrites it with the same or more
-lines), hence an interrupted replay, run again, stores no reading twice and loses none. A
+lines), hence an interrupted replay, run again, stores no reading twice and loses none (the
+failure records of one mapping never overlap: Lambda discards from where the last attempt
+failed, so two records starting at the same record hold the same batch). A
 record is deleted (S3: a delete marker over it; the version stays for audit until the
 lifecycle expires it; SQS: the message) only once the handler reports the whole batch
 persisted. A record whose batch is only metadata is read back from the stream; a range the
