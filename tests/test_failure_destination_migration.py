@@ -111,34 +111,34 @@ def test_status_plan_and_up_move_an_old_env_over(tmp_path, reference):
 
 def test_a_queue_still_holding_failure_records_is_kept_until_they_are_replayed(tmp_path):
     with mock_aws(config=MOTO):
-        url = make_old_env(tmp_path)
+        url = make_old_env(tmp_path, resources=PROCESSING)
         sqs = boto3.client("sqs", region_name=REGION)
         sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"KinesisBatchInfo": {}}))
-        result = _engine(tmp_path).up()
+        result = _engine(tmp_path, resources=PROCESSING).up()
         kept = by_id(result, "lambda.dlq")
         assert kept.action == "skipped" and "replay failed" in kept.message
         assert _queues() == [url]
-        assert "replay failed" in by_id(_engine(tmp_path).status(), "lambda.dlq").message
+        assert "replay failed" in by_id(_engine(tmp_path, resources=PROCESSING).status(), "lambda.dlq").message
         sqs.purge_queue(QueueUrl=url)  # what `replay failed` does, message by message, once persisted
-        assert by_id(_engine(tmp_path).up(), "lambda.dlq").action == "delete"
+        assert by_id(_engine(tmp_path, resources=PROCESSING).up(), "lambda.dlq").action == "delete"
         assert _queues() == []
 
 
 def test_a_queue_iotpipe_did_not_create_is_left_alone(tmp_path):
     with mock_aws(config=MOTO):
-        url = make_old_env(tmp_path, tagged=False)
-        result = _engine(tmp_path).up()
+        url = make_old_env(tmp_path, tagged=False, resources=PROCESSING)
+        result = _engine(tmp_path, resources=PROCESSING).up()
         assert "lambda.dlq" not in by_id(result)
         assert _queues() == [url]
-        assert by_id(_engine(tmp_path).destroy(), "lambda.dlq").action == "skipped"  # "left alone"
+        assert by_id(_engine(tmp_path, resources=PROCESSING).destroy(), "lambda.dlq").action == "skipped"  # "left alone"
         assert _queues() == [url]
 
 
 def test_destroy_of_an_old_env_removes_the_queue(tmp_path):
     with mock_aws(config=MOTO):
-        make_old_env(tmp_path)
-        assert by_id(_engine(tmp_path).destroy_plan(), "lambda.dlq").action == "delete"
-        assert by_id(_engine(tmp_path).destroy(), "lambda.dlq").action == "delete"
+        make_old_env(tmp_path, resources=PROCESSING)
+        assert by_id(_engine(tmp_path, resources=PROCESSING).destroy_plan(), "lambda.dlq").action == "delete"
+        assert by_id(_engine(tmp_path, resources=PROCESSING).destroy(), "lambda.dlq").action == "delete"
         assert_nothing_left(Clients(REGION), ENV)
 
 
@@ -157,11 +157,16 @@ def test_the_move_interrupted_at_every_call_converges(tmp_path, mode):
                 continue
             try:
                 _engine(root, resources=PROCESSING).up()
-                assert _engine(root, resources=PROCESSING).status().in_sync
                 assert _queues() == []
                 (mapping,) = boto3.client("lambda", region_name=REGION).list_event_source_mappings()[
                     "EventSourceMappings"]
                 assert mapping["DestinationConfig"]["OnFailure"]["Destination"].startswith("arn:aws:s3:::")
+                policy = json.dumps(boto3.client("iam", region_name=REGION).get_role_policy(
+                    RoleName=f"iot-lambda-role-{ENV}", PolicyName="lambda-permissions")["PolicyDocument"])
+                assert "WriteFailureRecords" in policy and "sqs:" not in policy
+                rules = boto3.client("s3", region_name=REGION).get_bucket_lifecycle_configuration(
+                    Bucket=f"iot-sensor-data-{ENV}-123456789012")["Rules"]
+                assert FAILURE_RECORDS_RULE_ID in {r["ID"] for r in rules}
             except (AssertionError, Exception) as err:  # noqa: BLE001 - collect every N, report all
                 failures.append((n, fault.fired, f"{type(err).__name__}: {err}"[:400]))
     assert not failures, failures

@@ -190,8 +190,11 @@ def _records_of(ctx: StepContext, doc: dict[str, Any], item: ReplayedItem) -> li
     """The batch's records in Lambda's event shape: from the payload, else from the stream."""
     info = _batch_info(doc, item)
     payload = doc.get("payload")
-    if isinstance(payload, str):
-        records = json.loads(payload).get("Records") or []
+    try:
+        records = json.loads(payload).get("Records") if isinstance(payload, str) else None
+    except (ValueError, AttributeError):
+        records = None  # unreadable: the batch is still on the stream while it is retained
+    if isinstance(records, list):
         item.records = len(records)
         return records
     records, expired = read_back(ctx, info)
