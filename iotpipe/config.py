@@ -103,7 +103,12 @@ class StorageConfig(_Section):
     # bucket: the whole failed batch) stay after they were written, unless `replay failed`
     # persists and removes them first. At most glacier_transition_days: `replay` cannot read
     # an object that went to Glacier.
-    failure_record_expiration_days: int = Field(30, ge=1, le=36500)
+    # Unset: 30 days, or glacier_transition_days when that is shorter.
+    failure_record_expiration_days: int | None = Field(None, ge=1, le=36500)
+
+    @property
+    def failure_records_expire_after_days(self) -> int:
+        return self.failure_record_expiration_days or min(30, self.glacier_transition_days)
 
     @field_validator("sensor_bucket_name", "access_log_bucket_name")
     @classmethod
@@ -120,7 +125,7 @@ class StorageConfig(_Section):
 
     @model_validator(mode="after")
     def _failure_records_stay_readable(self) -> StorageConfig:
-        if self.failure_record_expiration_days > self.glacier_transition_days:
+        if (self.failure_record_expiration_days or 0) > self.glacier_transition_days:
             raise ValueError(
                 f"failure_record_expiration_days ({self.failure_record_expiration_days}) must not exceed "
                 f"glacier_transition_days ({self.glacier_transition_days}): a failure record in Glacier "

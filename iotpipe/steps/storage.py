@@ -163,7 +163,7 @@ def lifecycle(ctx: StepContext) -> dict[str, Any]:
             "status": "Enabled",
             "prefix": FAILURE_RECORDS_PREFIX,
             "transitions": [],
-            "expiration_days": storage.failure_record_expiration_days,
+            "expiration_days": storage.failure_records_expire_after_days,
             "noncurrent_expiration_days": storage.noncurrent_version_expiration_days,
             "abort_incomplete_days": storage.abort_incomplete_upload_days,
         }],
