@@ -288,12 +288,16 @@ def read_back(ctx: StepContext, info: dict[str, Any]) -> tuple[list[dict[str, An
 def _replay_queue(ctx: StepContext, persist: Persist, since: datetime | None, until: datetime | None,
                   dry_run: bool) -> Iterator[ReplayedItem]:
     """The retired SQS dead-letter queue's messages (metadata only), when it is ours."""
+    from iotpipe.aws import is_not_found
+
     sqs = ctx.client("sqs")
     try:
         url = sqs.get_queue_url(QueueName=ctx.names.dlq)["QueueUrl"]
         tags = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
-    except ClientError:
-        return
+    except ClientError as err:
+        if is_not_found(err):
+            return  # no retired queue: nothing waits there
+        raise
     if not ctx.owns(tags):
         return
     seen: set[str] = set()
