@@ -465,6 +465,8 @@ class Renderer:
         if self.json_mode:
             self.json(self._document(report.as_dict()))
             return
+        for text in getattr(report, "warnings", []):
+            self.warning(text)
         style = {"replayed": "green", "would-replay": "cyan", "failing": "red", "expired": "red",
                  "nothing": "dim"}
         what = "failure record" if report.kind == "failed" else "quarantine object"

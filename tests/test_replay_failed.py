@@ -126,8 +126,13 @@ def test_the_local_event_source_writes_failure_records_as_lambda_does(make):
         total += len(records)
     assert total == 12
     report = replay_failed(ctx)  # and the replay stores them all
-    assert report.complete and report.totals["stored"] == 12
+    assert report.complete and report.totals["stored"] == 12 and report.warnings == []
     assert _client("dynamodb").describe_table(TableName=ctx.names.metrics_table)["Table"]["ItemCount"] == 12
+    variables = dict(lambda_.Function().environment(ctx), ANOMALY_THRESHOLDS='{"temperature":{"max":1}}')
+    _client("lambda").update_function_configuration(FunctionName=ctx.names.function,
+                                                    Environment={"Variables": variables})
+    (warning,) = replay_failed(ctx, dry_run=True).warnings  # changed by hand: said, config's values used
+    assert "ANOMALY_THRESHOLDS" in warning and "iotpipe status" in warning
 
 
 def test_replay_stores_every_reading_once_and_removes_the_records(make):
@@ -139,6 +144,8 @@ def test_replay_stores_every_reading_once_and_removes_the_records(make):
     report = replay_failed(ctx)
     assert report.complete and report.totals == {"records": 3, "readings": 21, "stored": 20, "rejected": 1,
                                                  "still_failing": 0, "expired_ranges": 0}
+    assert report.warnings == ["function iot-processor-dev does not exist: replayed with the handler "
+                               "configured from the config, as `up` would deploy it"]
     stored_exactly_once(ctx)
     versions = _client("s3").list_object_versions(Bucket=ctx.names.sensor_bucket, Prefix="aws/lambda/")
     assert len(versions["Versions"]) == 3 and len(versions["DeleteMarkers"]) == 3  # kept for audit

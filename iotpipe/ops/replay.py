@@ -80,6 +80,7 @@ class ReplayReport:
     env: str
     dry_run: bool
     items: list[ReplayedItem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def totals(self) -> dict[str, int]:
@@ -99,7 +100,8 @@ class ReplayReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"command": f"replay {self.kind}", "env": self.env, "dry_run": self.dry_run,
-                "complete": self.complete, "totals": self.totals, "items": [asdict(i) for i in self.items]}
+                "complete": self.complete, "totals": self.totals, "warnings": self.warnings,
+                "items": [asdict(i) for i in self.items]}
 
 
 # ============================================================================================
@@ -113,6 +115,7 @@ def replay_failed(ctx: StepContext, *, since: datetime | None = None, until: dat
     s3 = ctx.client("s3")
     bucket = _deployed_bucket(ctx)
     refs = list_failure_records(s3, bucket, since, until)
+    report.warnings.extend(_function_differs(ctx))
     totals = HandlerTotals(echo_errors=False)
     with local_handler(ctx, totals, sleep=ctx.aws.sleep) as handler:
         persist = _persister(ctx, handler, totals)
@@ -140,6 +143,26 @@ def _deployed_bucket(ctx: StepContext) -> str:
                                    f"nothing to replay (run `iotpipe up --env {ctx.env}` first)") from None
         raise
     return bucket
+
+
+def _function_differs(ctx: StepContext) -> list[str]:
+    """The replay runs the handler as `up` configures the function; say so when the deployed
+    function is configured otherwise (changed by hand), since readings would be judged by
+    other thresholds there."""
+    from iotpipe.local.simulator import function_environment
+    from iotpipe.steps.base import get_or_none
+
+    found = get_or_none(ctx.client("lambda").get_function_configuration, FunctionName=ctx.names.function)
+    if found is None:
+        return [f"function {ctx.names.function} does not exist: replayed with the handler configured "
+                "from the config, as `up` would deploy it"]
+    deployed = (found.get("Environment") or {}).get("Variables", {})
+    wanted = function_environment(ctx)
+    differ = sorted(k for k in wanted if deployed.get(k) != wanted[k])
+    if not differ:
+        return []
+    return [f"the deployed function's {', '.join(differ)} differ(s) from the config: replayed with the "
+            f"config's values, as `up` would set them (`iotpipe status --env {ctx.env}` shows the drift)"]
 
 
 def _said(ctx: StepContext, where: str, item: ReplayedItem) -> None:
