@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import boto3
@@ -142,10 +143,21 @@ def test_destroy_of_an_old_env_removes_the_queue(tmp_path):
         assert_nothing_left(Clients(REGION), ENV)
 
 
-@pytest.mark.parametrize("mode", ("error", "abort", "lost"))
-def test_the_move_interrupted_at_every_call_converges(tmp_path, mode):
+# As tests/test_interrupt.py: by default each call is interrupted once, the mode rotating;
+# IOTPIPE_FULL_MATRIX=1 interrupts every call in all three ways.
+FULL_MATRIX = os.environ.get("IOTPIPE_FULL_MATRIX") == "1"
+ROTATION = ("lost", "error", "lost", "abort")
+
+
+def _points(total: int):
+    for n in range(1, total + 1):
+        for mode in (("error", "abort", "lost") if FULL_MATRIX else (ROTATION[n % len(ROTATION)],)):
+            yield n, mode
+
+
+def test_the_move_interrupted_at_every_call_converges(tmp_path):
     failures = []
-    for n in range(1, len(MIGRATION_CALLS) + 1):
+    for n, mode in _points(len(MIGRATION_CALLS)):
         root = tmp_path / f"{mode}-{n}"
         with mock_aws(config=MOTO):
             make_old_env(root, resources=PROCESSING)

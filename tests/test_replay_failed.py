@@ -9,11 +9,11 @@ import contextlib
 import functools
 import gzip
 import json
+import os
 import re
 from datetime import UTC, datetime
 
 import boto3
-import pytest
 
 from iotpipe.handler import index as handler_index
 from iotpipe.local.simulator import (
@@ -202,8 +202,14 @@ def _make(tmp_path):
     return build
 
 
-@pytest.mark.parametrize("mode", ("abort", "lost", "error"))
-def test_replay_interrupted_at_every_write_stores_everything_exactly_once(tmp_path, monkeypatch, mode):
+# As tests/test_interrupt.py: by default each write is interrupted once, the mode rotating
+# (an AWS error, an abort before the request, the answer lost after AWS acted);
+# IOTPIPE_FULL_MATRIX=1 interrupts every write in all three ways.
+FULL_MATRIX = os.environ.get("IOTPIPE_FULL_MATRIX") == "1"
+ROTATION = ("lost", "error", "lost", "abort")
+
+
+def test_replay_interrupted_at_every_write_stores_everything_exactly_once(tmp_path, monkeypatch):
     from moto import mock_aws
 
     monkeypatch.chdir(tmp_path)  # the repo's config/dev.toml must not apply
@@ -216,7 +222,9 @@ def test_replay_interrupted_at_every_write_stores_everything_exactly_once(tmp_pa
         writes = counter.seen
     assert writes == 7  # 2 × (BatchWriteItem, PutObject raw/, DeleteObject) + the rejected/ object
     failures = []
-    for n in range(1, writes + 1):
+    points = [(n, mode) for n in range(1, writes + 1)
+              for mode in (("error", "abort", "lost") if FULL_MATRIX else (ROTATION[n % len(ROTATION)],))]
+    for n, mode in points:
         with mock_aws(config={"lambda": {"use_docker": False}}):
             ctx, _ = bare_env(make, readings=9, per_record=5)
             fault = WriteFault(n, mode)
