@@ -140,9 +140,12 @@ def send_failure_record(ctx: StepContext, target: FailureDestination, batch: lis
 
 
 def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None,
-            max_redeliveries: int = 3, on_progress: Callable[[int], None] | None = None,
+            max_redeliveries: int | None = None, on_progress: Callable[[int], None] | None = None,
             now: Callable[[], datetime] | None = None) -> DeliveryReport:
     """Read every shard from the start and feed the handler as Lambda's event source would.
+
+    A batch is retried as the env's mapping retries it (``lambda.max_retry_attempts``, unless
+    ``max_redeliveries`` says otherwise), then sent to the mapping's on-failure destination.
 
     Shards are delivered concurrently, one worker each, as Lambda runs one invocation per
     shard at a time (ParallelizationFactor 1): order holds within a shard, which is all
@@ -153,6 +156,7 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
 
     kinesis = data_client(ctx, "kinesis")
     batch_size = batch_size or ctx.config.lambda_.batch_size
+    retries = ctx.config.lambda_.max_retry_attempts if max_redeliveries is None else max_redeliveries
     stream_arn = ctx.aws.arn("kinesis", f"stream/{ctx.names.stream}")
     report = DeliveryReport()
     lock = threading.Lock()
@@ -172,9 +176,9 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
             batch = [lambda_record(r, shard_id, stream_arn, ctx.region)
                      for r in pending[start:start + batch_size]]
             own = DeliveryReport()
-            discarded = _invoke_with_redelivery(handler, batch, own, max_redeliveries)
+            discarded = _invoke_with_redelivery(handler, batch, own, retries)
             if discarded and target is not None:
-                written = send_failure_record(ctx, target, discarded, shard_id, max_redeliveries + 1, clock())
+                written = send_failure_record(ctx, target, discarded, shard_id, retries + 1, clock())
                 if written:
                     own.failure_records.append(written)
             with lock:
