@@ -13,6 +13,7 @@ import json
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from iotpipe.handler import index as handler_index
+from iotpipe.local.metrics import LocalLogs, LocalMetrics
 from iotpipe.steps.base import StepContext, paginate
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -56,10 +58,11 @@ def make_readings(count: int, *, devices: int = 5, seed: int = 7, start: int | N
 
 
 def publish(ctx: StepContext, payloads: list[bytes | dict[str, Any]],
-            on_progress: Callable[[int], None] | None = None) -> int:
+            on_progress: Callable[[int], None] | None = None, metrics: LocalMetrics | None = None) -> int:
     """Put payloads on the env's stream, partitioned by device like the topic rule does.
 
-    ``on_progress`` gets the running count after each PutRecords call.
+    ``on_progress`` gets the running count after each PutRecords call; ``metrics`` counts the
+    stream's IncomingRecords as Kinesis would.
     """
     kinesis = data_client(ctx, "kinesis")
     sent = 0
@@ -74,6 +77,8 @@ def publish(ctx: StepContext, payloads: list[bytes | dict[str, Any]],
         if response.get("FailedRecordCount"):
             raise RuntimeError(f"{response['FailedRecordCount']} records were not accepted by Kinesis")
         sent += len(records)
+        if metrics is not None:
+            metrics.published(len(records))
         if sent == len(payloads) or sent * 10 // len(payloads) > (sent - len(records)) * 10 // len(payloads):
             ctx.aws.report("publishing", f"published {sent} of {len(payloads)} records to {ctx.names.stream}",
                            sent=sent, total=len(payloads))  # about every tenth
@@ -92,13 +97,15 @@ class DeliveryReport:
 
 
 def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None,
-            max_redeliveries: int = 3, on_progress: Callable[[int], None] | None = None) -> DeliveryReport:
+            max_redeliveries: int = 3, on_progress: Callable[[int], None] | None = None,
+            metrics: LocalMetrics | None = None, clock: Callable[[], float] = time.time) -> DeliveryReport:
     """Read every shard from the start and feed the handler as Lambda's event source would.
 
     Shards are delivered concurrently, one worker each, as Lambda runs one invocation per
     shard at a time (ParallelizationFactor 1): order holds within a shard, which is all
     Kinesis promises. ``on_progress`` gets the number of records handled so far (first
-    deliveries only, so it ends at the number of records on the stream).
+    deliveries only, so it ends at the number of records on the stream). ``metrics`` counts
+    what Lambda would: invocations, errors, iterator age (by ``clock``), records given up.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -121,7 +128,7 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
             batch = [_lambda_record(r, shard_id, stream_arn, ctx.region)
                      for r in pending[start:start + batch_size]]
             own = DeliveryReport()
-            _invoke_with_redelivery(handler, batch, own, max_redeliveries)
+            _invoke_with_redelivery(handler, batch, own, max_redeliveries, metrics, clock)
             with lock:
                 report.batches += own.batches
                 report.records += own.records
@@ -140,17 +147,29 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
 
 
 def _invoke_with_redelivery(handler: Handler, batch: list[dict[str, Any]], report: DeliveryReport,
-                            max_redeliveries: int) -> None:
+                            max_redeliveries: int, metrics: LocalMetrics | None = None,
+                            clock: Callable[[], float] = time.time) -> None:
     for attempt in range(max_redeliveries + 1):
         report.batches += 1
         report.records += len(batch)
         report.redeliveries += attempt > 0
-        failures = handler({"Records": batch}, None).get("batchItemFailures", [])
+        # Lambda's IteratorAge: the age of the batch's last record when the invocation starts
+        age_ms = (clock() - float(batch[-1]["kinesis"]["approximateArrivalTimestamp"])) * 1000
+        try:
+            failures = handler({"Records": batch}, None).get("batchItemFailures", [])
+        except Exception:
+            if metrics is not None:
+                metrics.invocation(error=True, iterator_age_ms=age_ms)
+            raise
+        if metrics is not None:
+            metrics.invocation(error=False, iterator_age_ms=age_ms)
         if not failures:
             return
         first = min(int(f["itemIdentifier"]) for f in failures)
         batch = [r for r in batch if int(r["kinesis"]["sequenceNumber"]) >= first]
     report.failures.append(batch[0]["kinesis"]["sequenceNumber"])
+    if metrics is not None:
+        metrics.given_up(len(batch))
 
 
 def _lambda_record(record: dict[str, Any], shard_id: str, stream_arn: str, region: str) -> dict[str, Any]:
@@ -195,30 +214,31 @@ class HandlerTotals:
 
 
 @contextmanager
-def local_handler(ctx: StepContext, totals: HandlerTotals | None = None) -> Iterator[Handler]:
+def local_handler(ctx: StepContext, totals: HandlerTotals | None = None,
+                  metrics: LocalMetrics | None = None, logs: LocalLogs | None = None) -> Iterator[Handler]:
     """The real handler module, run in this process against the same endpoint as iotpipe.
 
-    With ``totals``, the handler's batch summaries are added up there instead of printed;
-    its errors still reach stderr.
+    Its JSON log lines (what CloudWatch Logs would hold) are not printed: with ``totals`` the
+    batch summaries are added up there, with ``metrics`` their Embedded Metric Format fields
+    become the metrics CloudWatch would extract, with ``logs`` every line is kept for the
+    function's log group; its errors still reach stderr.
     """
     import logging
 
     index = handler_index
     # The handler's JSON log lines belong in CloudWatch; locally only errors are worth showing.
-    variables = {**function_environment(ctx), "LOG_LEVEL": "INFO" if totals is not None else "ERROR"}
+    variables = {**function_environment(ctx), "LOG_LEVEL": "ERROR" if totals is metrics is logs is None else "INFO"}
     saved = {k: os.environ.get(k) for k in variables}
     os.environ.update(variables)
     index.reset()
     index.configure(dynamodb=data_client(ctx, "dynamodb"), s3=data_client(ctx, "s3"))
-    collector = _SummaryCollector(totals) if totals is not None else None
-    if collector is not None:
-        index.log.addHandler(collector)  # counts as the handler's own JSON-lines handler
+    collector = _SummaryCollector(totals, metrics, logs)
+    index.log.addHandler(collector)  # counts as the handler's own JSON-lines handler
     try:
         yield index.lambda_handler
     finally:
-        if collector is not None:
-            index.log.removeHandler(collector)
-            index.log.setLevel(logging.NOTSET)
+        index.log.removeHandler(collector)
+        index.log.setLevel(logging.NOTSET)
         index.reset()
         for key, value in saved.items():
             if value is None:
@@ -234,16 +254,25 @@ class _SummaryCollector(handler_index._JsonLines):  # noqa: SLF001
     sees one in place and does not add another that prints every line.
     """
 
-    def __init__(self, totals: HandlerTotals) -> None:
+    def __init__(self, totals: HandlerTotals | None, metrics: LocalMetrics | None = None,
+                 logs: LocalLogs | None = None) -> None:
         super().__init__()
         self.totals = totals
+        self.metrics = metrics
+        self.logs = logs
 
     def emit(self, record: Any) -> None:
         import logging
         import sys
 
-        if record.getMessage() == "batch_summary":
-            fields = getattr(record, "fields", {})
+        message = record.getMessage()
+        fields = getattr(record, "fields", {})
+        if self.metrics is not None and message in ("batch_summary", "metrics"):
+            self.metrics.embedded(fields)
+        if self.logs is not None:
+            line = {"level": record.levelname, "event": message, **fields}
+            self.logs.add(record.created, json.dumps(line, default=str, separators=(",", ":")))
+        if message == "batch_summary" and self.totals is not None:
             # no lock of our own: logging's handle() holds the handler's lock around emit
             self.totals.invocations += 1
             for name in ("received", "stored", "rejected", "failed", "anomalies"):

@@ -285,15 +285,14 @@ def alarm_definition(ctx: StepContext, spec: AlarmSpec) -> dict[str, Any]:
                            "Threshold": threshold})
         return definition
     # Rates over the handler's EMF metrics: a percentage of what it persisted in the period.
-    part, whole = (("Rejected", "100 * rejected / (stored + rejected)") if spec.name == "rejected_rate"
-                   else ("Anomalies", "100 * anomalies / stored"))
+    part, whole = (("rejected", "100 * rejected / (stored + rejected)") if spec.name == "rejected_rate"
+                   else ("anomalies", "100 * anomalies / stored"))
     definition.update({
         "Threshold": threshold,
         "Metrics": [
-            {"Id": "rate", "Expression": whole, "Label": f"{part.lower()} %", "ReturnData": True},
-            {"Id": part.lower(), "MetricStat": _stat(handler_metric(ctx, part), period, "Sum"),
-             "ReturnData": False},
-            {"Id": "stored", "MetricStat": _stat(handler_metric(ctx, "Stored"), period, "Sum"),
+            {"Id": "rate", "Expression": whole, "Label": f"{part} %", "ReturnData": True},
+            {"Id": part, "MetricStat": _stat(handler_metric(ctx, part), period, "Sum"), "ReturnData": False},
+            {"Id": "stored", "MetricStat": _stat(handler_metric(ctx, "stored"), period, "Sum"),
              "ReturnData": False},
         ],
     })
@@ -390,10 +389,10 @@ def dashboard_body(ctx: StepContext, marker: str) -> dict[str, Any]:
                                     f"runbook: docs/runbooks/alarm-fired.md\n\n{marker}"}},
         graph("Readings: published, stored, rejected, failed", [
             ["AWS/Kinesis", "IncomingRecords", "StreamName", names.stream, {"label": "published"}],
-            [NAMESPACE, "Stored", ENV_DIMENSION, env, {"label": "stored"}],
-            [NAMESPACE, "Rejected", ENV_DIMENSION, env, {"label": "rejected"}],
-            [NAMESPACE, "Failed", ENV_DIMENSION, env, {"label": "failed"}],
-            [NAMESPACE, "Anomalies", ENV_DIMENSION, env, {"label": "anomalies"}],
+            [NAMESPACE, "stored", ENV_DIMENSION, env, {"label": "stored"}],
+            [NAMESPACE, "rejected", ENV_DIMENSION, env, {"label": "rejected"}],
+            [NAMESPACE, "failed", ENV_DIMENSION, env, {"label": "failed"}],
+            [NAMESPACE, "anomalies", ENV_DIMENSION, env, {"label": "anomalies"}],
         ], 0, 2),
         graph("Stream lag (IteratorAge, ms)", [
             ["AWS/Lambda", "IteratorAge", "FunctionName", names.function],
