@@ -172,6 +172,9 @@ def _alarms_in_alarm(ctx: StepContext) -> list[dict[str, str]]:
     for page in cw.get_paginator("describe_alarms").paginate(AlarmNamePrefix=f"iot-{ctx.env}-",
                                                             StateValue="ALARM"):
         for alarm in page.get("MetricAlarms", []):
+            # checked again: the emulator (moto 5.2) ignores StateValue when a name prefix is given
+            if alarm.get("StateValue") != "ALARM":
+                continue
             since = alarm.get("StateUpdatedTimestamp")
             found.append({"name": alarm["AlarmName"], "reason": alarm.get("StateReason", ""),
                           "since": _iso(since) if isinstance(since, datetime) else ""})
