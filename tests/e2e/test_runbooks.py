@@ -16,7 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOKS = REPO / "docs" / "runbooks"
-ORDER = ["deploy.md", "devices.md", "drift.md", "interrupted-run.md", "teardown.md", "emulator.md"]
+ORDER = ["deploy.md", "devices.md", "drift.md", "alarm-fired.md", "restore-pitr.md", "interrupted-run.md",
+         "teardown.md", "emulator.md"]
 BLOCK = re.compile(r"(?:<!-- setup: (?P<setup>[\w-]+) -->\n)?```(?P<lang>\w+)\n(?P<body>.*?)```", re.S)
 EXPECT = re.compile(r"#\s*exit\s+(\d+)\s*$")
 ENV = "line7"
@@ -88,8 +89,33 @@ def _setup(name: str, shell, moto_url: str) -> None:
         lock.write_text(json.dumps({"ID": "1", "Operation": "up", "Who": "ci@build-agent-3",
                                     "Host": "build-agent-3", "Pid": 4242, "Created": "2026-11-29T08:00:00Z"}))
         assert socket.gethostname() != "build-agent-3"
+    elif name == "traffic":
+        _push_readings(shell, moto_url, region)
     else:
         raise AssertionError(f"unknown runbook setup {name!r}")
+
+
+def _push_readings(shell, moto_url: str, region: str) -> None:
+    """Readings through the stream and the real handler, as `iotpipe demo` pushes them (IoT
+    never routes a publish on the emulator, and Lambda runs no code there). The emulator
+    applies the sensor bucket's TLS-only Deny without its condition, so the policy is set
+    aside while the handler archives, then put back as it was."""
+    from iotpipe.aws import AwsContext
+    from iotpipe.config import load_config
+    from iotpipe.engine import make_engine
+    from iotpipe.local.demo import exercise
+
+    engine = make_engine(load_config(ENV, region=region), AwsContext(region, endpoint_url=moto_url),
+                         shell.work / ".iotpipe")
+    s3 = boto3.client("s3", endpoint_url=moto_url, region_name=region)
+    bucket = f"iot-sensor-data-{ENV}-123456789012"
+    policy = s3.get_bucket_policy(Bucket=bucket)["Policy"]
+    s3.delete_bucket_policy(Bucket=bucket)
+    try:
+        report = exercise(engine.ctx, 50)
+    finally:
+        s3.put_bucket_policy(Bucket=bucket, Policy=policy)
+    assert report.items_stored >= 50 and report.undelivered == 0
 
 
 def test_runbooks_in_order(shell, server):
