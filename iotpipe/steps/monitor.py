@@ -127,9 +127,12 @@ class AlertTopic(Resource):
         attrs = found.get("Attributes", {})
         tags = {t["Key"]: t["Value"] for t in sns.list_tags_for_resource(ResourceArn=arn).get("Tags", [])}
         subscriptions = _email_subscriptions(sns, arn)
+        wanted = set(ctx.config.alerts.emails)
         spec = {
             "kms_key": our_key_arn(ctx, attrs.get("KmsMasterKeyId")),
-            "emails": sorted(subscriptions),
+            # An unconfirmed subscription cannot be removed (SNS drops it itself): one no longer
+            # wanted is not drift that `up` could close, only named in the condition.
+            "emails": sorted(e for e, sub in subscriptions.items() if e in wanted or sub.startswith("arn:")),
             "tags": filter_tags(ctx, self.logical_id, tags),
         }
         current = Current.judged(ctx, spec, {"arn": arn, "name": self.name(ctx)}, tags)
@@ -158,7 +161,7 @@ class AlertTopic(Resource):
             for email in sorted(set(subscriptions) - set(desired["emails"])):
                 sub = subscriptions[email]
                 # A subscription still waiting for its confirmation has no ARN and cannot be
-                # removed; SNS drops it by itself after three days (it is named by `status`).
+                # removed; SNS drops it once it stays unconfirmed (`status` names it meanwhile).
                 if sub.startswith("arn:"):
                     tolerate_gone(sns.unsubscribe, SubscriptionArn=sub)
         if "tags" in fields:
@@ -184,6 +187,7 @@ def _email_subscriptions(sns: Any, arn: str) -> dict[str, str]:
 
 
 def _pending_note(subscriptions: dict[str, str]) -> str:
+    """Email subscriptions deliver nothing until their address confirms (SNS mails the link)."""
     pending = sorted(e for e, arn in subscriptions.items() if not arn.startswith("arn:"))
     return f"waiting for confirmation: {', '.join(pending)}" if pending else ""
 

@@ -213,3 +213,30 @@ def test_alerts_disabled_makes_nothing_and_destroy_removes_everything(make):
     assert cw.describe_alarms(AlarmNamePrefix="iot-dev-")["MetricAlarms"] == []
     assert cw.list_dashboards()["DashboardEntries"] == []
     assert boto3.client("sns", region_name=REGION).list_topics()["Topics"] == []
+
+
+def test_an_unconfirmed_email_is_named_and_never_drift_up_cannot_close(make, tmp_path, monkeypatch):
+    """On AWS an email subscription stays PendingConfirmation until its address confirms, and
+    a pending subscription cannot be unsubscribed (moto confirms at once: the behaviour layer
+    puts AWS's answer back)."""
+    from tests.awsbehaviour import FakeClock, install, rules_named
+    from tests.awsbehaviour.fixture import behaviour_for
+    from tests.support import CallLog
+
+    clock = FakeClock()
+    behaviour = behaviour_for(rules_named("sns.email-subscription-pending"), clock, REGION)
+
+    def engine(sets, log=None):
+        built = make(sets=sets, log=log)
+        install(built.ctx.aws.events, behaviour)
+        return built
+
+    one = (*BASE, "alerts.emails=['ops@example.com']")
+    engine(one).up()
+    topic = _monitor_ids(engine(one).status())["monitor.topic"]
+    assert topic.health == "ok" and "waiting for confirmation: ops@example.com" in json.dumps(topic.as_dict())
+    # the address leaves the config before confirming: nothing to unsubscribe, no endless drift
+    log = CallLog()
+    engine(BASE, log=log).up()
+    assert not [op for op in log.mutating if op[1] == "Unsubscribe"]
+    assert _monitor_ids(engine(BASE).status())["monitor.topic"].health == "ok"
