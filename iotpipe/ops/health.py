@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from iotpipe.aws import error_code, is_not_found
+from iotpipe.errors import NotDeployedError
 from iotpipe.steps.base import StepContext
 from iotpipe.steps.monitor import ENV_DIMENSION, NAMESPACE
 
@@ -74,7 +75,18 @@ class Health:
 
 
 def check_health(ctx: StepContext, *, start: datetime, end: datetime) -> Health:
-    """Read every number of the health screen for [start, end); judge it."""
+    """Read every number of the health screen for [start, end); judge it.
+
+    An env without its stream is not deployed: that is said (exit 2), not judged healthy on
+    the strength of zero counts.
+    """
+    try:
+        ctx.client("kinesis").describe_stream_summary(StreamName=ctx.names.stream)
+    except Exception as err:
+        if is_not_found(err):
+            raise NotDeployedError(f"env {ctx.env!r} is not deployed in {ctx.region} (no stream "
+                                   f"{ctx.names.stream}): run `iotpipe up --env {ctx.env}`") from None
+        raise
     report = Health(env=ctx.env, since=_iso(start), until=_iso(end))
     for key, value in _metric_values(ctx, start, end).items():
         setattr(report, key, value if key == "iterator_age_ms" else int(value or 0))

@@ -16,7 +16,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOKS = REPO / "docs" / "runbooks"
-ORDER = ["deploy.md", "devices.md", "drift.md", "alarm-fired.md", "restore-pitr.md", "interrupted-run.md",
+# restore-pitr.md leaves the table's encryption drifted on the emulator (see that runbook):
+# it runs after the runbooks that expect `status` to be ok.
+ORDER = ["deploy.md", "devices.md", "drift.md", "alarm-fired.md", "interrupted-run.md", "restore-pitr.md",
          "teardown.md", "emulator.md"]
 BLOCK = re.compile(r"(?:<!-- setup: (?P<setup>[\w-]+) -->\n)?```(?P<lang>\w+)\n(?P<body>.*?)```", re.S)
 # "# exit N": the line exits N; "# emulator: exit N": N on the emulator only, where the runbook

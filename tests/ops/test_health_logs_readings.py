@@ -166,3 +166,10 @@ def test_time_values():
         parse_time("yesterday", now)
     with pytest.raises(UsageError, match="is not after"):
         parse_window("1h", "2h", now, default_since="1h")
+
+
+def test_an_env_that_is_not_deployed_is_said_so(make, capsys):
+    make(sets=SETS)  # credentials and moto, no env
+    assert main(["health", "--env", "dev", *sum((["--set", s] for s in SETS), [])]) == 2
+    assert "is not deployed" in capsys.readouterr().err
+    assert main(["readings", "press-001", "--env", "dev"]) == 2
