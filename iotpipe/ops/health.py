@@ -118,7 +118,10 @@ def count_failure_records(ctx: StepContext) -> int:
 def _metric_values(ctx: StepContext, start: datetime, end: datetime) -> dict[str, float | None]:
     """One GetMetricData for all: a single period spanning the window, so each answer is one
     value; the values returned are still added up (or maxed), as an emulator may not bucket."""
-    period = max(60, -(-int((end - start).total_seconds()) // 60) * 60)
+    seconds = int((end - start).total_seconds())
+    # a multiple of 60 s; of 3600 s beyond a day (CloudWatch keeps older data at hourly periods)
+    step = 3600 if seconds > 86400 else 60
+    period = max(60, -(-seconds // step) * step)
     uuid = ctx.refs.get("lambda.event_source_mapping", {}).get("uuid") or _mapping_uuid(ctx)
     queries, stats = [], {}
     for key, namespace, metric, dims, stat in METRICS:

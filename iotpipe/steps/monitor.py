@@ -238,8 +238,9 @@ def _dims(**dims: Any) -> list[dict[str, Any]]:
     return [{"Name": k, "Value": v} for k, v in dims.items()]
 
 
-def alarm_definition(ctx: StepContext, spec: AlarmSpec) -> dict[str, Any]:
-    """The alarm's PutMetricAlarm fields (besides name and tags), as DescribeAlarms returns them."""
+def alarm_definition(ctx: StepContext, spec: AlarmSpec) -> dict[str, Any] | UnknownYet:
+    """The alarm's PutMetricAlarm fields (besides name and tags), as DescribeAlarms returns them;
+    a placeholder while what it watches has no id yet."""
     cfg = ctx.config.alerts
     names = ctx.names
     period = cfg.period_s
@@ -270,7 +271,7 @@ def alarm_definition(ctx: StepContext, spec: AlarmSpec) -> dict[str, Any]:
         # Event source mapping metrics (MetricsConfig EventCount on the mapping), per mapping.
         uuid = ctx.ref("lambda.event_source_mapping", "uuid")
         if isinstance(uuid, UnknownYet):
-            return {"unknown": uuid}
+            return uuid  # the mapping does not exist yet (plan on a new env)
         metric = {"Namespace": "AWS/Lambda", "MetricName": "OnFailureDestinationDeliveredEventCount",
                   "Dimensions": _dims(EventSourceMappingUUID=uuid)}
     elif spec.name == "rule_failures":
@@ -324,10 +325,7 @@ class Alarm(Resource):
         return alerts_off(ctx)
 
     def desired(self, ctx: StepContext) -> Spec:
-        definition = alarm_definition(ctx, self.spec)
-        if "unknown" in definition:  # the mapping does not exist yet (plan on a new env)
-            return {"definition": definition["unknown"], "tags": ctx.tags(self.logical_id)}
-        return {"definition": definition, "tags": ctx.tags(self.logical_id)}
+        return {"definition": alarm_definition(ctx, self.spec), "tags": ctx.tags(self.logical_id)}
 
     def read(self, ctx: StepContext) -> Current | None:
         cw = ctx.client("cloudwatch")
