@@ -15,7 +15,7 @@ Reads only, and a fixed number of them: one GetMetricData for every metric.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from iotpipe.aws import error_code, is_not_found
@@ -118,6 +118,10 @@ def count_failure_records(ctx: StepContext) -> int:
 def _metric_values(ctx: StepContext, start: datetime, end: datetime) -> dict[str, float | None]:
     """One GetMetricData for all: a single period spanning the window, so each answer is one
     value; the values returned are still added up (or maxed), as an emulator may not bucket."""
+    # Whole minutes, the metrics' own resolution: an end inside the current minute would leave
+    # out what was published in it (CloudWatch, and the emulator, compare timestamps < EndTime).
+    start = start.replace(second=0, microsecond=0)
+    end = end.replace(second=0, microsecond=0) + timedelta(minutes=1)
     seconds = int((end - start).total_seconds())
     # a multiple of 60 s; of 3600 s beyond a day (CloudWatch keeps older data at hourly periods)
     step = 3600 if seconds > 86400 else 60
