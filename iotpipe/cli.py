@@ -55,6 +55,9 @@ EXIT_CODES: dict[str, tuple[ExitCode, ...]] = {  # the rest, per command path
     "emulator": (ExitCode.CONFIG, ExitCode.ENDPOINT),
     "replay failed": (ExitCode.CHANGES_PENDING, ExitCode.INCOMPLETE),
     "replay rejected": (ExitCode.CHANGES_PENDING,),
+    "health": (ExitCode.CHANGES_PENDING,),
+    "logs": (),
+    "readings": (ExitCode.CHANGES_PENDING,),
 }
 
 
@@ -622,12 +625,14 @@ def _instant(ctx: click.Context | None, param: Any, value: str | None) -> Any:
     """--since/--until: an age or an ISO-8601 time, refused in one line (exit 64) otherwise."""
     if value is None:
         return None
-    from iotpipe.ops.times import parse_instant
+    from datetime import UTC, datetime
+
+    from iotpipe.ops.timespec import UsageError, parse_time
 
     try:
-        return parse_instant(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err), ctx=ctx, param=param) from None
+        return parse_time(value, datetime.now(UTC))
+    except UsageError as err:  # click names the option itself
+        raise click.BadParameter(f"{value!r}: {str(err).split(': ', 1)[1]}", ctx=ctx, param=param) from None
 
 
 @cli.group(context_settings=CONTEXT_SETTINGS)
@@ -927,7 +932,14 @@ def demo(readings: int, keep: bool, json_mode: bool) -> None:
     import shutil
     import tempfile
 
-    from iotpipe.local.demo import DEMO_ENV, DEMO_REGION, DEMO_SETS, emulator_environment, exercise
+    from iotpipe.local.demo import (
+        DEMO_ENV,
+        DEMO_REGION,
+        DEMO_SETS,
+        demo_health,
+        emulator_environment,
+        exercise,
+    )
     from iotpipe.local.emulator import emulator_process
 
     for var in [v for v in os.environ if v.startswith("AWS_")]:
@@ -957,9 +969,11 @@ def demo(readings: int, keep: bool, json_mode: bool) -> None:
                                 "then through the real Lambda handler, in this process")
             phase("pipeline", lambda: exercise(engine.ctx, readings, progress=renderer.demo_progress),
                   lambda _r: None)
-            renderer.demo_phase(4, "results", "what landed in DynamoDB and S3")
+            renderer.demo_phase(4, "results", "what landed in DynamoDB and S3, and "
+                                f"`iotpipe health --env {DEMO_ENV}` (the metrics Lambda and Kinesis would publish)")
             if not json_mode:
                 renderer.demo_report(results["pipeline"])
+            phase("health", lambda: demo_health(engine.ctx), renderer.health)
             if keep:
                 renderer.demo_phase(5, "teardown", "skipped (--keep)")
             else:
@@ -1005,6 +1019,112 @@ def emulator(port: int) -> None:
             threading.Event().wait()
     except KeyboardInterrupt:  # the way to stop it: a clean exit, not "interrupted"
         renderer.message("emulator stopped")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@common_options
+@json_option
+@click.option("--since", default="1h", show_default=True, metavar="T",
+              help="Start of the window: a duration back from now (10m, 1h, 2d) or an ISO 8601 time.")
+def health(opts: Options, json_mode: bool, since: str) -> None:
+    """How the pipeline is doing: readings per stage (published, in the stream, processed,
+    stored, rejected, failed), iterator age, errors, failure records waiting, alarms in ALARM,
+    the last reading stored; then a verdict.
+
+    Exit 0 when healthy, 2 when degraded (the problems are listed). Reads only.
+
+    \b
+    Examples:
+      iotpipe health --env prod
+      iotpipe health --env prod --since 24h --json | jq '{stored, rejected, failed}'
+    """
+    from datetime import UTC, datetime
+
+    from iotpipe.ops.health import check_health
+    from iotpipe.ops.timespec import parse_window
+
+    now = datetime.now(UTC)
+    start, end = parse_window(since, None, now, default_since="1h")  # before any AWS call
+    renderer = _renderer(json_mode)
+    engine = _build(opts, renderer)
+    if not json_mode:
+        renderer.header(_target(opts, engine))
+    report = check_health(engine.ctx, start=start, end=end)
+    renderer.health(report)
+    if not report.healthy:
+        raise SystemExit(ExitCode.CHANGES_PENDING)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@common_options
+@json_option
+@click.option("--since", default="10m", show_default=True, metavar="T",
+              help="Start: a duration back from now (10m, 1h, 2d) or an ISO 8601 time.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new events until Ctrl-C.")
+@click.option("--filter", "kind", type=click.Choice(["anomaly", "error", "summary"]),
+              help="Only anomalies, errors, or batch summaries.")
+def logs(opts: Options, json_mode: bool, since: str, follow: bool, kind: str | None) -> None:
+    """The processor's log events (its JSON lines), oldest first; with --json one JSON object
+    per line.
+
+    \b
+    Examples:
+      iotpipe logs --env prod --filter anomaly --since 1h
+      iotpipe logs --env prod --follow --filter error
+    """
+    from datetime import UTC, datetime
+
+    from iotpipe.ops.logs import read_logs
+    from iotpipe.ops.timespec import parse_window
+
+    now = datetime.now(UTC)
+    start, end = parse_window(since, None, now, default_since="10m")
+    renderer = _renderer(json_mode)
+    engine = _build(opts, renderer)
+    try:
+        for event in read_logs(engine.ctx, start=start, end=end, kind=kind, follow=follow):
+            renderer.log_event(event)
+    except KeyboardInterrupt:
+        if not follow:
+            raise
+        # Ctrl-C is how --follow ends: a clean exit, not "interrupted"
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.argument("device_id")
+@common_options
+@click.option("--since", metavar="T", help="Only readings at or after T (10m, 1h, 2d, or an ISO 8601 time).")
+@click.option("--until", metavar="T", help="Only readings at or before T (same forms).")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True,
+              help="At most this many readings: the newest in the window.")
+@json_option
+@click.option("--csv", "csv_mode", is_flag=True, help="Print the readings as CSV.")
+def readings(opts: Options, device_id: str, since: str | None, until: str | None, limit: int,
+             json_mode: bool, csv_mode: bool) -> None:
+    """DEVICE_ID's stored readings (the newest --limit in the window, oldest first),
+    anomalies marked.
+
+    \b
+    Examples:
+      iotpipe readings press-07 --env prod --since 1h
+      iotpipe readings press-07 --env prod --since 2026-12-01T00:00:00Z --until 2026-12-02T00:00:00Z --csv
+    """
+    from datetime import UTC, datetime
+
+    from iotpipe.ops.readings import device_readings
+    from iotpipe.ops.timespec import UsageError, parse_time
+
+    if json_mode and csv_mode:
+        raise UsageError("--json and --csv: choose one")
+    now = datetime.now(UTC)
+    start = parse_time(since, now) if since else None
+    end = parse_time(until, now, option="--until") if until else None
+    if start is not None and end is not None and end <= start:
+        raise UsageError("--until is not after --since")
+    renderer = _renderer(json_mode)
+    engine = _build(opts, renderer)
+    found = device_readings(engine.ctx, device_id, start=start, end=end, limit=limit)
+    renderer.readings(device_id, found, "json" if json_mode else "csv" if csv_mode else "text")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -200,6 +200,66 @@ class TrailConfig(_Section):
         return value
 
 
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_TOPIC_ARN_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
+
+
+class AlertsConfig(_Section):
+    """The monitor step: alarms on the pipeline's health, sent to an SNS topic.
+
+    Thresholds are what an operator tunes; the alarm definitions themselves are iotpipe's
+    (steps/monitor.py). Counts are per ``period_s`` window.
+    """
+
+    enabled: bool = True
+    # Subscribed to the env's own topic (iot-alerts-<env>); each address must confirm once.
+    emails: list[str] = Field(default_factory=list)
+    # An existing topic (a team's paging topic): alarms publish to it and iotpipe never creates,
+    # changes, subscribes to or deletes it. Exclusive with emails.
+    topic_arn: str | None = None
+    period_s: int = Field(300, ge=60, le=86400)
+    iterator_age_s: int = Field(300, ge=1, le=604800)  # the stream falling behind
+    function_errors: int = Field(1, ge=1)
+    function_throttles: int = Field(1, ge=1)
+    failure_records: int = Field(1, ge=1)  # batches given up and written to the failure destination
+    rule_failures: int = Field(1, ge=1)  # IoT rule action failures (AWS/IoT Failure)
+    silence_minutes: int = Field(15, ge=1, le=1440)  # no readings for this long: a silent plant
+    dynamodb_throttles: int = Field(1, ge=1)
+    rejected_percent: float = Field(5.0, gt=0, le=100)  # of the readings the handler persisted
+    anomaly_percent: float = Field(10.0, gt=0, le=100)  # of the readings stored
+
+    @field_validator("emails")
+    @classmethod
+    def _emails(cls, emails: list[str]) -> list[str]:
+        for email in emails:
+            if not _EMAIL_RE.match(email) or len(email) > 254:
+                raise ValueError(f"{email!r} is not an email address")
+        if len(set(emails)) != len(emails):
+            raise ValueError("lists an address twice")
+        return emails
+
+    @field_validator("topic_arn")
+    @classmethod
+    def _topic(cls, value: str | None) -> str | None:
+        if value is not None and not _TOPIC_ARN_RE.match(value):
+            raise ValueError(f"{value!r} is not an SNS topic ARN (arn:aws:sns:<region>:<account>:<name>)")
+        return value
+
+    @field_validator("period_s")
+    @classmethod
+    def _period(cls, value: int) -> int:
+        if value % 60:
+            raise ValueError(f"must be a multiple of 60 (CloudWatch alarm periods), not {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_target(self) -> AlertsConfig:
+        if self.topic_arn and self.emails:
+            raise ValueError("set emails or topic_arn, not both: iotpipe never subscribes "
+                             "anyone to a topic it does not own")
+        return self
+
+
 class PipelineConfig(_Section):
     """Everything `up` needs besides the account; the defaults are the seed's values."""
 
@@ -229,6 +289,7 @@ class PipelineConfig(_Section):
             return str(parse_location(value, origin="state"))
         except ConfigError as err:
             raise ValueError(str(err).removeprefix("state: ")) from None
+    alerts: AlertsConfig = AlertsConfig()
 
     @field_validator("env")
     @classmethod

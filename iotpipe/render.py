@@ -718,3 +718,67 @@ class Renderer:
     def error(self, text: str) -> None:
         self._stop_spinner()
         self.err.print(f"[red]error:[/] {escape(text)}")
+
+    # -- day-two operations (iotpipe/ops) -------------------------------------------------------
+    def health(self, report: Any) -> None:
+        """The 3 a.m. screen: the flow by stage, what waits, alarms, and a verdict last."""
+        data = report.as_dict()
+        if self.json_mode:
+            self.json(data)
+            return
+        p = self.out.print
+        p(f"[bold]health of env {escape(report.env)}[/] from {report.since} to {report.until}")
+        p(f"  readings     published {report.published:,} · in the stream {report.in_stream:,} · "
+          f"processed {report.processed:,} (stored {report.stored:,}, rejected {report.rejected:,}) · "
+          f"failed {report.failed:,} · given up {report.given_up:,} · anomalies {report.anomalies:,}")
+        age = "no data" if report.iterator_age_ms is None else f"{report.iterator_age_ms / 1000:,.1f} s"
+        p(f"  function     invocations {report.invocations:,} · errors {report.errors:,} · "
+          f"throttles {report.throttles:,} · iterator age {age}")
+        dlq = "none" if report.dlq_messages_waiting is None else f"{report.dlq_messages_waiting:,}"
+        p(f"  waiting      failure records {report.failure_records_waiting:,} · dead-letter queue messages {dlq}")
+        alarms = ", ".join(a["name"] for a in report.alarms_in_alarm) or "none"
+        p(f"  in ALARM     {escape(alarms)}")
+        p(f"  last reading {report.last_reading_stored_at or 'none stored'}")
+        if report.healthy:
+            p("[green]verdict: healthy[/]")
+            return
+        p("[red]verdict: degraded[/]")
+        for problem in report.problems:
+            p(f"  - {escape(problem)}")
+
+    def log_event(self, event: Any) -> None:
+        """One handler log event: a JSON line with --json, else time, level, event and fields."""
+        if self.json_mode:
+            sys.stdout.write(json.dumps(event.as_dict(), default=str) + "\n")
+            sys.stdout.flush()
+            return
+        when = event.timestamp.strftime("%Y-%m-%d %H:%M:%S")
+        if event.fields is None:
+            self.out.print(f"[dim]{when}[/] {escape(event.message)}")
+            return
+        fields = dict(event.fields)
+        level, name = str(fields.pop("level", "")), str(fields.pop("event", ""))
+        style = {"ERROR": "red", "WARNING": "yellow"}.get(level, "dim")
+        rest = " ".join(f"{k}={_short(v, 120)}" for k, v in fields.items() if v not in (None, [], {}))
+        self.out.print(f"[dim]{when}[/] [{style}]{level:<7}[/] [bold]{escape(name)}[/] {escape(rest)}")
+
+    def readings(self, device_id: str, readings: list[Any], fmt: str) -> None:
+        if fmt == "json":
+            self.json({"device_id": device_id, "count": len(readings), "readings": [r.as_dict() for r in readings]})
+            return
+        if fmt == "csv":
+            from iotpipe.ops.readings import to_csv
+
+            sys.stdout.write(to_csv(readings))
+            sys.stdout.flush()
+            return
+        table = Table(title=f"readings of {device_id}", box=box.SIMPLE)
+        for column in ("time (UTC)", "temperature", "vibration", "pressure", "anomalies"):
+            table.add_column(column, overflow="fold")
+        for r in readings:
+            mark = "[red]! " + ", ".join(r.anomalies) + "[/]" if r.anomalies else ""
+            table.add_row(r.time, *(("" if r.metrics.get(m) is None else str(r.metrics[m]))
+                                    for m in ("temperature", "vibration", "pressure")), mark)
+        self.out.print(table)
+        flagged = sum(1 for r in readings if r.anomalies)
+        self.out.print(f"{len(readings)} reading(s), {flagged} anomalous")

@@ -235,6 +235,13 @@ def snapshot(c: Clients, env: str) -> dict[str, Any]:
                          if t.get("thingTypeName") == f"manufacturing-sensor-{env}"
                          or t.get("attributes", {}).get("iotpipe:env") == env),
         "trails": sorted(t["Name"] for t in c.cloudtrail.describe_trails()["trailList"] if t["Name"].endswith(f"-{env}")),
+        # the monitor step
+        "topics": sorted(t["TopicArn"].rsplit(":", 1)[-1] for t in c.client("sns").list_topics()["Topics"]
+                         if t["TopicArn"].endswith(f":iot-alerts-{env}")),
+        "alarms": sorted(a["AlarmName"] for a in c.client("cloudwatch").describe_alarms(
+            AlarmNamePrefix=f"iot-{env}-")["MetricAlarms"]),
+        "dashboards": sorted(d["DashboardName"] for d in c.client("cloudwatch").list_dashboards(
+            DashboardNamePrefix=f"iot-pipeline-{env}")["DashboardEntries"] if d["DashboardName"] == f"iot-pipeline-{env}"),
     }
 
 

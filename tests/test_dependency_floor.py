@@ -50,6 +50,7 @@ INTRODUCED = {
 }
 OPERATIONS: frozenset[tuple[str, str]] = frozenset(
     (service, operation) for service, operations in {
+        "cloudwatch": ("DeleteAlarms", "DeleteDashboards", "DescribeAlarms", "GetDashboard", "ListTagsForResource", "PutDashboard", "PutMetricAlarm", "TagResource"),
         "cloudtrail": ("AddTags", "CreateTrail", "DeleteTrail", "DescribeTrails", "GetEventSelectors", "GetInsightSelectors", "GetTrail", "GetTrailStatus", "ListTags", "PutEventSelectors", "PutInsightSelectors", "StartLogging", "UpdateTrail"),
         "dynamodb": ("CreateTable", "DeleteTable", "DescribeContinuousBackups", "DescribeTable", "ListTagsOfResource", "TagResource", "UpdateContinuousBackups", "UpdateTable"),
         "iam": ("CreateRole", "DeleteRole", "DeleteRolePolicy", "GetRole", "GetRolePolicy", "ListAttachedRolePolicies", "ListRolePolicies", "ListRoleTags", "PutRolePolicy", "TagRole"),
@@ -59,6 +60,7 @@ OPERATIONS: frozenset[tuple[str, str]] = frozenset(
         "lambda": ("CreateEventSourceMapping", "CreateFunction", "DeleteEventSourceMapping", "DeleteFunction", "GetEventSourceMapping", "GetFunction", "ListEventSourceMappings", "ListTags", "TagResource", "UpdateEventSourceMapping", "UpdateFunctionConfiguration"),
         "logs": ("CreateLogGroup", "DeleteLogGroup", "DescribeLogGroups", "ListTagsForResource", "PutRetentionPolicy", "TagResource"),
         "s3": ("CreateBucket", "DeleteBucket", "DeleteBucketPolicy", "DeleteObject", "DeleteObjects", "GetObject", "ListObjectsV2", "PutObject", "GetBucketEncryption", "GetBucketLifecycleConfiguration", "GetBucketLogging", "GetBucketOwnershipControls", "GetBucketPolicy", "GetBucketTagging", "GetBucketVersioning", "GetPublicAccessBlock", "HeadBucket", "ListObjectVersions", "PutBucketEncryption", "PutBucketLifecycleConfiguration", "PutBucketLogging", "PutBucketOwnershipControls", "PutBucketPolicy", "PutBucketTagging", "PutBucketVersioning", "PutPublicAccessBlock"),
+        "sns": ("CreateTopic", "DeleteTopic", "GetTopicAttributes", "ListSubscriptionsByTopic", "ListTagsForResource", "Subscribe", "TagResource"),
         "sqs": ("CreateQueue", "DeleteQueue", "GetQueueAttributes", "GetQueueUrl", "ListQueueTags", "TagQueue"),
         "sts": ("GetCallerIdentity",),
     }.items() for operation in operations
@@ -95,7 +97,8 @@ def sent(tmp_path_factory) -> list[tuple[str, str, dict]]:
         changed = load_config("dev", region=REGION, assignments=(
             "storage.enforce_tls=true", "lambda.memory_mb=512", "lambda.batch_size=50",
             "trail.multi_region=false", "stream.retention_hours=48", "logs.retention_days=60",
-            'tags.team="iot"', "storage.point_in_time_recovery=false", "trail.insights=false"))
+            'tags.team="iot"', "storage.point_in_time_recovery=false", "trail.insights=false",
+            'alerts.emails=["ops@example.com"]', "alerts.iterator_age_s=60"))
         make_engine(changed, aws, root / "state").up()
         attributes = {"location": "hall-2", "facility": None, "equipment_type": None}
         add_device(engine, "press-1", attributes=attributes)

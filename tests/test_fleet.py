@@ -12,6 +12,7 @@ from iotpipe.errors import ConfigError, ExitCode, OwnershipError
 from iotpipe.fleet import EnvOutcome, load_fleet, run_fleet
 from iotpipe.s3state import parse_location
 from iotpipe.statecmd import bootstrap
+from tests.bulk_devices import serial_moto  # noqa: F401 - envs run in threads against in-process moto
 
 STATE = "s3://acme-iotpipe-state/plants"
 FLEET = f"""

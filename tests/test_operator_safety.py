@@ -269,7 +269,7 @@ def test_plan_destroy_exit_codes_and_json(cli, capsys):
     assert doc["config"].startswith("built-in defaults: config/dev.toml not found")
     actions = {r["logical_id"]: r["action"] for r in doc["resources"]}
     assert actions["kms.key"] == "scheduled" and actions["storage.sensor_bucket"] == "delete"
-    assert [r["logical_id"] for r in doc["resources"]][0] == "trail.trail"  # destroy's order
+    assert [r["logical_id"] for r in doc["resources"]][0] == "monitor.dashboard"  # destroy's order
     assert cli("destroy", "--yes", *EMU) == ExitCode.OK
     assert cli("plan", "--destroy", *EMU) == ExitCode.OK
 

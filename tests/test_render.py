@@ -95,7 +95,7 @@ def test_up_and_destroy_lines_fit_80_columns_and_stay_whole_when_piped(make):
     assert all(len(line) <= 80 for line in output(narrow).splitlines())
     piped_text = output(piped)
     assert "+ created   lambda.event_source_mapping  iot-processor-dev<-iot-sensor-stream-dev" in piped_text
-    assert re.search(r"^up env dev \(us-east-1, account \d{12}\): 17 created, 1 unchanged", piped_text, re.M)
+    assert re.search(r"^up env dev \(us-east-1, account \d{12}\): 28 created, 1 unchanged", piped_text, re.M)
 
 
 # --- item 4: diffs a reviewer can approve ---------------------------------------------------------
@@ -113,7 +113,7 @@ def test_plan_on_a_new_env_shows_creation_fields_and_agrees_with_up(make):
     done = engine.up()
     assert {r.logical_id: r.action for r in planned.resources} == {r.logical_id: r.action for r in done.resources}
     assert [r.action for r in planned.resources].count("unchanged") == 1  # iot.devices, in both
-    assert "Plan: 17 to create, 0 to update, 1 unchanged." in text
+    assert "Plan: 28 to create, 0 to update, 1 unchanged." in text
 
 
 def test_plan_shows_one_line_per_changed_tag_and_threshold(make):
@@ -169,7 +169,7 @@ def test_a_second_destroy_says_in_one_line_that_nothing_was_left(deployed):
     assert {r.action for r in result.resources} == {"absent"}
     (line,) = lines(output(con))
     assert re.fullmatch(r"destroy env dev \(us-east-1, account \d{12}\): nothing left to destroy, "
-                        r"all 18 resources are already gone \(\d+\.\ds\)", line), line
+                        r"all 29 resources are already gone \(\d+\.\ds\)", line), line
 
 
 def test_a_partial_destroy_lists_what_it_deleted_and_counts_the_absent(deployed):
@@ -182,4 +182,4 @@ def test_a_partial_destroy_lists_what_it_deleted_and_counts_the_absent(deployed)
     text = output(con)
     assert "trail.trail" not in text  # already gone: counted, not listed
     assert "- deleted   trail.bucket" in text
-    assert re.search(r": 16 deleted, 1 absent, 1 scheduled in", text)
+    assert re.search(r": 27 deleted, 1 absent, 1 scheduled in", text)

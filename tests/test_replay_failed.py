@@ -280,7 +280,7 @@ def test_the_cli_reports_json_and_exit_codes(make, capsys, tmp_path):
     ctx, _ = bare_env(make)
     args = ["--env", "dev", "--state-dir", str(tmp_path / "state"), "--json"]
     assert main(["replay", "failed", "--since", "yesterday", *args]) == ExitCode.USAGE
-    assert "neither an age" in capsys.readouterr().err
+    assert "'yesterday': expected a duration" in capsys.readouterr().err
     assert main(["replay", "failed", "--env", "nope", "--state-dir", str(tmp_path / "s2")]) == ExitCode.CHANGES_PENDING
     assert "nothing to replay" in capsys.readouterr().err
     assert main(["replay", "failed", "--dry-run", *args]) == ExitCode.OK

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from iotpipe.local.metrics import LocalLogs, LocalMetrics
 from iotpipe.local.simulator import HandlerTotals, deliver, local_handler, make_readings, publish
 from iotpipe.steps.base import StepContext, paginate
 
@@ -16,6 +18,7 @@ INVALID_PAYLOADS: list[bytes | dict] = [
 ]
 
 DEMO_ENV = "local"
+LOCAL_LOG_STREAM = "local/[$LATEST]iotpipe-local-event-source"
 DEMO_REGION = "us-east-1"
 # moto applies a bucket policy's Deny without its Condition: a TLS-only policy denies every
 # object call on the emulator (measured on moto 5.2).
@@ -80,11 +83,16 @@ def exercise(ctx: StepContext, count: int = 1000, progress: Progress | None = No
     readings = make_readings(count)
     payloads = [*readings, *INVALID_PAYLOADS]
     started = time.monotonic()
-    publish(ctx, payloads, on_progress=lambda n: report("publish", n, len(payloads)))
+    metrics = LocalMetrics(ctx)  # what Kinesis, Lambda and CloudWatch Logs would publish on AWS
+    logs = LocalLogs(ctx)  # what Lambda would write to the function's log group
+    publish(ctx, payloads, on_progress=lambda n: report("publish", n, len(payloads)), metrics=metrics)
     published = time.monotonic()
     totals = HandlerTotals()
-    with local_handler(ctx, totals) as handler:
-        delivery = deliver(ctx, handler, on_progress=lambda n: report("deliver", n, len(payloads)))
+    with local_handler(ctx, totals, metrics, logs) as handler:
+        delivery = deliver(ctx, handler, on_progress=lambda n: report("deliver", n, len(payloads)),
+                           metrics=metrics)
+    metrics.flush(ctx.client("cloudwatch"))
+    logs.flush(ctx.client("logs"), LOCAL_LOG_STREAM)
     delivered = time.monotonic()
     dynamodb, s3 = ctx.client("dynamodb"), ctx.client("s3")
     items = dynamodb.describe_table(TableName=ctx.names.metrics_table)["Table"].get("ItemCount", 0)
@@ -106,3 +114,13 @@ def exercise(ctx: StepContext, count: int = 1000, progress: Progress | None = No
         publish_s=round(published - started, 1),
         deliver_s=round(delivered - published, 1),
     )
+
+
+def demo_health(ctx: StepContext) -> Any:
+    """`iotpipe health` over the last hour, which holds the whole demo run."""
+    from datetime import UTC, datetime, timedelta
+
+    from iotpipe.ops.health import check_health
+
+    now = datetime.now(UTC)
+    return check_health(ctx, start=now - timedelta(hours=1), end=now + timedelta(minutes=1))

@@ -15,6 +15,7 @@ import json
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from iotpipe.handler import index as handler_index
+from iotpipe.local.metrics import LocalLogs, LocalMetrics
 from iotpipe.steps.base import StepContext, paginate
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
@@ -58,11 +60,12 @@ def make_readings(count: int, *, devices: int = 5, seed: int = 7, start: int | N
 
 
 def publish(ctx: StepContext, payloads: list[bytes | dict[str, Any]],
-            on_progress: Callable[[int], None] | None = None) -> int:
+            on_progress: Callable[[int], None] | None = None, metrics: LocalMetrics | None = None) -> int:
     """Put payloads on the env's stream, partitioned by device like the topic rule does.
 
     ``on_progress`` gets the running count after each PutRecords call; without it, about every
-    tenth of the way is reported on the run's progress channel.
+    tenth of the way is reported on the run's progress channel. ``metrics`` counts the stream's
+    IncomingRecords as Kinesis would.
     """
     kinesis = data_client(ctx, "kinesis")
     sent = 0
@@ -77,6 +80,8 @@ def publish(ctx: StepContext, payloads: list[bytes | dict[str, Any]],
         if response.get("FailedRecordCount"):
             raise RuntimeError(f"{response['FailedRecordCount']} records were not accepted by Kinesis")
         sent += len(records)
+        if metrics is not None:
+            metrics.published(len(records))
         if on_progress:  # the caller shows progress its own way: one count on screen, not two
             on_progress(sent)
         elif sent == len(payloads) or sent * 10 // len(payloads) > (sent - len(records)) * 10 // len(payloads):
@@ -141,7 +146,8 @@ def send_failure_record(ctx: StepContext, target: FailureDestination, batch: lis
 
 def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None,
             max_redeliveries: int | None = None, on_progress: Callable[[int], None] | None = None,
-            now: Callable[[], datetime] | None = None) -> DeliveryReport:
+            now: Callable[[], datetime] | None = None, metrics: LocalMetrics | None = None,
+            clock: Callable[[], float] = time.time) -> DeliveryReport:
     """Read every shard from the start and feed the handler as Lambda's event source would.
 
     A batch is retried as the env's mapping retries it (``lambda.max_retry_attempts``, unless
@@ -150,7 +156,9 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
     Shards are delivered concurrently, one worker each, as Lambda runs one invocation per
     shard at a time (ParallelizationFactor 1): order holds within a shard, which is all
     Kinesis promises. ``on_progress`` gets the number of records handled so far (first
-    deliveries only, so it ends at the number of records on the stream).
+    deliveries only, so it ends at the number of records on the stream). ``metrics`` counts
+    what Lambda would: invocations, errors, iterator age (by ``clock``), records given up;
+    ``now`` stamps the failure records.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -162,7 +170,7 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
     lock = threading.Lock()
     handled = [0]
     target = failure_destination(ctx)
-    clock = now or (lambda: datetime.now(UTC))
+    stamp = now or (lambda: datetime.now(UTC))
 
     def one_shard(shard_id: str) -> None:
         iterator = kinesis.get_shard_iterator(StreamName=ctx.names.stream, ShardId=shard_id,
@@ -176,9 +184,9 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
             batch = [lambda_record(r, shard_id, stream_arn, ctx.region)
                      for r in pending[start:start + batch_size]]
             own = DeliveryReport()
-            discarded = _invoke_with_redelivery(handler, batch, own, retries)
+            discarded = _invoke_with_redelivery(handler, batch, own, retries, metrics, clock)
             if discarded and target is not None:
-                written = send_failure_record(ctx, target, discarded, shard_id, retries + 1, clock())
+                written = send_failure_record(ctx, target, discarded, shard_id, retries + 1, stamp())
                 if written:
                     own.failure_records.append(written)
             with lock:
@@ -200,19 +208,31 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
 
 
 def _invoke_with_redelivery(handler: Handler, batch: list[dict[str, Any]], report: DeliveryReport,
-                            max_redeliveries: int) -> list[dict[str, Any]]:
+                            max_redeliveries: int, metrics: LocalMetrics | None = None,
+                            clock: Callable[[], float] = time.time) -> list[dict[str, Any]]:
     """Invoke until the batch is persisted or its retries are spent; return what is discarded
     (from the lowest failure reported by the last attempt on), empty on success."""
     for attempt in range(max_redeliveries + 1):
         report.batches += 1
         report.records += len(batch)
         report.redeliveries += attempt > 0
-        failures = handler({"Records": batch}, None).get("batchItemFailures", [])
+        # Lambda's IteratorAge: the age of the batch's last record when the invocation starts
+        age_ms = (clock() - float(batch[-1]["kinesis"]["approximateArrivalTimestamp"])) * 1000
+        try:
+            failures = handler({"Records": batch}, None).get("batchItemFailures", [])
+        except Exception:
+            if metrics is not None:
+                metrics.invocation(error=True, iterator_age_ms=age_ms)
+            raise
+        if metrics is not None:
+            metrics.invocation(error=False, iterator_age_ms=age_ms)
         if not failures:
             return []
         first = min(int(f["itemIdentifier"]) for f in failures)
         batch = [r for r in batch if int(r["kinesis"]["sequenceNumber"]) >= first]
     report.failures.append(batch[0]["kinesis"]["sequenceNumber"])
+    if metrics is not None:
+        metrics.given_up(len(batch))
     return batch
 
 
@@ -262,38 +282,41 @@ class HandlerTotals:
 
 
 @contextmanager
-def local_handler(ctx: StepContext, totals: HandlerTotals | None = None,
+def local_handler(ctx: StepContext, totals: HandlerTotals | None = None, metrics: LocalMetrics | None = None,
+                  logs: LocalLogs | None = None, *,
                   sleep: Callable[[float], None] | None = None) -> Iterator[Handler]:
     """The real handler module, run in this process against the same endpoint as iotpipe,
     configured as the env's function is (the lambda step's own environment variables).
 
-    With ``totals``, the handler's batch summaries are added up there instead of printed;
-    its errors still reach stderr unless ``totals.echo_errors`` is off. ``sleep`` is the
-    handler's backoff between retries of unprocessed items (tests pass one that returns).
+    Its JSON log lines (what CloudWatch Logs would hold) are not printed: with ``totals`` the
+    batch summaries are added up there, with ``metrics`` their Embedded Metric Format fields
+    become the metrics CloudWatch would extract, with ``logs`` every line is kept for the
+    function's log group. Its errors still reach stderr unless ``totals.echo_errors`` is off.
+    ``sleep`` is the handler's backoff between retries of unprocessed items (tests pass one
+    that returns).
     """
     import logging
 
     index = handler_index
     # The handler's JSON log lines belong in CloudWatch; locally only errors are worth showing.
-    variables = {**function_environment(ctx), "LOG_LEVEL": "INFO" if totals is not None else "ERROR"}
+    quiet = totals is None and metrics is None and logs is None
+    variables = {**function_environment(ctx), "LOG_LEVEL": "ERROR" if quiet else "INFO"}
     saved = {k: os.environ.get(k) for k in variables}
     os.environ.update(variables)
     index.reset()
     index.configure(dynamodb=data_client(ctx, "dynamodb"), s3=data_client(ctx, "s3"), sleep=sleep)
-    collector = _SummaryCollector(totals) if totals is not None else None
+    collector = _SummaryCollector(totals, metrics, logs)
     printers = [h for h in index.log.handlers if isinstance(h, handler_index._JsonLines)]  # noqa: SLF001
-    if collector is not None:
-        for printer in printers:  # left by an earlier run without totals: would print every line
-            index.log.removeHandler(printer)
-        index.log.addHandler(collector)  # counts as the handler's own JSON-lines handler
+    for printer in printers:  # left by an earlier run: would print every line
+        index.log.removeHandler(printer)
+    index.log.addHandler(collector)  # counts as the handler's own JSON-lines handler
     try:
         yield index.lambda_handler
     finally:
-        if collector is not None:
-            index.log.removeHandler(collector)
-            index.log.setLevel(logging.NOTSET)
-            for printer in printers:
-                index.log.addHandler(printer)
+        index.log.removeHandler(collector)
+        index.log.setLevel(logging.NOTSET)
+        for printer in printers:
+            index.log.addHandler(printer)
         index.reset()
         for key, value in saved.items():
             if value is None:
@@ -309,22 +332,33 @@ class _SummaryCollector(handler_index._JsonLines):  # noqa: SLF001
     sees one in place and does not add another that prints every line.
     """
 
-    def __init__(self, totals: HandlerTotals) -> None:
+    def __init__(self, totals: HandlerTotals | None, metrics: LocalMetrics | None = None,
+                 logs: LocalLogs | None = None) -> None:
         super().__init__()
         self.totals = totals
+        self.metrics = metrics
+        self.logs = logs
 
     def emit(self, record: Any) -> None:
         import logging
         import sys
 
-        if record.getMessage() == "batch_summary":
-            fields = getattr(record, "fields", {})
-            # no lock of our own: logging's handle() holds the handler's lock around emit
-            self.totals.invocations += 1
-            for name in ("received", "stored", "rejected", "failed", "anomalies"):
-                setattr(self.totals, name, getattr(self.totals, name) + int(fields.get(name, 0)))
+        message = record.getMessage()
+        fields = getattr(record, "fields", {})
+        if self.metrics is not None and message in ("batch_summary", "metrics"):
+            self.metrics.embedded(fields)
+        if self.logs is not None:
+            line = {"level": record.levelname, "event": message, **fields}
+            self.logs.add(record.created, json.dumps(line, default=str, separators=(",", ":")))
+        if message == "batch_summary":
+            if self.totals is not None:
+                # no lock of our own: logging's handle() holds the handler's lock around emit
+                self.totals.invocations += 1
+                for name in ("received", "stored", "rejected", "failed", "anomalies"):
+                    setattr(self.totals, name, getattr(self.totals, name) + int(fields.get(name, 0)))
         elif record.levelno >= logging.ERROR:
-            line = {"level": record.levelname, "event": record.getMessage(), **getattr(record, "fields", {})}
-            self.totals.errors.append(line)
-            if self.totals.echo_errors:
+            line = {"level": record.levelname, "event": message, **fields}
+            if self.totals is not None:
+                self.totals.errors.append(line)
+            if self.totals is None or self.totals.echo_errors:
                 sys.stderr.write(json.dumps(line, default=str) + "\n")

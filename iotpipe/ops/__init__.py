@@ -1,2 +1,6 @@
-"""Day-two operations on an env's data (replay, ...): they read and repair what the pipeline
-stored, and use the engine only to find the env's resources."""
+"""Day-two operations (replay, health, logs, readings): commands that read and repair the
+pipeline's data, not its resources.
+
+They find the env's resources by their deterministic names (config.Names) or through the engine,
+and never change what `up` manages.
+"""

@@ -5,6 +5,10 @@ readings the moment it exists, and a mapping reading from LATEST only starts at 
 finds once Enabled, so a reading the rule delivered earlier would be skipped. With the
 mapping created (and waited for) first, there is a reader before there is a writer; destroy,
 in reverse, stops the writer first.
+
+The monitor (topic, alarms, dashboard) comes last: its alarms name the function, mapping,
+stream, rule and table; destroy removes them first, so no alarm fires about a pipeline being
+taken down on purpose.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from importlib import import_module
 
 from iotpipe.steps.base import Resource
 
-STEP_ORDER = ("kms", "storage", "stream", "lambda_", "iot", "trail")
+STEP_ORDER = ("kms", "storage", "stream", "lambda_", "iot", "trail", "monitor")
 
 
 def all_resources(steps: tuple[str, ...] = STEP_ORDER) -> list[Resource]:

@@ -107,6 +107,22 @@ def key_policy(ctx: StepContext) -> dict[str, Any]:
             "Resource": "*",
             "Condition": {"StringEquals": only_our_trail},
         },
+        # The alert topic (steps/monitor.py) is encrypted with this key: CloudWatch can publish
+        # an alarm to it only with Decrypt and GenerateDataKey* on the key ("Enable compatibility
+        # between event sources from AWS services and encrypted topics",
+        # https://docs.aws.amazon.com/sns/latest/dg/sns-key-management.html#compatibility-with-aws-services),
+        # confined to this env's alarms. Kept with alerts disabled: it grants nothing then.
+        {
+            "Sid": "Allow CloudWatch alarms to publish to the alert topic",
+            "Effect": "Allow",
+            "Principal": {"Service": "cloudwatch.amazonaws.com"},
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+            "Resource": "*",
+            "Condition": {
+                "StringEquals": {"aws:SourceAccount": account},
+                "ArnLike": {"aws:SourceArn": f"arn:{partition}:cloudwatch:{region}:{account}:alarm:iot-{ctx.env}-*"},
+            },
+        },
     ]
     return {"Version": "2012-10-17", "Statement": statements}
 

@@ -438,6 +438,9 @@ _ESM_PARAMS = {
 # Only read at creation: once the mapping has checkpoints the starting position means nothing,
 # and UpdateEventSourceMapping cannot change it. Shown by plan, never reported as drift.
 ESM_CREATE_ONLY = frozenset({"starting_position"})
+# The metrics group with OnFailureDestinationDeliveredEventCount, see
+# https://docs.aws.amazon.com/lambda/latest/dg/monitoring-metrics-types.html#event-source-mapping-metrics
+ESM_EVENT_COUNT = "EventCount"
 
 
 class EventSourceMapping(Resource):
@@ -482,6 +485,9 @@ class EventSourceMapping(Resource):
             "max_record_age_s": cfg.max_record_age_s,
             "parallelization_factor": cfg.parallelization_factor,
             "on_failure_destination": bucket_arn(ctx),
+            # AWS publishes the mapping's own metrics (OnFailureDestinationDeliveredEventCount,
+            # which the monitor step's failure_records alarm watches) only when asked to.
+            "metrics": [ESM_EVENT_COUNT],
             "enabled": True,
             "tags": ctx.tags(self.logical_id),
             "duplicates": [],
@@ -528,6 +534,7 @@ class EventSourceMapping(Resource):
             "max_record_age_s": primary.get("MaximumRecordAgeInSeconds"),
             "parallelization_factor": primary.get("ParallelizationFactor"),
             "on_failure_destination": destination,
+            "metrics": sorted((primary.get("MetricsConfig") or {}).get("Metrics") or []),
             "enabled": state in ESM_ENABLED,
             "tags": filter_tags(ctx, self.logical_id, tags),
             "duplicates": sorted(m["UUID"] for m in extra),
@@ -541,6 +548,8 @@ class EventSourceMapping(Resource):
                   if fields is None or key in fields}
         if fields is None or "on_failure_destination" in fields:
             params["DestinationConfig"] = {"OnFailure": {"Destination": desired["on_failure_destination"]}}
+        if fields is None or "metrics" in fields:
+            params["MetricsConfig"] = {"Metrics": desired["metrics"]}
         return params
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:

@@ -33,10 +33,11 @@ def test_demo_runs_the_whole_job_without_an_account(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "error running docker" not in proc.stderr + proc.stdout
     result = json.loads(proc.stdout)
-    # 17 resources made; iot.devices (no devices yet) reads as there, with nothing to make;
-    # the retired lambda.dlq is neither made nor shown
-    assert result["up"]["counts"] == {"create": 17, "unchanged": 1}
-    assert result["status"]["status_counts"] == {"ok": 18}
+    # 28 resources made (17 + the monitor step's topic, 9 alarms and dashboard); iot.devices
+    # (no devices yet) reads as there, with nothing to make; the retired lambda.dlq is neither
+    # made nor shown
+    assert result["up"]["counts"] == {"create": 28, "unchanged": 1}
+    assert result["status"]["status_counts"] == {"ok": 29}
     pipeline = result["pipeline"]
     assert pipeline["items_stored"] == pipeline["handler_stored"] == pipeline["readings_sent"] == 250
     assert pipeline["handler_rejected"] == pipeline["invalid_sent"] == 3
@@ -44,7 +45,13 @@ def test_demo_runs_the_whole_job_without_an_account(tmp_path):
     assert pipeline["invalid_sent"] == 3 and pipeline["rejected_objects"] >= 1
     assert pipeline["archive_objects"] >= 1 and pipeline["undelivered"] == 0
     assert pipeline["anomalous_items"] > 0
-    assert result["destroy"]["counts"] == {"delete": 17, "scheduled": 1}  # the key: scheduled for deletion
+    # `health` reads what the local event source published as Kinesis, Lambda and CloudWatch
+    # Logs would: the same numbers as the data itself
+    health = result["health"]
+    assert health["published"] == 253 and health["stored"] == pipeline["items_stored"] == 250
+    assert health["rejected"] == 3 and health["anomalies"] == pipeline["anomalous_items"]
+    assert health["failed"] == 0 and health["in_stream"] == 0 and health["verdict"] == "healthy"
+    assert result["destroy"]["counts"] == {"delete": 28, "scheduled": 1}  # the key: scheduled for deletion
     assert not list(tmp_path.rglob("*.json"))  # the demo's state lived in a temporary directory
 
 
@@ -63,6 +70,7 @@ def test_demo_says_what_it_does_and_keep_leaves_the_emulator_up(tmp_path):
         assert "published to Kinesis: 43 of 43 records" in out  # progress (piped: per quarter)
         assert "handled by the Lambda handler: 43 of 43 records" in out
         assert "40 valid readings + 3 invalid" in out and "stored 40 readings" in out
+        assert "health of env local" in out and "stored 40, rejected 3" in out and "verdict: healthy" in out
         assert f"kill {pid}" in out and f"AWS_ENDPOINT_URL={url}" in out
         assert "destroy env" not in out  # --keep skips the teardown
         # the env is still there, on an emulator that outlived the demo

@@ -16,10 +16,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOKS = REPO / "docs" / "runbooks"
-ORDER = ["deploy.md", "devices.md", "drift.md", "interrupted-run.md", "replay-failed.md", "replay-rejected.md",
-         "teardown.md", "emulator.md", "shared-state.md"]
+# restore-pitr.md leaves the table's encryption drifted on the emulator (see that runbook):
+# it runs after the runbooks that expect `status` to be ok.
+ORDER = ["deploy.md", "devices.md", "drift.md", "alarm-fired.md", "interrupted-run.md", "replay-failed.md",
+         "replay-rejected.md", "restore-pitr.md", "teardown.md", "emulator.md", "shared-state.md"]
 BLOCK = re.compile(r"(?:<!-- setup: (?P<setup>[\w-]+) -->\n)?```(?P<lang>\w+)\n(?P<body>.*?)```", re.S)
-EXPECT = re.compile(r"#\s*exit\s+(\d+)\s*$")
+# "# exit N": the line exits N; "# emulator: exit N": N on the emulator only, where the runbook
+# says what the emulator cannot do (on AWS the line succeeds).
+EXPECT = re.compile(r"#\s*(?:emulator:\s*)?exit\s+(\d+)\s*$")
 ENV = "line7"
 # Run in a shell with nothing set: they must say every variable they need. The AWS CLI has no
 # default region ("You must specify a region"); it reads AWS_DEFAULT_REGION, see
@@ -96,6 +100,8 @@ def _setup(name: str, shell, moto_url: str) -> None:
              "Host": "plant4-laptop", "Pid": 5151, "Created": "2026-11-29T08:00:00Z"}).encode())
     elif name in ("failed-batches", "quarantined"):
         _pipeline_trouble(name, shell, moto_url)
+    elif name == "traffic":
+        _push_readings(shell, moto_url, region)
     else:
         raise AssertionError(f"unknown runbook setup {name!r}")
 
@@ -145,6 +151,29 @@ def _pipeline_trouble(name: str, shell, moto_url: str) -> None:
                                                   "temperature": 20.5}).encode()).decode()}
     s3.put_object(Bucket=ctx.names.sensor_bucket, Key="rejected/dt=2023-11-14/hh=22/shardId-000000000000-1.jsonl.gz",
                   Body=gzip.compress((json.dumps(line) + "\n").encode(), mtime=0))
+
+
+def _push_readings(shell, moto_url: str, region: str) -> None:
+    """Readings through the stream and the real handler, as `iotpipe demo` pushes them (IoT
+    never routes a publish on the emulator, and Lambda runs no code there). The emulator
+    applies the sensor bucket's TLS-only Deny without its condition, so the policy is set
+    aside while the handler archives, then put back as it was."""
+    from iotpipe.aws import AwsContext
+    from iotpipe.config import load_config
+    from iotpipe.engine import make_engine
+    from iotpipe.local.demo import exercise
+
+    engine = make_engine(load_config(ENV, region=region), AwsContext(region, endpoint_url=moto_url),
+                         shell.work / ".iotpipe")
+    s3 = boto3.client("s3", endpoint_url=moto_url, region_name=region)
+    bucket = f"iot-sensor-data-{ENV}-123456789012"
+    policy = s3.get_bucket_policy(Bucket=bucket)["Policy"]
+    s3.delete_bucket_policy(Bucket=bucket)
+    try:
+        report = exercise(engine.ctx, 50)
+    finally:
+        s3.put_bucket_policy(Bucket=bucket, Policy=policy)
+    assert report.items_stored >= 50 and report.undelivered == 0
 
 
 def test_runbooks_in_order(shell, server):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from decimal import Decimal
 
 import pytest
@@ -188,12 +189,34 @@ def test_one_summary_line_per_batch(aws, stream, invoke, capsys):
     assert all(line["level"] in ("INFO", "WARNING") for line in lines)
 
 
+def test_the_summary_is_an_embedded_metric_format_document(aws, stream, invoke, capsys, monkeypatch):
+    """CloudWatch Logs extracts a metric for every name listed under _aws.CloudWatchMetrics
+    from the root member of that name, with the listed dimensions' root values
+    (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/CloudWatch_Embedded_Metric_Format_Specification.html)."""
+    monkeypatch.setattr("time.time", lambda: 1_800_000_000.5)
+    invoke(stream.event(stream.reading("a"), stream.reading("b", temperature=101), "not a reading"))
+
+    (summary,) = [line for line in log_lines(capsys) if line["event"] == "batch_summary"]
+    emf = summary["_aws"]
+    assert emf["Timestamp"] == 1_800_000_000_500
+    (directive,) = emf["CloudWatchMetrics"]
+    assert directive["Namespace"] == "iotpipe" and directive["Dimensions"] == [["Environment"]]
+    names = [m["Name"] for m in directive["Metrics"]]
+    assert names == ["received", "stored", "rejected", "failed", "anomalies"]
+    assert all(m["Unit"] == "Count" for m in directive["Metrics"])
+    assert {n: summary[n] for n in names} == {"received": 3, "stored": 2, "rejected": 1, "failed": 0, "anomalies": 1}
+    assert summary["Environment"] == os.environ["ENVIRONMENT_SUFFIX"]
+
+
 def test_log_level_filters_the_summary(aws, stream, invoke, capsys, monkeypatch):
     monkeypatch.setenv("LOG_LEVEL", "warning")
 
     invoke(stream.event(stream.reading("a", temperature=101)))
 
-    assert [line["event"] for line in log_lines(capsys)] == ["anomaly"]
+    lines = log_lines(capsys)
+    assert [line["event"] for line in lines] == ["anomaly", "metrics"]
+    # the metrics do not depend on LOG_LEVEL: the EMF document stays, the summary's details go
+    assert lines[1]["stored"] == 1 and lines[1]["anomalies"] == 1 and "archive_keys" not in lines[1]
 
 
 def test_an_empty_batch_succeeds_without_writing(aws, invoke):

@@ -96,7 +96,12 @@ def test_key_policy_follows_the_partition(region, partition, logs_principal):
     policy = kms.key_policy(context(region))
     sids = {s["Sid"]: s for s in policy["Statement"]}
     assert set(sids) == {"Enable IAM User Permissions", "Allow CloudWatch Logs",
-                         "Allow CloudTrail to encrypt logs", "Allow CloudTrail to describe key"}
+                         "Allow CloudTrail to encrypt logs", "Allow CloudTrail to describe key",
+                         "Allow CloudWatch alarms to publish to the alert topic"}
+    alarms = sids["Allow CloudWatch alarms to publish to the alert topic"]
+    assert alarms["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": "123456789012"},
+        "ArnLike": {"aws:SourceArn": f"arn:{partition}:cloudwatch:{region}:123456789012:alarm:iot-dev-*"}}
     trail = f"arn:{partition}:cloudtrail:{region}:123456789012:trail/iot-audit-trail-dev"
     for sid in ("Allow CloudTrail to encrypt logs", "Allow CloudTrail to describe key"):
         assert sids[sid]["Condition"]["StringEquals"] == {"aws:SourceArn": trail}

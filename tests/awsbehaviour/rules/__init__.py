@@ -11,7 +11,7 @@ from importlib import import_module
 
 from tests.awsbehaviour.model import Rule
 
-SERVICES = ("dynamodb", "kinesis", "lambda_", "iot", "kms", "iam", "s3", "cloudtrail", "sqs")
+SERVICES = ("dynamodb", "kinesis", "lambda_", "iot", "kms", "iam", "s3", "cloudtrail", "sqs", "sns")
 
 
 def _collect() -> tuple[Rule, ...]:
