@@ -316,7 +316,10 @@ class AwsContext:
             service, operation = capability.split(".", 1)
             # Three attempts: a throttled probe must not decide anything, and an emulator's 500
             # costs two quick retries (not reported: the probe is iotpipe's question, not a wait).
-            kwargs: dict[str, Any] = {"config": self._config.merge(Config(retries={"total_max_attempts": 3}))}
+            # (Config.merge replaces the whole retries dict: the mode is named again, or the probe
+            # would fall back to legacy retries, which do not retry TooManyRequestsException.)
+            kwargs: dict[str, Any] = {"config": self._config.merge(
+                Config(retries={"mode": "standard", "total_max_attempts": 3}))}
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
             probe = self.session.client(service, **kwargs)

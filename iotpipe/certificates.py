@@ -18,7 +18,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from iotpipe.device_import import DEFAULT_WORKERS, DeviceOutcome, DeviceRow, _register_all
+from iotpipe.device_import import (
+    DEFAULT_WORKERS,
+    DeviceOutcome,
+    DeviceRow,
+    _register_all,
+    count_outcomes,
+)
 from iotpipe.devices import (
     CERT_FILE,
     DEVICE_ID,
@@ -135,10 +141,7 @@ class RotateResult:
     seconds: float = 0.0
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for d in self.devices:
-            out[d.outcome] = out.get(d.outcome, 0) + 1
-        return out
+        return count_outcomes(self.devices)
 
     @property
     def failed(self) -> list[DeviceOutcome]:

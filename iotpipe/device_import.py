@@ -79,6 +79,14 @@ class DeviceOutcome:
         return asdict(self)
 
 
+def count_outcomes(devices: list[DeviceOutcome]) -> dict[str, int]:
+    """How many devices ended each way (added, unchanged, failed, ...), for a summary."""
+    out: dict[str, int] = {}
+    for d in devices:
+        out[d.outcome] = out.get(d.outcome, 0) + 1
+    return out
+
+
 @dataclass
 class ImportResult:
     env: str
@@ -91,10 +99,7 @@ class ImportResult:
     endpoint: str = ""
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for d in self.devices:
-            out[d.outcome] = out.get(d.outcome, 0) + 1
-        return out
+        return count_outcomes(self.devices)
 
     @property
     def failed(self) -> list[DeviceOutcome]:

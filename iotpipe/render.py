@@ -374,9 +374,12 @@ class Renderer:
 
     def demo_progress(self, stage: str, done: int, total: int) -> None:
         """A bar on a terminal; a line per quarter when piped (a log keeps few lines)."""
+        self._counted(stage, DEMO_STAGES[stage], done, total, "records")
+
+    def _counted(self, key: str, label: str, done: int, total: int, unit: str) -> None:
+        """Progress of ``done`` of ``total``: a bar on a terminal, a line per quarter when piped."""
         if self.json_mode:
             return
-        label = DEMO_STAGES[stage]
         if self.out.is_terminal:
             from rich.progress import (
                 BarColumn,
@@ -386,21 +389,21 @@ class Renderer:
                 TimeElapsedColumn,
             )
 
-            if self._demo_bar is None or self._demo_bar[1] != stage:
+            if self._demo_bar is None or self._demo_bar[1] != key:
                 self._stop_demo_progress()
                 bar = Progress(TextColumn(f"  {label}"), BarColumn(), MofNCompleteColumn(),
                                TimeElapsedColumn(), console=self.out)
                 bar.start()
-                self._demo_bar = (bar, stage, bar.add_task(label, total=total))
+                self._demo_bar = (bar, key, bar.add_task(label, total=total))
             bar, _, task = self._demo_bar
             bar.update(task, completed=done)
             if done >= total:
                 self._stop_demo_progress()
             return
         quarter = done * 4 // max(total, 1)
-        if quarter > self._demo_quarters.get(stage, 0):
-            self._demo_quarters[stage] = quarter
-            self.out.print(f"  {label}: {done:,} of {total:,} records")
+        if quarter > self._demo_quarters.get(key, 0):
+            self._demo_quarters[key] = quarter
+            self.out.print(f"  {label}: {done:,} of {total:,} {unit}")
 
     def _stop_demo_progress(self) -> None:
         if self._demo_bar is not None:
@@ -619,32 +622,7 @@ class Renderer:
 
     def bulk_progress(self, verb: str, done: int, total: int) -> None:
         """`device import`/`rotate`: a bar on a terminal, a line per quarter when piped."""
-        if self.json_mode:
-            return
-        if self.out.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            if self._demo_bar is None or self._demo_bar[1] != verb:
-                self._stop_demo_progress()
-                bar = Progress(TextColumn(f"  {verb}"), BarColumn(), MofNCompleteColumn(),
-                               TimeElapsedColumn(), console=self.out)
-                bar.start()
-                self._demo_bar = (bar, verb, bar.add_task(verb, total=total))
-            bar, _, task = self._demo_bar
-            bar.update(task, completed=done)
-            if done >= total:
-                self._stop_demo_progress()
-            return
-        quarter = done * 4 // max(total, 1)
-        if quarter > self._demo_quarters.get(verb, 0):
-            self._demo_quarters[verb] = quarter
-            self.out.print(f"  {verb}: {done:,} of {total:,} devices")
+        self._counted(verb, verb, done, total, "devices")
 
     def skipped_lines(self, file: str, lines: list[tuple[int, str]]) -> None:
         """`device import --skip-invalid`: the bad lines, on stderr, before anything is created."""
