@@ -22,8 +22,8 @@ from tests.support import CallLog
 REPO = Path(__file__).resolve().parents[2]
 # Sampled through a clean up (~45 mutating calls) and destroy (~20): each point is killed once,
 # before or after, alternating. The in-process matrix (tests/test_interrupt.py) covers every call.
-KILL_POINTS = {"before": (1, 9, 26), "after": (4, 17, 38)}
-DESTROY_KILL_POINTS = {"before": (1, 14), "after": (6, 22)}
+KILL_POINTS = {"before": (1, 26), "after": (9, 38)}
+DESTROY_KILL_POINTS = {"before": (14,), "after": (6,)}
 
 
 def _killed(server, tmp_path, n: int, when: str, *args: str) -> subprocess.CompletedProcess:
