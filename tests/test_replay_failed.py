@@ -42,10 +42,8 @@ def _client(service):
     return boto3.client(service, region_name=REGION)
 
 
-def bare_env(make, *, readings: int = 20, per_record: int = 7, payload: bool = True):
-    """Table, versioned bucket and stream as the env has them (no `up`: fast), the readings
-    (plus one invalid record) on the stream, and failure records of ``per_record`` each.
-    ``make`` builds an engine (the conftest fixture, or ``_make`` with its own moto)."""
+def bare_data_plane(make):
+    """The env's table, versioned sensor bucket and one-shard stream, without `up` (fast)."""
     ctx = make(resources=()).ctx
     names = ctx.names
     _client("dynamodb").create_table(
@@ -55,8 +53,17 @@ def bare_env(make, *, readings: int = 20, per_record: int = 7, payload: bool = T
                               {"AttributeName": "timestamp", "AttributeType": "N"}])
     _client("s3").create_bucket(Bucket=names.sensor_bucket)
     _client("s3").put_bucket_versioning(Bucket=names.sensor_bucket, VersioningConfiguration={"Status": "Enabled"})
+    _client("kinesis").create_stream(StreamName=names.stream, ShardCount=1)
+    return ctx
+
+
+def bare_env(make, *, readings: int = 20, per_record: int = 7, payload: bool = True):
+    """Table, versioned bucket and stream as the env has them (no `up`: fast), the readings
+    (plus one invalid record) on the stream, and failure records of ``per_record`` each.
+    ``make`` builds an engine (the conftest fixture, or ``_make`` with its own moto)."""
+    ctx = bare_data_plane(make)
+    names = ctx.names
     kinesis = _client("kinesis")
-    kinesis.create_stream(StreamName=names.stream, ShardCount=1)
     publish(ctx, [*make_readings(readings, start=1_700_000_000), b"not json at all"])
     shard = kinesis.list_shards(StreamName=names.stream)["Shards"][0]["ShardId"]
     iterator = kinesis.get_shard_iterator(StreamName=names.stream, ShardId=shard,

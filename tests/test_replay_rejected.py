@@ -12,6 +12,7 @@ import boto3
 
 from iotpipe.local.simulator import HandlerTotals, deliver, local_handler, publish
 from iotpipe.ops.replay import REPLAYED_TAG, replay_rejected
+from tests.test_replay_failed import bare_data_plane
 
 REGION = "us-east-1"
 GOOD = {"device_id": "press-001", "timestamp": 1_700_000_000_000, "temperature": 21.5}  # ms: accepted today
@@ -22,17 +23,7 @@ def _client(service):
 
 
 def _env(make):
-    ctx = make(resources=()).ctx
-    names = ctx.names
-    _client("dynamodb").create_table(
-        TableName=names.metrics_table, BillingMode="PAY_PER_REQUEST",
-        KeySchema=[{"AttributeName": "device_id", "KeyType": "HASH"}, {"AttributeName": "timestamp", "KeyType": "RANGE"}],
-        AttributeDefinitions=[{"AttributeName": "device_id", "AttributeType": "S"},
-                              {"AttributeName": "timestamp", "AttributeType": "N"}])
-    _client("s3").create_bucket(Bucket=names.sensor_bucket)
-    _client("s3").put_bucket_versioning(Bucket=names.sensor_bucket, VersioningConfiguration={"Status": "Enabled"})
-    _client("kinesis").create_stream(StreamName=names.stream, ShardCount=1)
-    return ctx
+    return bare_data_plane(make)
 
 
 def _run_pipeline(ctx) -> None:
