@@ -68,6 +68,12 @@ CAPABILITY_PROBES: dict[str, Callable[[AwsContext], dict[str, Any]]] = {
 }
 
 
+PROBE_ATTEMPTS = 3
+# The throttling codes of botocore's standard retry mode that the probed services answer with.
+PROBE_THROTTLED_CODES = frozenset({"Throttling", "ThrottlingException", "TooManyRequestsException",
+                                   "RequestLimitExceeded", "LimitExceededException"})
+
+
 def error_code(err: BaseException) -> str:
     if isinstance(err, ClientError):
         return str(err.response.get("Error", {}).get("Code", ""))
@@ -308,35 +314,47 @@ class AwsContext:
     def supports(self, capability: str) -> bool:
         """Whether the endpoint implements ``capability`` ("iot.list_tags_for_resource").
 
-        The one place that knows the emulator lacks some calls: probed once per run, with a
-        client that retries twice at most (a server-mode 500 would otherwise be retried ten times),
-        so resources use the real mechanism on AWS and a documented fallback elsewhere.
+        The one place that knows the emulator lacks some calls: probed once per run, so
+        resources use the real mechanism on AWS and a documented fallback elsewhere. The probe
+        retries by itself rather than through botocore: botocore retries every 500, and an
+        emulator's "not implemented" is a 500, which cost each run a second of backoff for an
+        answer that never changes. A throttled or failing AWS answer is asked again (it must
+        not decide "unsupported"); these retries are iotpipe's question, not a wait, so they
+        are not reported.
         """
         if capability not in self.capabilities:
             service, operation = capability.split(".", 1)
-            # Three attempts: a throttled probe must not decide anything, and an emulator's 500
-            # costs two quick retries (not reported: the probe is iotpipe's question, not a wait).
-            # (Config.merge replaces the whole retries dict: the mode is named again, or the probe
-            # would fall back to legacy retries, which do not retry TooManyRequestsException.)
+            # (Config.merge replaces the whole retries dict: the mode is named again.)
             kwargs: dict[str, Any] = {"config": self._config.merge(
-                Config(retries={"mode": "standard", "total_max_attempts": 3}))}
+                Config(retries={"mode": "standard", "total_max_attempts": 1}))}
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
             probe = self.session.client(service, **kwargs)
             self._probing = True
             try:
-                getattr(probe, operation)(**CAPABILITY_PROBES[capability](self))
-                supported = True
-            except NotImplementedError:
-                supported = False
-            except ClientError as err:
-                status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                # An unimplemented call on the emulator: 500/501 with no AWS error code.
-                supported = not (status >= 500 and error_code(err) in {str(status), "NotImplemented", ""})
+                self.capabilities[capability] = self._probe(
+                    lambda: getattr(probe, operation)(**CAPABILITY_PROBES[capability](self)))
             finally:
                 self._probing = False
-            self.capabilities[capability] = supported
         return self.capabilities[capability]
+
+    def _probe(self, call: Callable[[], Any]) -> bool:
+        for attempt in range(1, PROBE_ATTEMPTS + 1):
+            try:
+                call()
+                return True
+            except NotImplementedError:  # moto in-process
+                return False
+            except ClientError as err:
+                status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                code = error_code(err)
+                if status >= 500 and code in {str(status), "NotImplemented", ""}:
+                    return False  # an unimplemented call on the emulator: 500/501, no AWS error code
+                again = code in PROBE_THROTTLED_CODES or status >= 500
+                if not again or attempt == PROBE_ATTEMPTS:
+                    return True  # AWS answered in its own words (not found, denied, ...): the call exists
+                self.sleep(min(2.0 ** attempt * 0.1, 1.0))
+        return True
 
 
 # --------------------------------------------------------------------------------------------
