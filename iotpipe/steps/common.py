@@ -148,7 +148,9 @@ class Role(Resource):
         }
         attached = [p["PolicyArn"] for p in
                     paginate(iam, "list_attached_role_policies", "AttachedPolicies", RoleName=name)]
-        tags = tag_dict(paginate(iam, "list_role_tags", "Tags", RoleName=name))
+        # GetRole carries the role's tags (IAM API reference, Role data type: "A list of tags
+        # that are attached to the role"); ListRoleTags would ask again.
+        tags = tag_dict(role.get("Tags") or [])
         spec = {
             "description": role.get("Description", ""),
             "assume_role_policy": role.get("AssumeRolePolicyDocument"),

@@ -41,6 +41,7 @@ from iotpipe.steps.base import (
     get_or_none,
     known_key,
     our_key_arn,
+    paginate,
     tag_changes,
     tag_list,
     tolerate_gone,
@@ -309,6 +310,28 @@ ALARM_FIELDS = ("AlarmDescription", "ActionsEnabled", "AlarmActions", "OKActions
                 "Namespace", "MetricName", "Dimensions", "Period", "Statistic", "Threshold", "Metrics")
 
 
+ALARMS_READ = "monitor.alarms-read"  # StepContext.memo: alarm name -> DescribeAlarms answer
+
+
+def described_alarm(ctx: StepContext, name: str) -> dict[str, Any] | None:
+    """The alarm as DescribeAlarms answers, one request for all of the env's alarms.
+
+    Nine alarms read one by one were nine requests of a converged run. Each answer is handed
+    out once: a second read of the same alarm (after a write, or `up` after its own plan) asks
+    again, so nothing read is older than the last read of that alarm.
+    """
+    answers = ctx.memo.get(ALARMS_READ)
+    if answers is None or name not in answers:
+        names = [alarm_name(ctx.env, spec.name) for spec in ALARMS]
+        names = names if name in names else [name]
+        found = paginate(ctx.client("cloudwatch"), "describe_alarms", "MetricAlarms",
+                         AlarmNames=names, AlarmTypes=["MetricAlarm"])
+        answers = {alarm["AlarmName"]: alarm for alarm in found}
+        answers.update({n: None for n in names if n not in answers})
+        ctx.memo[ALARMS_READ] = answers
+    return answers.pop(name)
+
+
 class Alarm(Resource):
     resource_type = "AWS::CloudWatch::Alarm"
 
@@ -329,10 +352,9 @@ class Alarm(Resource):
 
     def read(self, ctx: StepContext) -> Current | None:
         cw = ctx.client("cloudwatch")
-        found = cw.describe_alarms(AlarmNames=[self.name(ctx)], AlarmTypes=["MetricAlarm"]).get("MetricAlarms", [])
-        if not found:
+        alarm = described_alarm(ctx, self.name(ctx))
+        if alarm is None:
             return None
-        alarm = found[0]
         tags = {t["Key"]: t["Value"] for t in
                 (get_or_none(cw.list_tags_for_resource, ResourceARN=alarm["AlarmArn"]) or {}).get("Tags", [])}
         definition = {k: alarm[k] for k in ALARM_FIELDS if k in alarm and alarm[k] not in (None, "")}

@@ -147,6 +147,7 @@ def test_converged_drift_repaired_and_thresholds_from_config(make, log):
     again = make(sets=(*BASE, *EMAILS), log=log)
     again.up()
     assert log.mutating == []
+    assert log.counts()["cloudwatch.DescribeAlarms"] == 1  # all nine alarms in one request
     cw = boto3.client("cloudwatch", region_name=REGION)
     cw.put_metric_alarm(AlarmName="iot-dev-iterator-age", Namespace="AWS/Lambda", MetricName="IteratorAge",
                         Statistic="Maximum", Period=60, EvaluationPeriods=3, Threshold=1.0,
