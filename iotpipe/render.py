@@ -461,10 +461,13 @@ class Renderer:
         """Why `health` says what it says after the outage: the alarm the operator would see."""
         if self.json_mode or health.healthy or not report.outage_refused:
             return
+        # each delivery of the batch counts all of it as failed, when it failed from its first record
+        product = report.outage_refused * report.given_up_records
+        failed = f"failed {health.failed:,}" + (f" = {report.outage_refused} x {report.given_up_records} records"
+                                                 if health.failed == product else "")
         self.out.print(
             f"[dim]degraded because of the outage: the handler reported the batch failed on each of its "
-            f"{report.outage_refused} deliveries (failed {health.failed:,} = {report.outage_refused} x "
-            f"{report.given_up_records} records), the event source gave {health.given_up:,} records up, and "
+            f"{report.outage_refused} deliveries ({failed}), the event source gave {health.given_up:,} records up, and "
             f"{health.failure_records_waiting} failure record(s) wait for a replay. This is what an operator "
             "sees; `iotpipe replay failed` is the remedy (next phase).[/]",
             soft_wrap=False)
