@@ -456,6 +456,8 @@ class Renderer:
             mismatches.append(f"{r.invalid_sent} invalid records sent, {r.handler_rejected} quarantined")
         for text in mismatches:
             self.out.print(f"[yellow]counts differ:[/] {escape(text)}", soft_wrap=False)
+        for line in r.handler_errors:
+            self.out.print(f"[yellow]handler error:[/] {escape(json.dumps(line, default=str))}", soft_wrap=False)
 
     def demo_health_note(self, health: Any, report: Any) -> None:
         """Why `health` says what it says after the outage: the alarm the operator would see."""

@@ -80,6 +80,8 @@ def test_one_batch_goes_to_the_failure_destination_and_the_replay_stores_it(make
     assert len(outage.batch) == delivery.given_up >= 1 and len(delivery.failures) == 1
     assert [e["event"] for e in totals.errors] == ["dynamodb_write_failed"] * (retries + 1)
     assert totals.errors[0]["error"] == "ProvisionedThroughputExceededException"
+    assert all(outage.explains(e) for e in totals.errors)
+    assert not outage.explains({"event": "dynamodb_write_failed", "error": "AccessDeniedException"})
     s3, bucket = boto3.client("s3", region_name=REGION), ctx.names.sensor_bucket
     (ref,) = list_failure_records(s3, bucket)
     assert [ref.key] == delivery.failure_records

@@ -78,6 +78,8 @@ class DemoReport:
     outage_refused: int = 0
     given_up_records: int = 0
     failure_records: list[str] = field(default_factory=list)
+    # the handler's error lines the outage does not explain (printed as they came without one)
+    handler_errors: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def records_sent(self) -> int:
@@ -141,6 +143,10 @@ class DynamoDBOutage:
             self.refused += down
             return down
 
+    def explains(self, error: dict[str, Any]) -> bool:
+        """Whether one of the handler's error lines is the outage's refusal, as it logs it."""
+        return error.get("event") == "dynamodb_write_failed" and error.get("error") == self.CODE
+
     def _answer(self, model: Any, **_: Any) -> tuple[Any, dict[str, Any]] | None:
         if not self.down_for(getattr(self._current, "ids", frozenset())):
             return None
@@ -157,7 +163,8 @@ def exercise(ctx: StepContext, count: int = 1000, progress: Progress | None = No
     """Publish ``count`` readings plus a few invalid ones, run the handler, count what landed.
 
     With ``outage``, one batch meets a DynamoDB outage and ends in the failure destination
-    (see DynamoDBOutage); the handler's error lines for it are kept, not printed.
+    (see DynamoDBOutage); the handler's error lines are kept, not printed: those the outage
+    does not explain are in the report.
 
     The counts come from where the data landed (DynamoDB, S3), plus the handler's own batch
     summaries for what only it knows (anomalies, rejections). DescribeTable's ItemCount is
@@ -208,6 +215,7 @@ def exercise(ctx: StepContext, count: int = 1000, progress: Progress | None = No
         outage_refused=outage.refused if outage is not None else 0,
         given_up_records=delivery.given_up,
         failure_records=list(delivery.failure_records),
+        handler_errors=[e for e in totals.errors if outage is None or not outage.explains(e)],
     )
 
 

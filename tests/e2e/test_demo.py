@@ -46,6 +46,7 @@ def test_demo_runs_the_whole_job_without_an_account(tmp_path):
     given_up = pipeline["given_up_records"]
     assert pipeline["outage_refused"] == 6 and pipeline["redeliveries"] == 5 and pipeline["undelivered"] == 1
     assert len(pipeline["failure_records"]) == 1 and pipeline["failure_records"][0].startswith("aws/lambda/")
+    assert pipeline["handler_errors"] == []  # the handler logged nothing but the outage's refusals
     assert pipeline["handler_stored"] + pipeline["handler_rejected"] + given_up == 253
     missing = 250 - pipeline["items_stored"]
     assert pipeline["items_stored"] == pipeline["handler_stored"] and 1 <= missing <= given_up
@@ -100,7 +101,7 @@ def test_demo_says_what_it_does_and_keep_leaves_the_emulator_up(tmp_path):
         assert f"{40 - missing} items before the replay ({missing} readings missing), 40 after: " \
                "0 of the 40 readings sent missing" in out
         assert "failure records 1 before, 0 after" in out
-        assert "counts differ" not in out
+        assert "counts differ" not in out and "handler error" not in out
         assert f"kill {pid}" in out and f"AWS_ENDPOINT_URL={url}" in out
         assert "destroy env" not in out  # --keep skips the teardown
         # the env is still there, on an emulator that outlived the demo
