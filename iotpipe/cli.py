@@ -920,8 +920,11 @@ def demo(readings: int, keep: bool, json_mode: bool) -> None:
 
     Starts moto on 127.0.0.1, runs `up` for env "local", shows `status`, pushes sensor
     readings (and a few invalid ones) through Kinesis and the real handler, counts what
-    landed in DynamoDB and S3, then `destroy`s and stops the emulator. AWS credentials,
-    AWS_PROFILE and endpoints from your environment are ignored: nothing leaves this machine.
+    landed in DynamoDB and S3, shows `health`, then `destroy`s and stops the emulator. One
+    batch meets a simulated DynamoDB outage and goes to the failure destination, as on AWS;
+    `replay failed` then stores it, so that every reading sent ends up in DynamoDB. AWS
+    credentials, AWS_PROFILE and endpoints from your environment are ignored: nothing leaves
+    this machine.
     Needs `pip install 'iotpipe[local]'`.
 
     \b
@@ -936,7 +939,9 @@ def demo(readings: int, keep: bool, json_mode: bool) -> None:
         DEMO_ENV,
         DEMO_REGION,
         DEMO_SETS,
+        DynamoDBOutage,
         demo_health,
+        demo_replay,
         emulator_environment,
         exercise,
     )
@@ -949,7 +954,7 @@ def demo(readings: int, keep: bool, json_mode: bool) -> None:
     results: dict[str, Any] = {}
     state_dir = Path(tempfile.mkdtemp(prefix="iotpipe-demo-"))
     try:
-        renderer.demo_phase(1, "emulator", "starting the embedded AWS emulator (moto) on 127.0.0.1")
+        renderer.demo_phase("emulator", "starting the embedded AWS emulator (moto) on 127.0.0.1")
         with emulator_process(keep=keep) as emu:
             renderer.message(f"  listening at {emu.url} (pid {emu.pid}); AWS credentials and "
                              "profiles from your environment are ignored")
@@ -962,22 +967,28 @@ def demo(readings: int, keep: bool, json_mode: bool) -> None:
                     show(results[name])
                 return results[name]
 
-            renderer.demo_phase(2, "provisioning", f"`iotpipe up --env {DEMO_ENV}` on the emulator, then `status`")
+            renderer.demo_phase("provisioning", f"`iotpipe up --env {DEMO_ENV}` on the emulator, then `status`")
             phase("up", engine.up, renderer.run_summary)
             phase("status", engine.status, renderer.status)
-            renderer.demo_phase(3, "publishing", f"{readings:,} readings (+ a few invalid ones) to Kinesis, "
-                                "then through the real Lambda handler, in this process")
-            phase("pipeline", lambda: exercise(engine.ctx, readings, progress=renderer.demo_progress),
-                  lambda _r: None)
-            renderer.demo_phase(4, "results", "what landed in DynamoDB and S3, and "
+            renderer.demo_phase("publishing", f"{readings:,} readings (+ a few invalid ones) to Kinesis, "
+                                "then through the real Lambda handler, in this process; one batch meets a "
+                                "simulated DynamoDB outage")
+            pipeline = phase("pipeline", lambda: exercise(engine.ctx, readings, progress=renderer.demo_progress,
+                                                          outage=DynamoDBOutage()), lambda _r: None)
+            renderer.demo_phase("results", "what landed in DynamoDB and S3, and "
                                 f"`iotpipe health --env {DEMO_ENV}` (the metrics Lambda and Kinesis would publish)")
             if not json_mode:
-                renderer.demo_report(results["pipeline"])
-            phase("health", lambda: demo_health(engine.ctx), renderer.health)
+                renderer.demo_report(pipeline)
+            health = phase("health", lambda: demo_health(engine.ctx), renderer.health)
+            if not json_mode:
+                renderer.demo_health_note(health, pipeline)
+            renderer.demo_phase("replay", f"`iotpipe replay failed --env {DEMO_ENV}`: the given-up batch, "
+                                "re-processed in this process with the handler's own code")
+            phase("replay", lambda: demo_replay(engine.ctx, pipeline), renderer.demo_replay)
             if keep:
-                renderer.demo_phase(5, "teardown", "skipped (--keep)")
+                renderer.demo_phase("teardown", "skipped (--keep)")
             else:
-                renderer.demo_phase(5, "teardown", f"`iotpipe destroy --env {DEMO_ENV}`, then the emulator stops")
+                renderer.demo_phase("teardown", f"`iotpipe destroy --env {DEMO_ENV}`, then the emulator stops")
                 phase("destroy", engine.destroy, renderer.run_summary)
             if keep:
                 results["emulator"] = {"url": emu.url, "pid": emu.pid, "state_dir": str(state_dir)}

@@ -93,6 +93,7 @@ def ascii_safe(stream: Any) -> Any:
 
 DEMO_STAGES = {"publish": "published to Kinesis", "deliver": "handled by the Lambda handler"}
 DEMO_ENV_NAME = "local"
+DEMO_PHASES = ("emulator", "provisioning", "publishing", "results", "replay", "teardown")
 STATUS_COLUMNS = ("resource", "type", "name", "arn / id", "status")
 STATUS_PRIORITY = ("resource", "status", "name", "arn / id", "type")
 
@@ -366,11 +367,13 @@ class Renderer:
             self.out.print(f"{key:<{width}} = {escape(value)}")
 
     # -- demo ----------------------------------------------------------------------------------
-    def demo_phase(self, number: int, title: str, detail: str) -> None:
+    def demo_phase(self, title: str, detail: str) -> None:
+        """A phase's heading, numbered by its place in DEMO_PHASES."""
         if self.json_mode:
             return
         self._stop_demo_progress()
-        self.out.print(f"\n[bold]{number}/5 {title}[/]: {escape(detail)}", soft_wrap=False)
+        number = DEMO_PHASES.index(title) + 1
+        self.out.print(f"\n[bold]{number}/{len(DEMO_PHASES)} {title}[/]: {escape(detail)}", soft_wrap=False)
 
     def demo_progress(self, stage: str, done: int, total: int) -> None:
         """A bar on a terminal; a line per quarter when piped (a log keeps few lines)."""
@@ -430,16 +433,63 @@ class Renderer:
             f"that had valid readings) and {r.rejected_objects} under rejected/ (one per batch that had "
             "invalid records)",
         ]
+        if r.outage_refused:
+            lines += [
+                "[yellow]Outage[/]    one batch was made to fail on purpose: a simulated DynamoDB outage refused its "
+                f"writes (ProvisionedThroughputExceededException) on all {r.outage_refused} deliveries,",
+                f"          so the event source gave its {r.given_up_records} records up and sent them to the "
+                "on-failure destination, as Lambda would:",
+                *[f"          {escape(key)}" for key in r.failure_records],
+                f"          before the replay, DynamoDB misses {r.readings_missing:,} of the {r.readings_sent:,} "
+                "readings sent",
+            ]
         for line in lines:
             self.out.print(line, soft_wrap=False)
         mismatches = []
-        if r.handler_stored != r.readings_sent or r.items_stored != r.readings_sent:
-            mismatches.append(f"{r.readings_sent:,} readings sent, {r.handler_stored:,} stored by the handler, "
-                              f"{r.items_stored:,} items in DynamoDB")
-        if r.handler_rejected != r.invalid_sent:
+        accounted = r.handler_stored + r.handler_rejected + r.given_up_records
+        if accounted != r.records_sent:
+            mismatches.append(f"{r.records_sent:,} records sent, {accounted:,} stored, quarantined or given up")
+        if r.items_stored != r.handler_stored:
+            mismatches.append(f"{r.handler_stored:,} readings stored by the handler, {r.items_stored:,} items "
+                              "in DynamoDB")
+        if not r.outage_refused and r.handler_rejected != r.invalid_sent:
             mismatches.append(f"{r.invalid_sent} invalid records sent, {r.handler_rejected} quarantined")
         for text in mismatches:
             self.out.print(f"[yellow]counts differ:[/] {escape(text)}", soft_wrap=False)
+        for line in r.handler_errors:
+            self.out.print(f"[yellow]handler error:[/] {escape(json.dumps(line, default=str))}", soft_wrap=False)
+
+    def demo_health_note(self, health: Any, report: Any) -> None:
+        """Why `health` says what it says after the outage: the alarm the operator would see."""
+        if self.json_mode or health.healthy or not report.outage_refused:
+            return
+        # each delivery of the batch counts all of it as failed, when it failed from its first record
+        product = report.outage_refused * report.given_up_records
+        failed = f"failed {health.failed:,}" + (f" = {report.outage_refused} x {report.given_up_records} records"
+                                                 if health.failed == product else "")
+        self.out.print(
+            f"[dim]degraded because of the outage: the handler reported the batch failed on each of its "
+            f"{report.outage_refused} deliveries ({failed}), the event source gave {health.given_up:,} records up, and "
+            f"{health.failure_records_waiting} failure record(s) wait for a replay. This is what an operator "
+            "sees; `iotpipe replay failed` is the remedy (next phase).[/]",
+            soft_wrap=False)
+
+    def demo_replay(self, result: Any) -> None:
+        """`replay failed` as it prints, then DynamoDB's count before and after it."""
+        if self.json_mode:
+            self.json(result.as_dict())
+            return
+        self.replay_report(result.replay)
+        r = result
+        self.out.print(f"[bold]DynamoDB[/]  {r.items_before:,} items before the replay ({r.missing_before:,} "
+                       f"readings missing), {r.items_after:,} after: {r.missing_after:,} of the "
+                       f"{r.readings_sent:,} readings sent missing", soft_wrap=False)
+        self.out.print(f"[bold]waiting[/]   failure records {r.failure_records_before} before, "
+                       f"{r.failure_records_after} after (a replayed record stays as a noncurrent version, "
+                       "for audit); `health` over this hour still counts the outage's failed readings",
+                       soft_wrap=False)
+        if r.missing_after:
+            self.out.print(f"[yellow]counts differ:[/] {r.missing_after:,} readings still missing", soft_wrap=False)
 
     def demo_next(self, kept: dict[str, Any] | None) -> None:
         if self.json_mode:

@@ -95,7 +95,8 @@ class DeliveryReport:
     batches: int = 0
     records: int = 0
     redeliveries: int = 0
-    failures: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # first sequence number of each batch given up
+    given_up: int = 0  # records of the batches given up (sent to the failure destination)
     shards: int = 0
     failure_records: list[str] = field(default_factory=list)  # S3 keys or SQS message ids written
 
@@ -195,6 +196,7 @@ def deliver(ctx: StepContext, handler: Handler, *, batch_size: int | None = None
                 report.records += own.records
                 report.redeliveries += own.redeliveries
                 report.failures.extend(own.failures)
+                report.given_up += own.given_up
                 handled[0] += len(batch)
                 if on_progress:
                     on_progress(handled[0])
@@ -231,6 +233,7 @@ def _invoke_with_redelivery(handler: Handler, batch: list[dict[str, Any]], repor
         first = min(int(f["itemIdentifier"]) for f in failures)
         batch = [r for r in batch if int(r["kinesis"]["sequenceNumber"]) >= first]
     report.failures.append(batch[0]["kinesis"]["sequenceNumber"])
+    report.given_up += len(batch)
     if metrics is not None:
         metrics.given_up(len(batch))
     return batch
