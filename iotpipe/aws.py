@@ -69,9 +69,6 @@ CAPABILITY_PROBES: dict[str, Callable[[AwsContext], dict[str, Any]]] = {
 
 
 PROBE_ATTEMPTS = 3
-# The throttling codes of botocore's standard retry mode that the probed services answer with.
-PROBE_THROTTLED_CODES = frozenset({"Throttling", "ThrottlingException", "TooManyRequestsException",
-                                   "RequestLimitExceeded", "LimitExceededException"})
 
 
 def error_code(err: BaseException) -> str:
@@ -315,46 +312,52 @@ class AwsContext:
         """Whether the endpoint implements ``capability`` ("iot.list_tags_for_resource").
 
         The one place that knows the emulator lacks some calls: probed once per run, so
-        resources use the real mechanism on AWS and a documented fallback elsewhere. The probe
-        retries by itself rather than through botocore: botocore retries every 500, and an
-        emulator's "not implemented" is a 500, which cost each run a second of backoff for an
-        answer that never changes. A throttled or failing AWS answer is asked again (it must
-        not decide "unsupported"); these retries are iotpipe's question, not a wait, so they
-        are not reported.
+        resources use the real mechanism on AWS and a documented fallback elsewhere. A
+        throttled or failing AWS answer is asked again by botocore's standard retries (three
+        attempts: throttling must not decide "unsupported"), but an emulator's "not
+        implemented", a 500 without an AWS error code, ends the probe at its first answer:
+        botocore would retry it like any 500, a second of backoff per run for an answer that
+        never changes. The retries are iotpipe's question, not a wait: not reported.
         """
         if capability not in self.capabilities:
             service, operation = capability.split(".", 1)
-            # (Config.merge replaces the whole retries dict: the mode is named again.)
+            # (Config.merge replaces the whole retries dict: the mode is named again, or the probe
+            # would fall back to legacy retries, which do not retry TooManyRequestsException.)
             kwargs: dict[str, Any] = {"config": self._config.merge(
-                Config(retries={"mode": "standard", "total_max_attempts": 1}))}
+                Config(retries={"mode": "standard", "total_max_attempts": PROBE_ATTEMPTS}))}
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
             probe = self.session.client(service, **kwargs)
+            probe.meta.events.register_first("needs-retry", _stop_at_unimplemented)
             self._probing = True
             try:
-                self.capabilities[capability] = self._probe(
-                    lambda: getattr(probe, operation)(**CAPABILITY_PROBES[capability](self)))
+                getattr(probe, operation)(**CAPABILITY_PROBES[capability](self))
+                supported = True
+            except (NotImplementedError, _Unimplemented):  # moto in-process; the emulator's 500
+                supported = False
+            except ClientError as err:
+                supported = not _is_unimplemented(err.response)
             finally:
                 self._probing = False
+            self.capabilities[capability] = supported
         return self.capabilities[capability]
 
-    def _probe(self, call: Callable[[], Any]) -> bool:
-        for attempt in range(1, PROBE_ATTEMPTS + 1):
-            try:
-                call()
-                return True
-            except NotImplementedError:  # moto in-process
-                return False
-            except ClientError as err:
-                status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                code = error_code(err)
-                if status >= 500 and code in {str(status), "NotImplemented", ""}:
-                    return False  # an unimplemented call on the emulator: 500/501, no AWS error code
-                again = code in PROBE_THROTTLED_CODES or status >= 500
-                if not again or attempt == PROBE_ATTEMPTS:
-                    return True  # AWS answered in its own words (not found, denied, ...): the call exists
-                self.sleep(min(2.0 ** attempt * 0.1, 1.0))
-        return True
+
+class _Unimplemented(Exception):
+    """The endpoint does not implement the probed call."""
+
+
+def _is_unimplemented(parsed: dict[str, Any]) -> bool:
+    """An emulator's unimplemented call: 500/501 with no AWS error code (moto 5.2 in server mode)."""
+    status = parsed.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    code = str(parsed.get("Error", {}).get("Code", ""))
+    return status >= 500 and code in {str(status), "NotImplemented", ""}
+
+
+def _stop_at_unimplemented(response: Any = None, **_: Any) -> None:
+    """needs-retry handler of the probe client: an unimplemented call is not asked again."""
+    if response is not None and _is_unimplemented(response[1] or {}):
+        raise _Unimplemented()
 
 
 # --------------------------------------------------------------------------------------------

@@ -136,39 +136,6 @@ def test_probe_takes_an_aws_error_answer_as_supported(moto):
     assert aws.supports("iot.list_tags_for_resource") is True
 
 
-def _throttled(times: int):
-    """IoT's throttling answer for the first ``times`` probe calls (IoT API reference, Errors)."""
-    seen = []
-
-    def hook(model, **_):
-        seen.append(model.name)
-        if len(seen) <= times:
-            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"},
-                               "ResponseMetadata": {"HTTPStatusCode": 400}}, model.name)
-
-    return hook, seen
-
-
-def test_a_throttled_probe_asks_again_before_deciding(moto):
-    """Throttling says nothing about the call: after two throttled answers the emulator's own
-    answer (not implemented) decides, and the backoff went through the run's injected sleep."""
-    slept: list[float] = []
-    aws = AwsContext(REGION, sleep=slept.append)
-    hook, seen = _throttled(2)
-    aws.events.register("before-call.iot.ListTagsForResource", hook)
-    assert aws.supports("iot.list_tags_for_resource") is False
-    assert len(seen) == 3 and len(slept) == 2
-
-
-def test_a_probe_throttled_to_the_end_assumes_the_aws_default(moto):
-    """Never "unsupported" because of throttling: that would drop the tag check on AWS."""
-    aws = AwsContext(REGION, sleep=lambda _s: None)
-    hook, seen = _throttled(99)
-    aws.events.register("before-call.iot.ListTagsForResource", hook)
-    assert aws.supports("iot.list_tags_for_resource") is True
-    assert len(seen) == 3
-
-
 # -- the AWS path: tags decide ----------------------------------------------------------------
 def test_own_iot_resources_are_recognised_by_their_tags(aws_engine):
     aws_engine().up()
