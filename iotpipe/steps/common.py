@@ -38,7 +38,7 @@ class LogGroup(Resource):
     """A CloudWatch log group encrypted with the pipeline key, with the configured retention."""
 
     resource_type = "AWS::Logs::LogGroup"
-    depends_on = ("kms.key",)
+    depends_on = ("kms.key",)  # encrypted with it (its ARN is read)
 
     def __init__(self, logical_id: str, name_of: Callable[[Names], str]) -> None:
         self.logical_id = logical_id

@@ -355,7 +355,10 @@ class TopicRule(Resource):
 
     logical_id = "iot.topic_rule"
     resource_type = "AWS::IoT::TopicRule"
-    depends_on = ("iot.rule_role", "iot.log_group")
+    # The role it acts as (its ARN is read) and its error log group; the stream its Kinesis
+    # action puts into; and the event source mapping, so that there is a reader (Enabled, at
+    # the stream's tip) before there is a writer, and destroy stops the writer first.
+    depends_on = ("iot.rule_role", "iot.log_group", "stream.sensor_stream", "lambda.event_source_mapping")
     name_field = "topic_rule"
 
     def desired(self, ctx: StepContext) -> Spec:
@@ -538,7 +541,7 @@ class Devices(Resource):
 
     logical_id = "iot.devices"
     resource_type = "AWS::IoT::Thing (devices)"
-    depends_on = ("iot.thing_type", "iot.device_policy")
+    depends_on = ("iot.thing_type", "iot.device_policy")  # things of that type, certificates with that policy
     makes_nothing = True
 
     def name(self, ctx: StepContext) -> str:
@@ -592,7 +595,7 @@ RESOURCES: tuple[Resource, ...] = (
         trust=service_trust("iot.amazonaws.com", source_arn=rule_arn),
         policies={ROLE_POLICY_NAME: rule_role_policy},
         description="Lets the sensor topic rule write to the Kinesis stream and its error log group",
-        depends_on=("kms.key",),
+        depends_on=("kms.key",),  # its policy grants the key (its ARN is read)
     ),
     ThingType(),
     DevicePolicy(),

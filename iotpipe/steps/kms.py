@@ -284,7 +284,7 @@ class KmsKey(Resource):
 class KmsAlias(Resource):
     logical_id = "kms.alias"
     resource_type = "AWS::KMS::Alias"
-    depends_on = ("kms.key",)
+    depends_on = ("kms.key",)  # points at it (its id is read)
     name_field = "kms_alias"
 
     def desired(self, ctx: StepContext) -> Spec:

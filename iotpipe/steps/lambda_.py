@@ -170,7 +170,7 @@ LAMBDA_ROLE = Role(
     trust=service_trust("lambda.amazonaws.com"),
     policies={"lambda-permissions": lambda_policy},
     description="iotpipe: execution role of the sensor processor function",
-    depends_on=("kms.key",),
+    depends_on=("kms.key",),  # its policy grants the key (its ARN is read)
 )
 
 
@@ -190,6 +190,7 @@ class DeadLetterQueue(Resource):
 
     logical_id = "lambda.dlq"
     resource_type = "AWS::SQS::Queue"
+    # Retired: deleted once the mapping no longer names it as its destination.
     depends_on = ("lambda.event_source_mapping",)
     name_field = "dlq"
     retired = "failed batches now go to the sensor bucket under aws/lambda/ (S3 on-failure destination)"
@@ -264,6 +265,8 @@ class Function(Resource):
 
     logical_id = "lambda.function"
     resource_type = "AWS::Lambda::Function"
+    # Runs as the role and encrypts its environment with the key (both ARNs are read); its
+    # log group first, so Lambda does not make an unencrypted one without retention.
     depends_on = ("lambda.role", "kms.key", "lambda.log_group")
     name_field = "function"
 
@@ -467,8 +470,11 @@ class EventSourceMapping(Resource):
 
     logical_id = "lambda.event_source_mapping"
     resource_type = "AWS::Lambda::EventSourceMapping"
-    # The stream is another step's; named here so that a concurrent engine orders it first.
-    depends_on = ("lambda.function", "stream.sensor_stream", "storage.sensor_bucket")
+    # What must exist before the mapping is (and stay until it is gone): the function it
+    # invokes and the stream it reads (both named in CreateEventSourceMapping), the sensor
+    # bucket its on-failure destination writes to, and the metrics table the function writes
+    # every reading to as soon as the mapping delivers one.
+    depends_on = ("lambda.function", "stream.sensor_stream", "storage.sensor_bucket", "storage.metrics_table")
 
     def name(self, ctx: StepContext) -> str:
         return f"{ctx.names.function}<-{ctx.names.stream}"

@@ -102,7 +102,7 @@ def handler_metric(ctx: StepContext, name: str) -> dict[str, Any]:
 class AlertTopic(Resource):
     logical_id = TOPIC_ID
     resource_type = "AWS::SNS::Topic"
-    depends_on = ("kms.key",)
+    depends_on = ("kms.key",)  # encrypted with it (its ARN is read)
 
     def name(self, ctx: StepContext) -> str:
         return topic_name(ctx.env)
@@ -310,6 +310,22 @@ ALARM_FIELDS = ("AlarmDescription", "ActionsEnabled", "AlarmActions", "OKActions
                 "Namespace", "MetricName", "Dimensions", "Period", "Statistic", "Threshold", "Metrics")
 
 
+# What each alarm watches: made after it on `up`, and deleted after the alarm on `destroy`,
+# so that no alarm fires about a pipeline being taken down on purpose. failure_records also
+# reads the mapping's UUID (its metric's dimension).
+WATCHES: dict[str, tuple[str, ...]] = {
+    "iterator_age": ("lambda.function",),
+    "function_errors": ("lambda.function",),
+    "function_throttles": ("lambda.function",),
+    "failure_records": ("lambda.event_source_mapping",),
+    "rule_failures": ("iot.topic_rule",),
+    "no_readings": ("stream.sensor_stream",),
+    "dynamodb_throttles": ("storage.metrics_table",),
+    "rejected_rate": ("lambda.function",),  # the handler's own metrics
+    "anomaly_rate": ("lambda.function",),
+}
+
+
 ALARMS_READ = "monitor.alarms-read"  # StepContext.memo: alarm name -> DescribeAlarms answer
 
 
@@ -338,8 +354,7 @@ class Alarm(Resource):
     def __init__(self, spec: AlarmSpec) -> None:
         self.spec = spec
         self.logical_id = f"monitor.{spec.name}"
-        self.depends_on = (TOPIC_ID, "lambda.event_source_mapping") if spec.name == "failure_records" \
-            else (TOPIC_ID,)
+        self.depends_on = (TOPIC_ID, *WATCHES[spec.name])
 
     def name(self, ctx: StepContext) -> str:
         return alarm_name(ctx.env, self.spec.name)
@@ -439,6 +454,8 @@ def dashboard_body(ctx: StepContext, marker: str) -> dict[str, Any]:
 class Dashboard(Resource):
     logical_id = DASHBOARD_ID
     resource_type = "AWS::CloudWatch::Dashboard"
+    # Its alarm widget lists the env's alarms by ARN.
+    depends_on = tuple(f"monitor.{a.name}" for a in ALARMS)
 
     def name(self, ctx: StepContext) -> str:
         return dashboard_name(ctx.env)

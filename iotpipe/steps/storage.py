@@ -63,7 +63,7 @@ class SensorBucket(Resource):
 
     logical_id = "storage.sensor_bucket"
     resource_type = "AWS::S3::Bucket"
-    depends_on = ("kms.key", "storage.access_log_bucket")
+    depends_on = ("kms.key", "storage.access_log_bucket")  # encrypted with the key; logs to that bucket
     name_field = "sensor_bucket"
 
     def arn(self, ctx: StepContext) -> str:
@@ -409,7 +409,7 @@ class MetricsTable(Resource):
 
     logical_id = "storage.metrics_table"
     resource_type = "AWS::DynamoDB::Table"
-    depends_on = ("kms.key",)
+    depends_on = ("kms.key",)  # encrypted with it (its ARN is read)
     name_field = "metrics_table"
 
     def desired(self, ctx: StepContext) -> Spec:

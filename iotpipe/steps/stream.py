@@ -36,7 +36,7 @@ STREAM_WAIT = {"Delay": 5, "MaxAttempts": 120}
 class SensorStream(Resource):
     logical_id = "stream.sensor_stream"
     resource_type = "AWS::Kinesis::Stream"
-    depends_on = ("kms.key",)
+    depends_on = ("kms.key",)  # encrypted with it (its ARN is read)
     name_field = "stream"
 
     def desired(self, ctx: StepContext) -> Spec:

@@ -98,7 +98,7 @@ class TrailBucket(Resource):
 
     logical_id = "trail.bucket"
     resource_type = "AWS::S3::Bucket"
-    depends_on = ("kms.key", "storage.access_log_bucket")
+    depends_on = ("kms.key", "storage.access_log_bucket")  # encrypted with the key; logs to that bucket
 
     name_field = "trail_bucket"
 
@@ -189,7 +189,7 @@ MANAGEMENT_EVENTS = [{"ReadWriteType": "All", "IncludeManagementEvents": True}]
 class Trail(Resource):
     logical_id = "trail.trail"
     resource_type = "AWS::CloudTrail::Trail"
-    depends_on = ("kms.key", "trail.bucket")
+    depends_on = ("kms.key", "trail.bucket")  # encrypts with the key; delivers to the bucket (its policy first)
     name_field = "trail"
 
     def disabled_by(self, ctx: StepContext) -> str | None:
