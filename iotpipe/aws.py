@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,14 +187,26 @@ class AwsContext:
             read_timeout=60,
         )
         self._clients: dict[str, Any] = {}
+        # boto3 clients are thread-safe once made, but Session.client() is not: the engine's
+        # worker threads make them under this lock (the account is asked once under it too).
+        self._lock = threading.RLock()
+        self._probe_lock = threading.Lock()  # one probe per capability, even asked at once
+        self._thread = threading.local()  # per thread: whether it is probing (see supports)
         self._account: str | None = None
         # "service.operation" -> whether this endpoint implements it; filled by ``supports``
         # (tests set entries to model AWS where the emulator falls short).
         self.capabilities: dict[str, bool] = {}
-        self._probing = False
         self.on_progress: ProgressSink = ignore
         self.events.register("needs-retry.*.*", _remember_retry_reason)
         self.events.register("request-created.*.*", self._report_retry)
+
+    @property
+    def _probing(self) -> bool:
+        return getattr(self._thread, "probing", False)
+
+    @_probing.setter
+    def _probing(self, value: bool) -> None:
+        self._thread.probing = value
 
     def report(self, kind: str, message: str, **data: Any) -> None:
         """Tell the listener (the engine, then `render`) what a wait is waiting for."""
@@ -216,15 +229,20 @@ class AwsContext:
         return self.session._session.get_component("event_emitter")
 
     def client(self, service: str) -> Any:
-        if service not in self._clients:
-            kwargs: dict[str, Any] = {"config": self._config}
-            if self.endpoint_url:
-                kwargs["endpoint_url"] = self.endpoint_url
-            self._clients[service] = self.session.client(service, **kwargs)
-        return self._clients[service]
+        with self._lock:
+            if service not in self._clients:
+                kwargs: dict[str, Any] = {"config": self._config}
+                if self.endpoint_url:
+                    kwargs["endpoint_url"] = self.endpoint_url
+                self._clients[service] = self.session.client(service, **kwargs)
+            return self._clients[service]
 
     @property
     def account_id(self) -> str:
+        with self._lock:
+            return self._account_id()
+
+    def _account_id(self) -> str:
         if self._account is None:
             # The first call of every run doubles as the credentials and endpoint check: it
             # gets few retries and a short connect timeout, so a wrong --endpoint-url or a
@@ -319,6 +337,10 @@ class AwsContext:
         botocore would retry it like any 500, a second of backoff per run for an answer that
         never changes. The retries are iotpipe's question, not a wait: not reported.
         """
+        with self._probe_lock:
+            return self._supports(capability)
+
+    def _supports(self, capability: str) -> bool:
         if capability not in self.capabilities:
             service, operation = capability.split(".", 1)
             # (Config.merge replaces the whole retries dict: the mode is named again, or the probe
@@ -327,7 +349,8 @@ class AwsContext:
                 Config(retries={"mode": "standard", "total_max_attempts": PROBE_ATTEMPTS}))}
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
-            probe = self.session.client(service, **kwargs)
+            with self._lock:
+                probe = self.session.client(service, **kwargs)
             probe.meta.events.register_first("needs-retry", _stop_at_unimplemented)
             self._probing = True
             try:

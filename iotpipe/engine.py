@@ -1,12 +1,21 @@
-"""plan / up / status / destroy over the ordered resources, reporting through events.
+"""plan / up / status / destroy over the resource graph, reporting through events.
 
 The engine owns order, state bookkeeping, ownership checks and locking; resources own the
 AWS calls. It knows nothing of the terminal: each resource's start and result go to an
 ``on_event`` callback that `render` turns into progress lines or JSON.
+
+Resources run along their ``depends_on`` graph (``iotpipe.graph``) on a bounded pool of
+``parallelism`` threads: `up`, `plan`, `status` and destroy's survey in dependency order,
+destroy's deletes in reverse (a resource goes only once everything that depends on it is
+gone). Results are reported in the declared order whatever the order of completion. A
+failure stops what depends on it and lets the rest finish; the run then raises the first
+failure (in declared order), naming the others. Parallelism 1 is the declared order, one at
+a time. ``on_event`` is called from the worker threads and must be thread-safe.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from iotpipe.aws import translate
 from iotpipe.errors import AbortedError, IotpipeError, OwnershipError
+from iotpipe.graph import DEFAULT_PARALLELISM, run_graph
 from iotpipe.progress import Progress
 from iotpipe.state import StateStore
 from iotpipe.steps.base import Change, Current, DeletionPending, Resource, StepContext
@@ -131,15 +141,27 @@ class Engine:
         *,
         on_event: EventSink | None = None,
         lock_timeout: float = 0.0,
+        parallelism: int = DEFAULT_PARALLELISM,
     ) -> None:
         self.ctx = ctx
         self.store = store
         self.resources = list(resources)
         self.on_event = on_event or (lambda _e: None)
         self.lock_timeout = lock_timeout
+        self.parallelism = parallelism
         ctx.recorded = lambda lid: dict(rec.ids) if (rec := store.get(lid)) else {}
-        self._doing = ("", "")  # (command, logical id) that progress reports belong to
+        # (command, logical id) that progress reports belong to: per thread, as each worker
+        # thread works on one resource at a time.
+        self._local = threading.local()
         ctx.aws.on_progress = store.on_progress = self._progress
+
+    @property
+    def _doing(self) -> tuple[str, str]:
+        return getattr(self._local, "doing", ("", ""))
+
+    @_doing.setter
+    def _doing(self, value: tuple[str, str]) -> None:
+        self._local.doing = value
 
     def _progress(self, progress: Progress) -> None:
         command, logical_id = self._doing
@@ -157,8 +179,7 @@ class Engine:
 
         def plan_then_confirm() -> None:
             preview = RunResult("plan", self.ctx.env, self.ctx.region, self.ctx.account)
-            preview.resources = [item for res in self.resources
-                                 if (item := self._guarded(res, self._plan_one)) is not None]
+            preview.resources = self._each("plan", self._plan_one, reverse=False, events=False)
             if confirm is not None and not confirm(preview):
                 raise AbortedError("up cancelled: nothing was changed")
 
@@ -320,12 +341,7 @@ class Engine:
     def _survey(self) -> RunResult:
         """Read every resource (in `up` order, so each read has the ids of those before it)."""
         result = RunResult("destroy-plan", self.ctx.env, self.ctx.region, self.ctx.account)
-        for res in self.resources:
-            self.on_event(Event("start", res.logical_id, verb="read"))
-            item = self._guarded(res, self._survey_one)
-            if item is not None:
-                result.resources.append(item)
-            self.on_event(Event("done", res.logical_id, verb="read", result=item))
+        result.resources = self._each("read", self._survey_one, reverse=False)
         result.resources.reverse()  # shown in the order destroy works
         return result
 
@@ -396,17 +412,58 @@ class Engine:
                 self.store.set_account(account)
             if command in ("up", "plan"):
                 self._preflight()
-            order = reversed(self.resources) if reverse else self.resources
-            for res in order:
-                self._doing = (command, res.logical_id)
-                self.on_event(Event("start", res.logical_id, verb=command))
-                item = self._guarded(res, one)
-                if item is not None:  # None: a retired resource that is gone, nothing to say
-                    result.resources.append(item)
-                self.on_event(Event("done", res.logical_id, verb=command, result=item))
+            result.resources = self._each(command, one, reverse=reverse)
         result.outputs = self._outputs()
         result.elapsed_s = time.monotonic() - started
         return result
+
+    def _each(self, command: str, one: Callable[[Resource], ResourceResult | None], *, reverse: bool,
+              events: bool = True) -> list[ResourceResult]:
+        """``one`` for every resource along the graph; results in the declared order (reversed
+        with ``reverse``, where a resource waits for everything that depends on it instead).
+
+        A resource whose dependency failed is not attempted: reported (event) as skipped. When
+        anything failed, the first failure in that order is raised once the rest is done,
+        naming the others; an interruption is raised as soon as the resources in flight finish.
+        """
+        order = list(reversed(self.resources)) if reverse else list(self.resources)
+        by_id = {res.logical_id: res for res in order}
+        if reverse:
+            waits: dict[str, list[str]] = {lid: [] for lid in by_id}
+            for res in order:
+                for dep in res.depends_on:
+                    if dep in waits:
+                        waits[dep].append(res.logical_id)
+        else:
+            waits = {res.logical_id: list(res.depends_on) for res in order}
+
+        def work(logical_id: str) -> ResourceResult | None:
+            res = by_id[logical_id]
+            self._doing = (command, logical_id)
+            try:
+                if events:
+                    self.on_event(Event("start", logical_id, verb=command))
+                item = self._guarded(res, one)
+            except BaseException:
+                if events:
+                    self.on_event(Event("done", logical_id, verb=command, result=None))
+                raise
+            finally:
+                self._doing = (command, "")
+            if events:  # None: a retired resource that is gone, nothing to say
+                self.on_event(Event("done", logical_id, verb=command, result=item))
+            return item
+
+        def skipped(logical_id: str, failed: str) -> None:
+            if events:
+                item = self._result(by_id[logical_id], "skipped", message=f"not attempted: {failed} failed")
+                self.on_event(Event("done", logical_id, verb=command, result=item))
+
+        outcomes = run_graph(list(by_id), waits, work, parallelism=self.parallelism, on_skip=skipped)
+        failures = [(o.key, o.error) for o in outcomes if o.state == "failed" and o.error is not None]
+        if failures:
+            raise _first_of(failures)
+        return [o.value for o in outcomes if o.value is not None]
 
     def _preflight(self) -> None:
         """Every wanted resource's read-only checks, before `up` writes anything."""
@@ -471,6 +528,19 @@ class Engine:
         return out
 
 
+def _first_of(failures: list[tuple[str, BaseException]]) -> BaseException:
+    """The first failure (its type decides the exit code), naming the others in its message."""
+    first = failures[0][1]
+    if len(failures) == 1:
+        return first
+    others = "; ".join(f"{lid}: {str(err) or type(err).__name__}" for lid, err in failures[1:])
+    if isinstance(first, IotpipeError) and len(first.args) == 1 and str(first) == str(first.args[0]):
+        first.args = (f"{first.args[0]} (also failed: {others})",)
+    else:
+        first.add_note(f"also failed: {others}")
+    return first
+
+
 def blocked_error(survey: RunResult) -> OwnershipError | None:
     """The error that stops destroy when its survey found something of someone else's in the way."""
     blocked = [r for r in survey.resources if r.action == "blocked"]
@@ -527,6 +597,7 @@ def make_engine(
     resources: Sequence[Resource] | None = None,
     state: Any = None,
     force_lock: bool = False,
+    parallelism: int = DEFAULT_PARALLELISM,
 ) -> Engine:
     """Wire config, AWS context, state store and the ordered resources into an Engine.
 
@@ -542,4 +613,4 @@ def make_engine(
     names = Names.derive(config, aws.account_id)
     ctx = StepContext(aws=aws, config=config, names=names)
     return Engine(ctx, store, resources if resources is not None else all_resources(),
-                  on_event=on_event, lock_timeout=lock_timeout)
+                  on_event=on_event, lock_timeout=lock_timeout, parallelism=parallelism)

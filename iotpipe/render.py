@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,9 @@ class Renderer:
         self.target: Target | None = None
         self._demo_bar: Any = None
         self._demo_quarters: dict[str, int] = {}
+        # The engine calls ``progress`` from its worker threads, several resources at once.
+        self._lock = threading.RLock()
+        self._in_flight: dict[str, str] = {}  # logical id -> verb, in the order they started
 
     # -- where ---------------------------------------------------------------------------------
     def header(self, target: Target) -> None:
@@ -163,32 +167,56 @@ class Renderer:
 
     # -- live progress -------------------------------------------------------------------------
     def progress(self, event: Event) -> None:
-        """Engine callback: a spinner while a resource is worked on, one line when it is done."""
+        """Engine callback: a spinner naming the resources in flight, one line as each is done.
+
+        Called from the engine's worker threads: one at a time, under the renderer's lock.
+        """
         if self.json_mode:
             return  # stdout holds one JSON document: waits are not part of it
+        with self._lock:
+            self._progress(event)
+
+    def _progress(self, event: Event) -> None:
         if event.kind == "progress":
             if event.progress is not None:
                 self.wait_line(event.progress.message, keep=event.progress.kind == "lock-takeover")
             return
         if event.kind == "start":
+            self._in_flight[event.logical_id] = event.verb
             if self.out.is_terminal:
-                self._stop_spinner()
-                spinner = "dots" if self.out.encoding.startswith("utf") else "line"  # ASCII terminals
-                self._status = self.out.status(f"{event.verb}: {event.logical_id}", spinner=spinner)
-                self._status.start()
+                self._spin()
             return
-        self._stop_spinner()
+        self._in_flight.pop(event.logical_id, None)
+        if self._in_flight and self.out.is_terminal:
+            self._spin()
+        else:
+            self._stop_spinner()
         # plan, status and outputs show their results as a whole at the end instead; a
         # resource already absent had nothing happen to it: the summary counts it
         r = event.result
         if event.verb in ("up", "destroy") and r is not None and r.action in ACTION_STYLE and r.action != "absent":
             self._resource_line(r)
 
+    def _spin(self) -> None:
+        """The spinner's text: the verb and every resource in flight."""
+        verb = next(iter(self._in_flight.values()))
+        text = f"{verb}: {', '.join(self._in_flight)}"
+        if self._status is None:
+            spinner = "dots" if self.out.encoding.startswith("utf") else "line"  # ASCII terminals
+            self._status = self.out.status(escape(text), spinner=spinner)
+            self._status.start()
+        else:
+            self._status.update(escape(text))
+
     def wait_line(self, text: str, *, keep: bool = False) -> None:
         """What a wait is waiting for: the spinner's text on a terminal, else a line on stderr
         (stdout stays the result, for pipes); ``keep`` for news that must stay on screen."""
         if self.json_mode:
             return
+        with self._lock:
+            self._wait_line(text, keep)
+
+    def _wait_line(self, text: str, keep: bool) -> None:
         if self._status is not None and not keep:
             self._status.update(f"{escape(text)}")
         else:

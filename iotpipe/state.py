@@ -24,10 +24,12 @@ import json
 import os
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from functools import wraps
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -193,6 +195,21 @@ class LocalBackend:
         return True
 
 
+def _serialised(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a StateStore method under the store's mutex.
+
+    The engine converges several resources at once, each recording itself as it goes: a
+    load-modify-write from two threads at once would lose one of the records (and, on the S3
+    backend, send a stale ETag). Each write-ahead record stays one atomic, conditional replace.
+    """
+    @wraps(method)
+    def serialised(self: StateStore, *args: Any, **kwargs: Any) -> Any:
+        with self._mutex:
+            return method(self, *args, **kwargs)
+
+    return serialised
+
+
 class StateStore:
     """One env's state and lock, in a backend (local files unless given one).
 
@@ -215,8 +232,10 @@ class StateStore:
         self._data: StateFile | None = None
         self._token: str | None = None
         self.on_progress: ProgressSink = ignore
+        self._mutex = threading.RLock()  # see _serialised
 
     # -- reading ---------------------------------------------------------------------------
+    @_serialised
     def load(self) -> StateFile:
         """Read and check the state; a missing one is an empty state, anything odd an error."""
         if self._data is not None:
@@ -254,27 +273,32 @@ class StateStore:
                              f"not env {self.env!r} in {self.region}")
         return data
 
+    @_serialised
     def reload(self) -> StateFile:
         """Forget the cached copy and read the state again (after waiting for another run)."""
         self._data = None
         return self.load()
 
+    @_serialised
     def check_account(self, account: str) -> None:
         data = self.load()
         if data.account and data.account != account:
             raise StateError(f"state file {self.path} belongs to account {data.account}, "
                              f"but the credentials are for account {account}")
 
+    @_serialised
     def get(self, logical_id: str) -> ResourceRecord | None:
         return self.load().resources.get(logical_id)
 
     # -- writing (each call is one atomic, conditional replace) ------------------------------
+    @_serialised
     def set_account(self, account: str) -> None:
         data = self.load()
         if data.account != account:
             data.account = account
             self._save()
 
+    @_serialised
     def intend(self, logical_id: str, type_: str, name: str) -> None:
         """Write ahead: we are about to create ``name``."""
         now = _now()
@@ -285,6 +309,7 @@ class StateStore:
             created_at=previous.created_at if previous else now, updated_at=now)
         self._save()
 
+    @_serialised
     def record(self, logical_id: str, type_: str, name: str, ids: dict[str, str]) -> None:
         """The resource exists: store its ids (skipped when nothing changed, to keep reads free)."""
         now = _now()
@@ -298,17 +323,20 @@ class StateStore:
             created_at=previous.created_at if previous else now, updated_at=now)
         self._save()
 
+    @_serialised
     def forget(self, logical_id: str) -> None:
         data = self.load()
         if data.resources.pop(logical_id, None) is not None:
             self._save()
 
+    @_serialised
     def remove_if_empty(self) -> None:
         data = self.load()
         if not data.resources:
             self.backend.delete(self._token)
             self._token = None
 
+    @_serialised
     def replace(self, data: StateFile) -> None:
         """Write ``data`` as the whole state (state migrate), conditional like every write."""
         self.load()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,26 +81,48 @@ class Interrupt(KeyboardInterrupt):
 
 
 class FaultAt:
-    """Make the Nth mutating call fail in the given mode."""
+    """Make the Nth mutating call fail in the given mode (the Nth call of ``operation``,
+    "service.Operation", when given).
 
-    def __init__(self, n: int, mode: str) -> None:
-        self.n, self.mode, self.seen, self.fired = n, mode, 0, None
+    Thread-safe: the engine makes calls from several threads. The call that is the Nth is
+    marked in its own request context, so "lost" fails the answer of that very call even
+    when other calls were counted while it was in flight.
+    """
+
+    def __init__(self, n: int, mode: str, operation: str | None = None) -> None:
+        self.n, self.mode, self.operation, self.seen, self.fired = n, mode, operation, 0, None
+        self._lock = threading.Lock()
 
     def attach(self, events) -> None:
         events.register("before-call.*.*", self._before, unique_id="fault-before")
         events.register("after-call.*.*", self._after, unique_id="fault-after")
 
-    def _before(self, model: Any, **_: Any) -> None:
-        if not is_mutating(model.name):
-            return
-        self.seen += 1
-        if self.seen == self.n and self.mode in ("error", "abort"):
-            self.fired = f"{model.service_model.service_name}.{model.name}"
-            if self.mode == "abort":
-                raise Interrupt(self.fired)
-            fail_with("InternalFailure")(model)
+    def _counts(self, model: Any) -> bool:
+        if self.operation is not None:
+            return f"{model.service_model.service_name}.{model.name}" == self.operation
+        return is_mutating(model.name)
 
-    def _after(self, model: Any, **_: Any) -> None:
-        if is_mutating(model.name) and self.seen == self.n and self.mode == "lost" and self.fired is None:
+    def _before(self, model: Any, context: Any = None, **_: Any) -> None:
+        if not self._counts(model):
+            return
+        with self._lock:
+            self.seen += 1
+            if self.seen != self.n:
+                return
+            if self.mode == "lost":
+                if context is not None:
+                    context["iotpipe_test_fault"] = True
+                return
             self.fired = f"{model.service_model.service_name}.{model.name}"
-            raise ConnectionResetError(f"injected: answer to {model.name} lost")
+        if self.mode == "abort":
+            raise Interrupt(self.fired)
+        fail_with("InternalFailure")(model)
+
+    def _after(self, model: Any, context: Any = None, **_: Any) -> None:
+        if self.mode != "lost" or not self._counts(model) or not (context or {}).get("iotpipe_test_fault"):
+            return
+        with self._lock:
+            if self.fired is not None:
+                return
+            self.fired = f"{model.service_model.service_name}.{model.name}"
+        raise ConnectionResetError(f"injected: answer to {model.name} lost")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ class StepContext:
     # plan/status/outputs: reads that only report may skip costly searches (the KMS tag scan)
     read_only: bool = False
     memo: dict[str, Any] = field(default_factory=dict)  # per-run answers resources keep
+    # Held while a memo entry is asked for and filled: resources run in several threads, and
+    # an answer shared by many (all alarms from one DescribeAlarms) should be asked once.
+    memo_lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
     def env(self) -> str:

@@ -336,16 +336,17 @@ def described_alarm(ctx: StepContext, name: str) -> dict[str, Any] | None:
     out once: a second read of the same alarm (after a write, or `up` after its own plan) asks
     again, so nothing read is older than the last read of that alarm.
     """
-    answers = ctx.memo.get(ALARMS_READ)
-    if answers is None or name not in answers:
-        names = [alarm_name(ctx.env, spec.name) for spec in ALARMS]
-        names = names if name in names else [name]
-        found = paginate(ctx.client("cloudwatch"), "describe_alarms", "MetricAlarms",
-                         AlarmNames=names, AlarmTypes=["MetricAlarm"])
-        answers = {alarm["AlarmName"]: alarm for alarm in found}
-        answers.update({n: None for n in names if n not in answers})
-        ctx.memo[ALARMS_READ] = answers
-    return answers.pop(name)
+    with ctx.memo_lock:  # alarms read at once (the engine's threads) share one request
+        answers = ctx.memo.get(ALARMS_READ)
+        if answers is None or name not in answers:
+            names = [alarm_name(ctx.env, spec.name) for spec in ALARMS]
+            names = names if name in names else [name]
+            found = paginate(ctx.client("cloudwatch"), "describe_alarms", "MetricAlarms",
+                             AlarmNames=names, AlarmTypes=["MetricAlarm"])
+            answers = {alarm["AlarmName"]: alarm for alarm in found}
+            answers.update({n: None for n in names if n not in answers})
+            ctx.memo[ALARMS_READ] = answers
+        return answers.pop(name)
 
 
 class Alarm(Resource):
