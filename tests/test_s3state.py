@@ -185,3 +185,36 @@ def test_up_on_s3_state_then_a_deleted_local_directory_costs_nothing(aws, make, 
     mutating = [c for c in log.mutating if c[1] not in ("PutObject", "DeleteObject")]
     assert mutating == [], mutating  # nothing recreated: only the lock object was written
     assert [k["Key"] for k in aws.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]] == ["plants/dev.json"]
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_concurrent_writers_in_one_process_lose_no_record(aws, tmp_path, backend):
+    """The parallel engine's worker threads record resources at once: every write-ahead and
+    every record must land, each as one conditional replace after the one before (on S3 a
+    write with a stale ETag would be refused as another run's)."""
+    import threading
+
+    store = store_of(aws, tmp_path) if backend == "s3" else StateStore(tmp_path / "local", "dev", REGION)
+    store.load()
+    start = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        start.wait()
+        try:
+            for i in range(6):
+                lid = f"w{n}.r{i}"
+                store.intend(lid, "Test::Fake", lid)
+                store.record(lid, "Test::Fake", lid, {"id": lid})
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    saved = StateStore(tmp_path / "local", "dev", REGION, backend=store.backend).load()
+    assert {lid for lid, rec in saved.resources.items() if rec.status == "present"} == \
+        {f"w{n}.r{i}" for n in range(8) for i in range(6)}
