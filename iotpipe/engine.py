@@ -422,7 +422,8 @@ class Engine:
         """``one`` for every resource along the graph; results in the declared order (reversed
         with ``reverse``, where a resource waits for everything that depends on it instead).
 
-        A resource whose dependency failed is not attempted: reported (event) as skipped. When
+        A resource whose dependency failed is not attempted: reported (event) as skipped; after
+        a failed state write nothing new is started. When
         anything failed, the first failure in that order is raised once the rest is done,
         naming the others; an interruption is raised as soon as the resources in flight finish.
         """
@@ -459,7 +460,10 @@ class Engine:
                 item = self._result(by_id[logical_id], "skipped", message=f"not attempted: {failed} failed")
                 self.on_event(Event("done", logical_id, verb=command, result=item))
 
-        outcomes = run_graph(list(by_id), waits, work, parallelism=self.parallelism, on_skip=skipped)
+        # A state write that failed (or whose answer was lost) ends the run: every later write
+        # of this run would be refused as stale, or land unseen.
+        outcomes = run_graph(list(by_id), waits, work, parallelism=self.parallelism, on_skip=skipped,
+                             halts=lambda _err: self.store.write_error is not None)
         failures = [(o.key, o.error) for o in outcomes if o.state == "failed" and o.error is not None]
         if failures:
             raise _first_of(failures)

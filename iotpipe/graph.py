@@ -7,7 +7,8 @@ one worker the run is exactly the given order (when that order respects the depe
 
 A failure stops what depends on it, transitively (reported as skipped, naming the failure),
 and lets everything else finish: an operator sees every problem of a run at once, and what
-was independent of the failure is converged. An interruption (Ctrl-C, a ``BaseException``
+was independent of the failure is converged. A failure ``halts`` says ends the run (the state
+could not be written) starts nothing new, like an interruption. An interruption (Ctrl-C, a ``BaseException``
 that is not an ``Exception``) starts nothing new: the items in flight finish (each one's
 write-ahead state is its own), then the interruption is raised again.
 
@@ -39,12 +40,15 @@ class Outcome(Generic[R]):
 
 def run_graph(keys: Sequence[str], depends_on: Mapping[str, Iterable[str]], work: Callable[[str], R], *,
               parallelism: int = DEFAULT_PARALLELISM,
-              on_skip: Callable[[str, str], None] | None = None) -> list[Outcome[R]]:
+              on_skip: Callable[[str, str], None] | None = None,
+              halts: Callable[[BaseException], bool] = lambda _err: False) -> list[Outcome[R]]:
     """Run ``work(key)`` for every key, each after the keys it depends on; outcomes in ``keys`` order.
 
     ``depends_on`` may name keys that are not in ``keys`` (a resource left out of this run):
     those are ignored. ``on_skip(key, failed_key)`` is told of each item a failure stops, when
-    it is decided. Parallelism 1 runs everything in the calling thread, one at a time.
+    it is decided. ``halts(error)`` true: nothing new starts after that failure (what is
+    left is reported skipped, blocked by nothing). Parallelism 1 runs everything in the
+    calling thread, one at a time.
     """
     if parallelism < 1:
         raise ValueError(f"parallelism must be at least 1, not {parallelism}")
@@ -86,23 +90,26 @@ def run_graph(keys: Sequence[str], depends_on: Mapping[str, Iterable[str]], work
                 value = work(key)
             except Exception as err:  # noqa: BLE001 - reported with the others, after the rest ran
                 finished(key, None, err)
+                if halts(err):
+                    break
             else:
                 finished(key, value, None)
     else:
-        _run_pool(keys, work, parallelism, ready, outcomes, finished)
+        _run_pool(keys, work, parallelism, ready, outcomes, finished, halts)
     return [outcomes.get(key) or Outcome(key, "skipped") for key in keys]
 
 
 def _run_pool(keys: Sequence[str], work: Callable[[str], R], parallelism: int, ready: list[int],
-              outcomes: dict[str, Outcome[R]], finished: Callable[[str, R | None, BaseException | None], None]
-              ) -> None:
+              outcomes: dict[str, Outcome[R]], finished: Callable[[str, R | None, BaseException | None], None],
+              halts: Callable[[BaseException], bool]) -> None:
     """The pool: only the calling thread touches the bookkeeping; workers only run ``work``."""
     interrupted: BaseException | None = None
+    halted = False
     running: dict[Future[R], str] = {}
     pool = ThreadPoolExecutor(max_workers=parallelism, thread_name_prefix="iotpipe")
     try:
         while True:
-            while ready and len(running) < parallelism and interrupted is None:
+            while ready and len(running) < parallelism and interrupted is None and not halted:
                 key = keys[heapq.heappop(ready)]
                 if key not in outcomes:
                     running[pool.submit(work, key)] = key
@@ -118,6 +125,8 @@ def _run_pool(keys: Sequence[str], work: Callable[[str], R], parallelism: int, r
                 error = future.exception()
                 if error is not None and not isinstance(error, Exception):
                     interrupted = interrupted or error  # the process is being stopped
+                elif error is not None and halts(error):
+                    halted = True
                 finished(key, None if error else future.result(), error)
     finally:
         pool.shutdown(wait=True)

@@ -233,6 +233,9 @@ class StateStore:
         self._token: str | None = None
         self.on_progress: ProgressSink = ignore
         self._mutex = threading.RLock()  # see _serialised
+        # A write of this run that failed (until the next reload): the engine starts no other
+        # resource after it, as its write-ahead records could not be trusted to land.
+        self.write_error: BaseException | None = None
 
     # -- reading ---------------------------------------------------------------------------
     @_serialised
@@ -277,6 +280,7 @@ class StateStore:
     def reload(self) -> StateFile:
         """Forget the cached copy and read the state again (after waiting for another run)."""
         self._data = None
+        self.write_error = None
         return self.load()
 
     @_serialised
@@ -346,7 +350,11 @@ class StateStore:
     def _save(self) -> None:
         assert self._data is not None
         text = self._data.model_dump_json(indent=2) + "\n"
-        self._token = self.backend.write(text, self._token)
+        try:
+            self._token = self.backend.write(text, self._token)
+        except BaseException as err:
+            self.write_error = err
+            raise
 
     # -- locking ---------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -203,3 +203,23 @@ def test_run_graph_ignores_outside_dependencies_and_refuses_cycles():
         run_graph(["p", "q"], {"p": ["q"], "q": ["p"]}, lambda k: k, parallelism=2)
     with pytest.raises(ValueError):
         run_graph(["p"], {}, lambda k: k, parallelism=0)
+
+
+@pytest.mark.parametrize("parallelism", [1, 2])
+def test_a_halting_failure_starts_nothing_new(parallelism):
+    """After a failed state write (``halts``), no other resource starts; in flight ones finish."""
+    a_failed = threading.Event()
+    started: list[str] = []
+
+    def work(key: str) -> str:
+        started.append(key)
+        if key == "a":
+            a_failed.set()
+            raise OSError("state write failed")
+        if key == "b" and parallelism > 1:
+            assert a_failed.wait(HAND_OFF_S)
+        return key
+
+    out = run_graph(["a", "b", "c"], {}, work, parallelism=parallelism, halts=lambda err: isinstance(err, OSError))
+    assert "c" not in started
+    assert [o.state for o in out] == ["failed", "done" if parallelism > 1 else "skipped", "skipped"]

@@ -13,6 +13,13 @@ call, "error" and "abort" taking turns at the rest, so every call point is met a
 all through the command, in a third of the time. ``IOTPIPE_FULL_MATRIX=1`` runs all three modes
 at every call; run it before a release and after any change to the engine, state or a step's
 create/delete. The cases are cut into shards so that pytest-xdist spreads them over the cores.
+
+The engine runs resources in parallel. "The Nth mutating call" names one fixed call only when
+they run one at a time, so the interrupted run of the index matrix has parallelism 1 (the
+engine's graph scheduler, in declared order) and every re-run the default parallelism. The
+parallel matrix interrupts each mutating call by name instead ("the 2nd iam.CreateRole"),
+with the interrupted run itself in parallel, so that calls in flight on other threads when
+one fails or is stopped are part of what must converge.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from moto import mock_aws
 from iotpipe.aws import AwsContext
 from iotpipe.config import load_config
 from iotpipe.engine import make_engine
+from iotpipe.graph import DEFAULT_PARALLELISM
 from tests.pipeline_checks import Clients, assert_nothing_left, verify_pipeline
 from tests.support import CallLog, FaultAt
 
@@ -52,14 +60,26 @@ def _no_fsync(monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda _fd: None)
 
 
-def _engine(state_root: Path, log: CallLog | None = None, fault: FaultAt | None = None):
+def _engine(state_root: Path, log: CallLog | None = None, fault: FaultAt | None = None,
+            parallelism: int = DEFAULT_PARALLELISM):
     config = load_config("dev", region=REGION, assignments=("storage.enforce_tls=false",))
     aws = AwsContext(REGION, sleep=lambda _s: None)
     if log:
         log.attach(aws.events)
     if fault:
         fault.attach(aws.events)
-    return make_engine(config, aws, state_root)
+    return make_engine(config, aws, state_root, parallelism=parallelism)
+
+
+def _named(calls: list[tuple[str, str]]) -> list[tuple[str, int]]:
+    """Every call as ("service.Operation", k): the k-th call of that operation."""
+    seen: dict[str, int] = {}
+    named = []
+    for service, operation in calls:
+        name = f"{service}.{operation}"
+        seen[name] = seen.get(name, 0) + 1
+        named.append((name, seen[name]))
+    return named
 
 
 def _run(engine, command: str):
@@ -76,13 +96,13 @@ def reference(tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
     with mock_aws(config={"lambda": {"use_docker": False}}):
         log = CallLog()
-        _engine(root / "up", log).up()
+        _engine(root / "up", log, parallelism=1).up()
         up_calls = list(log.mutating)
         clients = Clients(REGION)
         snap = verify_pipeline(clients, "dev")
         log.clear()
         log2 = CallLog()
-        _engine(root / "up", log2).destroy()
+        _engine(root / "up", log2, parallelism=1).destroy()
         destroy_calls = list(log2.mutating)
         assert_nothing_left(clients, "dev")
     return {"snapshot": snap, "up": up_calls, "destroy": destroy_calls}
@@ -107,7 +127,7 @@ def test_up_interrupted_at_every_call_converges(reference, tmp_path, kind, shard
         root = tmp_path / f"{mode}-{n}"
         with mock_aws(config={"lambda": {"use_docker": False}}):
             fault = FaultAt(n, mode)
-            ok = _run(_engine(root, fault=fault), "up")
+            ok = _run(_engine(root, fault=fault, parallelism=1), "up")
             if ok or fault.fired is None:
                 failures.append((n, "fault did not fire"))
                 continue
@@ -133,7 +153,7 @@ def test_destroy_interrupted_at_every_call_finishes(reference, tmp_path, kind, s
         with mock_aws(config={"lambda": {"use_docker": False}}):
             _engine(root).up()
             fault = FaultAt(n, mode)
-            ok = _run(_engine(root, fault=fault), "destroy")
+            ok = _run(_engine(root, fault=fault, parallelism=1), "destroy")
             if ok or fault.fired is None:
                 failures.append((n, "fault did not fire"))
                 continue
@@ -145,6 +165,67 @@ def test_destroy_interrupted_at_every_call_finishes(reference, tmp_path, kind, s
             except (AssertionError, Exception) as err:  # noqa: BLE001
                 failures.append((n, fault.fired, f"{type(err).__name__}: {err}"[:400]))
     assert not failures, f"{len(failures)} of {total} interruption points did not finish: {failures}"
+
+
+def _converges_after(root: Path, fault: FaultAt, reference) -> str | None:
+    """Interrupt `up` with ``fault`` (in parallel), re-run it, compare, destroy: what went wrong, if anything."""
+    ok = _run(_engine(root, fault=fault), "up")
+    if ok or fault.fired is None:
+        return "fault did not fire"
+    _state_is_valid(root)
+    try:
+        _engine(root).up()
+        clients = Clients(REGION)
+        snap = verify_pipeline(clients, "dev")
+        assert snap == reference["snapshot"], (snap, reference["snapshot"])
+        _engine(root).destroy()
+        assert_nothing_left(clients, "dev")
+    except (AssertionError, Exception) as err:  # noqa: BLE001 - collect every call, report all
+        return f"{fault.fired}: {type(err).__name__}: {err}"[:400]
+    return None
+
+
+@pytest.mark.parametrize(("kind", "shard"), CASES)
+def test_parallel_up_interrupted_at_each_call_by_name_converges(reference, tmp_path, kind, shard):
+    named = _named(reference["up"])
+    failures = []
+    for n, mode in _points(len(named), kind, shard):
+        operation, k = named[n - 1]
+        root = tmp_path / f"{mode}-{n}"
+        with mock_aws(config={"lambda": {"use_docker": False}}):
+            problem = _converges_after(root, FaultAt(k, mode, operation=operation), reference)
+        if problem:
+            failures.append((operation, k, mode, problem))
+    assert not failures, f"{len(failures)} of {len(named)} interruption points did not converge: {failures}"
+
+
+@pytest.mark.parametrize(("kind", "shard"), CASES)
+def test_parallel_destroy_interrupted_at_each_call_by_name_finishes(reference, tmp_path, kind, shard):
+    named = _named(reference["destroy"])
+    failures = []
+    for n, mode in _points(len(named), kind, shard):
+        operation, k = named[n - 1]
+        root = tmp_path / f"{mode}-{n}"
+        with mock_aws(config={"lambda": {"use_docker": False}}):
+            _engine(root).up()
+            fault = FaultAt(k, mode, operation=operation)
+            ok = _run(_engine(root, fault=fault), "destroy")
+            if ok or fault.fired is None:
+                failures.append((operation, k, "fault did not fire"))
+                continue
+            _state_is_valid(root)
+            try:
+                result = _engine(root).destroy()
+                assert all(r.action in ("delete", "scheduled", "absent") for r in result.resources), result.count()
+                assert_nothing_left(Clients(REGION), "dev")
+            except (AssertionError, Exception) as err:  # noqa: BLE001
+                failures.append((operation, k, mode, f"{type(err).__name__}: {err}"[:400]))
+    assert not failures, f"{len(failures)} of {len(named)} interruption points did not finish: {failures}"
+
+
+def test_each_call_is_named_once():
+    calls = [("iam", "CreateRole"), ("kms", "CreateKey"), ("iam", "CreateRole")]
+    assert _named(calls) == [("iam.CreateRole", 1), ("kms.CreateKey", 1), ("iam.CreateRole", 2)]
 
 
 def test_the_cases_meet_every_call_and_every_mode():

@@ -6,6 +6,8 @@ lock's create and delete are mutating calls the faults hit too. Every STRIDE-th 
 interrupted (from the first), the mode rotating through error / abort / lost, and a fresh engine (on another
 machine: an empty local directory) must converge to the clean reference with the lock free.
 The full matrix would cost minutes; the sample covers AWS calls and state writes alike.
+The interrupted runs have parallelism 1, so that the Nth call is a fixed one (see
+tests/test_interrupt.py); the runs after them the engine's default parallelism.
 """
 
 from __future__ import annotations
@@ -28,14 +30,17 @@ STRIDE = 15  # 6 of 89 calls, two per mode; odd, so it falls on AWS calls and st
 SETS = ("storage.enforce_tls=false",)
 
 
-def _engine(root: Path, log: CallLog | None = None, fault: FaultAt | None = None):
+def _engine(root: Path, log: CallLog | None = None, fault: FaultAt | None = None, parallelism: int | None = None):
     config = load_config("dev", region=REGION, assignments=SETS)
     aws = AwsContext(REGION, sleep=lambda _s: None)
     if log:
         log.attach(aws.events)
     if fault:
         fault.attach(aws.events)
-    return make_engine(config, aws, root, state=STATE)
+    engine = make_engine(config, aws, root, state=STATE)
+    if parallelism is not None:
+        engine.parallelism = parallelism
+    return engine
 
 
 def _bucket() -> None:
@@ -53,7 +58,7 @@ def reference(tmp_path_factory):
     with mock_aws(config={"lambda": {"use_docker": False}}):
         _bucket()
         log = CallLog()
-        _engine(root / "a", log).up()
+        _engine(root / "a", log, parallelism=1).up()
         calls = list(log.mutating)
         snap = verify_pipeline(Clients(REGION), "dev")
     assert ("s3", "PutObject") in calls and ("s3", "DeleteObject") in calls  # state and lock writes
@@ -77,7 +82,7 @@ def test_up_interrupted_at_sampled_calls_converges_with_s3_state(reference, tmp_
         with mock_aws(config={"lambda": {"use_docker": False}}):
             _bucket()
             fault = FaultAt(n, mode)
-            ok = _run(_engine(tmp_path / f"{n}-first", fault=fault))
+            ok = _run(_engine(tmp_path / f"{n}-first", fault=fault, parallelism=1))
             if ok or fault.fired is None:
                 failures.append((n, mode, "fault did not fire"))
                 continue
@@ -101,9 +106,25 @@ def test_destroy_after_an_interrupted_destroy_leaves_nothing_with_s3_state(tmp_p
         _engine(tmp_path / "a").up()
         log = CallLog()
         fault = FaultAt(9, "lost")  # past the first deletes: state writes and AWS deletes interleave
-        engine = _engine(tmp_path / "b", log=log, fault=fault)
+        engine = _engine(tmp_path / "b", log=log, fault=fault, parallelism=1)
         with pytest.raises(ConnectionResetError):
             engine.destroy()
         _engine(tmp_path / "c").destroy()
         assert_nothing_left(Clients(REGION), "dev")
+        assert _lock_is_free()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_parallel_up_with_a_state_write_interrupted_converges(reference, tmp_path, mode):
+    """A state write (the 5th PutObject: the lock, then write-ahead records) fails while other
+    resources are in flight: nothing new starts after it, and another machine converges."""
+    with mock_aws(config={"lambda": {"use_docker": False}}):
+        _bucket()
+        fault = FaultAt(5, mode, operation="s3.PutObject")
+        assert not _run(_engine(tmp_path / "first", fault=fault))
+        assert fault.fired == "s3.PutObject"
+        if not _lock_is_free():
+            _engine(tmp_path / "unlock").store.force_unlock()
+        _engine(tmp_path / "second").up()
+        assert verify_pipeline(Clients(REGION), "dev") == reference["snapshot"]
         assert _lock_is_free()
