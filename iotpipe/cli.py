@@ -144,6 +144,15 @@ def lock_option(func: Any) -> Any:
                         metavar="SECONDS", help="Wait this long for another run's lock instead of failing.")(func)
 
 
+def parallelism_option(func: Any) -> Any:
+    from iotpipe.graph import DEFAULT_PARALLELISM
+
+    return click.option("--parallelism", type=click.IntRange(1, 32), default=DEFAULT_PARALLELISM,
+                        show_default=True, metavar="N",
+                        help="Resources worked on at the same time, each once what it depends on is done "
+                             "(1: one at a time, in the declared order).")(func)
+
+
 def _config(opts: Options) -> Any:
     """The validated config: every command calls this before it asks, locks or calls AWS."""
     from iotpipe.aws import default_region
@@ -156,19 +165,24 @@ def _config(opts: Options) -> Any:
                        fallback_region_source=origin, assignments=opts.sets)
 
 
-def _engine(opts: Options, config: Any, renderer: Any, lock_timeout: float = 0.0, force: bool = False) -> Any:
+def _engine(opts: Options, config: Any, renderer: Any, lock_timeout: float = 0.0, force: bool = False,
+            parallelism: int | None = None) -> Any:
     from iotpipe.aws import AwsContext
     from iotpipe.engine import Event, make_engine
 
     aws = AwsContext(config.region, profile=opts.profile, endpoint_url=opts.endpoint_url)
     # retries of the first call (STS, inside make_engine) are said too; the engine takes over after
     aws.on_progress = lambda progress: renderer.progress(Event("progress", "", progress=progress))
-    return make_engine(config, aws, opts.state_dir, on_event=renderer.progress, lock_timeout=lock_timeout,
-                       state=_state_location(opts), force_lock=force)
+    engine = make_engine(config, aws, opts.state_dir, on_event=renderer.progress, lock_timeout=lock_timeout,
+                         state=_state_location(opts), force_lock=force)
+    if parallelism is not None:
+        engine.parallelism = parallelism
+    return engine
 
 
-def _build(opts: Options, renderer: Any, lock_timeout: float = 0.0, force: bool = False) -> Any:
-    return _engine(opts, _config(opts), renderer, lock_timeout, force)
+def _build(opts: Options, renderer: Any, lock_timeout: float = 0.0, force: bool = False,
+           parallelism: int | None = None) -> Any:
+    return _engine(opts, _config(opts), renderer, lock_timeout, force, parallelism)
 
 
 def _target(opts: Options, engine: Any) -> Any:
@@ -249,7 +263,9 @@ def cli() -> None:
 @click.option("--yes", "-y", is_flag=True,
               help="Apply built-in defaults that shorten a live retention without asking (only asked "
                    "when no config file is used on an env that exists).")
-def up(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, force: bool, yes: bool) -> None:
+@parallelism_option
+def up(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, force: bool, yes: bool,
+       parallelism: int) -> None:
     """Converge the environment: kms, storage, stream, lambda, iot, trail.
 
     Safe to repeat: an environment already in shape costs read calls only. Without a config
@@ -263,7 +279,7 @@ def up(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, force: b
       iotpipe up --env dev --set lambda.memory_mb=512 --json
     """
     renderer = _renderer(json_mode, wide)
-    engine = _build(opts, renderer, lock_timeout, force)
+    engine = _build(opts, renderer, lock_timeout, force, parallelism)
     target = _target(opts, engine)
     renderer.header(target)
     confirm = _defaults_guard(engine, renderer, target, yes) if target.config_file is None else None
@@ -276,7 +292,8 @@ def up(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, force: b
 @click.option("--destroy", "destroy_", is_flag=True,
               help="Show what `destroy` would delete, skip and leave, without changing anything.")
 @wide_option
-def plan(opts: Options, json_mode: bool, wide: bool, destroy_: bool) -> None:
+@parallelism_option
+def plan(opts: Options, json_mode: bool, wide: bool, destroy_: bool, parallelism: int) -> None:
     """Show what `up` would do, field by field, without changing anything.
 
     Exit 0 when nothing would change, 2 when changes are pending, another code on error.
@@ -290,7 +307,7 @@ def plan(opts: Options, json_mode: bool, wide: bool, destroy_: bool) -> None:
       iotpipe plan --env ci-1234 --destroy
     """
     renderer = _renderer(json_mode, wide)
-    engine = _build(opts, renderer)
+    engine = _build(opts, renderer, parallelism=parallelism)
     renderer.header(_target(opts, engine))
     if destroy_:
         from iotpipe.engine import blocked_error
@@ -312,7 +329,8 @@ def plan(opts: Options, json_mode: bool, wide: bool, destroy_: bool) -> None:
 @common_options
 @json_option
 @wide_option
-def status(opts: Options, json_mode: bool, wide: bool) -> None:
+@parallelism_option
+def status(opts: Options, json_mode: bool, wide: bool, parallelism: int) -> None:
     """List every resource of the env as ok, missing, drifted (with the fields) or foreign.
 
     Exit 0 when everything is ok, 2 when anything is missing, drifted or foreign.
@@ -323,7 +341,7 @@ def status(opts: Options, json_mode: bool, wide: bool) -> None:
       iotpipe status --env dev --json
     """
     renderer = _renderer(json_mode, wide)
-    engine = _build(opts, renderer)
+    engine = _build(opts, renderer, parallelism=parallelism)
     renderer.header(_target(opts, engine))
     result = engine.status()
     from iotpipe.certificates import local_expiring
@@ -365,8 +383,9 @@ def outputs(opts: Options, json_mode: bool) -> None:
 @force_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (required when stdin is not a terminal).")
 @click.option("--wait", is_flag=True, help="Wait (up to 6 minutes) for AWS's 5-minute rules on deprecated IoT thing types and detached IoT policies instead of finishing on the next run.")
+@parallelism_option
 def destroy(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, force: bool, yes: bool,
-            wait: bool) -> None:
+            wait: bool, parallelism: int) -> None:
     """Remove every resource of the env, in reverse order; a second run is a quiet success.
 
     It first reads everything and shows what would go (account, region, endpoint, config,
@@ -385,7 +404,7 @@ def destroy(opts: Options, json_mode: bool, wide: bool, lock_timeout: float, for
       iotpipe destroy --env ci-1234 --yes --wait
     """
     renderer = _renderer(json_mode, wide)
-    engine = _build(opts, renderer, lock_timeout, force)  # config and state are checked first
+    engine = _build(opts, renderer, lock_timeout, force, parallelism)  # config and state are checked first
     target = _target(opts, engine)
     renderer.header(target)
 
@@ -872,7 +891,9 @@ def _fleet_command(command: str, doc: str) -> Any:
     @click.option("--concurrency", type=click.IntRange(1, 32), default=None,
                   help="Envs run at the same time [default: the fleet file's concurrency, else 4].")
     @json_option
-    def run(fleet_file: Path, state_dir: Path, concurrency: int | None, json_mode: bool, **extra: Any) -> None:
+    @parallelism_option
+    def run(fleet_file: Path, state_dir: Path, concurrency: int | None, json_mode: bool, parallelism: int,
+            **extra: Any) -> None:
         from iotpipe.fleet import load_fleet, run_fleet
 
         plan = load_fleet(fleet_file)
@@ -890,7 +911,7 @@ def _fleet_command(command: str, doc: str) -> Any:
                                      default=False, err=True):
                     raise AbortedError("fleet destroy cancelled")
         result = run_fleet(plan, command, state_dir=state_dir, lock_timeout=extra.get("lock_timeout", 0.0),
-                           on_done=None if json_mode else renderer.fleet_env_done)
+                           parallelism=parallelism, on_done=None if json_mode else renderer.fleet_env_done)
         renderer.fleet_summary(result)
         if result.exit_code:
             raise SystemExit(result.exit_code)

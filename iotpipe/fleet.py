@@ -145,15 +145,17 @@ def run_fleet(
     *,
     state_dir: Path,
     lock_timeout: float = 0.0,
+    parallelism: int | None = None,
     build: Callable[[FleetEnv], Any] | None = None,
     on_done: Callable[[EnvOutcome], None] | None = None,
 ) -> FleetResult:
-    """Run ``command`` on every env, at most ``fleet.concurrency`` at a time."""
+    """Run ``command`` on every env, at most ``fleet.concurrency`` at a time (each env's
+    resources ``parallelism`` at a time, the engine's default when None)."""
     started = time.monotonic()
     # What the endpoint implements is probed once per run (AwsContext.supports); a fleet is one
     # run, so the envs that share an endpoint and region share the answers.
     capabilities: dict[tuple[str, str], dict[str, bool]] = {}
-    make = build or (lambda env: build_engine(env, state_dir, lock_timeout, capabilities))
+    make = build or (lambda env: build_engine(env, state_dir, lock_timeout, capabilities, parallelism))
 
     def one(env: FleetEnv) -> EnvOutcome:
         begun = time.monotonic()
@@ -181,7 +183,8 @@ def run_fleet(
 
 
 def build_engine(env: FleetEnv, state_dir: Path, lock_timeout: float = 0.0,
-                 capabilities: dict[tuple[str, str], dict[str, bool]] | None = None) -> Any:
+                 capabilities: dict[tuple[str, str], dict[str, bool]] | None = None,
+                 parallelism: int | None = None) -> Any:
     from iotpipe.aws import AwsContext, default_region
     from iotpipe.config import load_config
     from iotpipe.engine import make_engine
@@ -193,7 +196,10 @@ def build_engine(env: FleetEnv, state_dir: Path, lock_timeout: float = 0.0,
     if capabilities is not None:
         endpoint = aws.client("sts").meta.endpoint_url  # honours AWS_ENDPOINT_URL
         aws.capabilities = capabilities.setdefault((endpoint, config.region), {})
-    return make_engine(config, aws, state_dir, lock_timeout=lock_timeout, state=env.state)
+    engine = make_engine(config, aws, state_dir, lock_timeout=lock_timeout, state=env.state)
+    if parallelism is not None:
+        engine.parallelism = parallelism
+    return engine
 
 
 def _outcome(command: str, env: FleetEnv, result: Any) -> EnvOutcome:
