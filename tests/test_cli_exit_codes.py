@@ -125,3 +125,23 @@ def test_destroy_wait_says_how_long_of_how_long(hooked, capsys, monkeypatch):
     assert "what is pending (IoT's 5-minute rules): 0 s of 360 s" in err
     assert "what is pending (IoT's 5-minute rules): 10 s of 360 s" in err
     assert slept == [10, 10]
+
+
+def test_two_failures_in_one_parallel_up_both_named_first_decides_the_code(hooked, capsys):
+    """Independent failures: the run goes on around them, then names both; the first in the
+    declared order (kms before iot) gives the exit code."""
+    hooked.append(("before-call.kms.CreateKey", fail_with("AccessDeniedException", "User is not authorized")))
+    hooked.append(("before-call.iot.CreateThingType", fail_with("LimitExceededException", "too many types")))
+    assert main(["up", "--set", "storage.enforce_tls=false", "--parallelism", "4"]) == ExitCode.ACCESS_DENIED
+    err = capsys.readouterr().err
+    assert "CreateKey" in err and "iot.thing_type" in err and "too many types" in err
+
+
+@pytest.mark.parametrize(("parallelism", "threaded"), [("1", False), ("4", True)])
+def test_parallelism_option_reaches_the_engine(hooked, parallelism, threaded):
+    import threading
+
+    workers: set[str] = set()
+    hooked.append(("before-call.*.*", lambda **_: workers.add(threading.current_thread().name)))
+    assert main(["up", "--set", "storage.enforce_tls=false", "--parallelism", parallelism]) == ExitCode.OK
+    assert any(name.startswith("iotpipe") for name in workers) == threaded
