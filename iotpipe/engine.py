@@ -154,6 +154,23 @@ class Engine:
         # thread works on one resource at a time.
         self._local = threading.local()
         ctx.aws.on_progress = store.on_progress = self._progress
+        self._stopping = threading.Event()
+        ctx.aws.sleep = self._stoppable(ctx.aws.sleep)
+
+    def _stoppable(self, sleep: Callable[[float], None]) -> Callable[[float], None]:
+        """The run's sleep, ended by an interruption: Ctrl-C reaches only the main thread, and
+        a worker waiting for a table to become ACTIVE would otherwise hold the run for minutes."""
+        def stoppable(seconds: float) -> None:
+            if self._stopping.is_set():
+                raise KeyboardInterrupt("stopped while waiting")
+            if sleep is time.sleep:
+                self._stopping.wait(seconds)
+            else:
+                sleep(seconds)
+            if self._stopping.is_set():
+                raise KeyboardInterrupt("stopped while waiting")
+
+        return stoppable
 
     @property
     def _doing(self) -> tuple[str, str]:
@@ -462,8 +479,10 @@ class Engine:
 
         # A state write that failed (or whose answer was lost) ends the run: every later write
         # of this run would be refused as stale, or land unseen.
+        self._stopping.clear()
         outcomes = run_graph(list(by_id), waits, work, parallelism=self.parallelism, on_skip=skipped,
-                             halts=lambda _err: self.store.write_error is not None)
+                             halts=lambda _err: self.store.write_error is not None,
+                             on_interrupt=self._stopping.set)
         failures = [(o.key, o.error) for o in outcomes if o.state == "failed" and o.error is not None]
         if failures:
             raise _first_of(failures)

@@ -9,7 +9,8 @@ A failure stops what depends on it, transitively (reported as skipped, naming th
 and lets everything else finish: an operator sees every problem of a run at once, and what
 was independent of the failure is converged. A failure ``halts`` says ends the run (the state
 could not be written) starts nothing new, like an interruption. An interruption (Ctrl-C, a ``BaseException``
-that is not an ``Exception``) starts nothing new: the items in flight finish (each one's
+that is not an ``Exception``) starts nothing new and is told to ``on_interrupt`` (the engine
+ends the waits in flight with it); the items in flight finish or stop (each one's
 write-ahead state is its own), then the interruption is raised again.
 
 Outcomes come back in the given order, whatever the order of completion.
@@ -41,7 +42,8 @@ class Outcome(Generic[R]):
 def run_graph(keys: Sequence[str], depends_on: Mapping[str, Iterable[str]], work: Callable[[str], R], *,
               parallelism: int = DEFAULT_PARALLELISM,
               on_skip: Callable[[str, str], None] | None = None,
-              halts: Callable[[BaseException], bool] = lambda _err: False) -> list[Outcome[R]]:
+              halts: Callable[[BaseException], bool] = lambda _err: False,
+              on_interrupt: Callable[[], None] = lambda: None) -> list[Outcome[R]]:
     """Run ``work(key)`` for every key, each after the keys it depends on; outcomes in ``keys`` order.
 
     ``depends_on`` may name keys that are not in ``keys`` (a resource left out of this run):
@@ -95,13 +97,13 @@ def run_graph(keys: Sequence[str], depends_on: Mapping[str, Iterable[str]], work
             else:
                 finished(key, value, None)
     else:
-        _run_pool(keys, work, parallelism, ready, outcomes, finished, halts)
+        _run_pool(keys, work, parallelism, ready, outcomes, finished, halts, on_interrupt)
     return [outcomes.get(key) or Outcome(key, "skipped") for key in keys]
 
 
 def _run_pool(keys: Sequence[str], work: Callable[[str], R], parallelism: int, ready: list[int],
               outcomes: dict[str, Outcome[R]], finished: Callable[[str, R | None, BaseException | None], None],
-              halts: Callable[[BaseException], bool]) -> None:
+              halts: Callable[[BaseException], bool], on_interrupt: Callable[[], None]) -> None:
     """The pool: only the calling thread touches the bookkeeping; workers only run ``work``."""
     interrupted: BaseException | None = None
     halted = False
@@ -118,13 +120,17 @@ def _run_pool(keys: Sequence[str], work: Callable[[str], R], parallelism: int, r
             try:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
             except BaseException as err:  # Ctrl-C reaches the main thread: start nothing new
-                interrupted = interrupted or err
+                if interrupted is None:
+                    interrupted = err
+                    on_interrupt()
                 continue
             for future in sorted(done, key=lambda f: keys.index(running[f])):
                 key = running.pop(future)
                 error = future.exception()
                 if error is not None and not isinstance(error, Exception):
-                    interrupted = interrupted or error  # the process is being stopped
+                    if interrupted is None:  # the process is being stopped
+                        interrupted = error
+                        on_interrupt()
                 elif error is not None and halts(error):
                     halted = True
                 finished(key, None if error else future.result(), error)

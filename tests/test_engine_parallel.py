@@ -223,3 +223,28 @@ def test_a_halting_failure_starts_nothing_new(parallelism):
     out = run_graph(["a", "b", "c"], {}, work, parallelism=parallelism, halts=lambda err: isinstance(err, OSError))
     assert "c" not in started
     assert [o.state for o in out] == ["failed", "done" if parallelism > 1 else "skipped", "skipped"]
+
+
+def test_an_interruption_ends_the_waits_in_flight(make):
+    """Ctrl-C reaches one thread; a resource polling AWS on another stops at its next sleep."""
+    world = World()
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    class Waiting(Fake):
+        def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
+            self.world.event(f"create:{self.logical_id}").set()
+            for _ in range(100_000):  # a table that never becomes ACTIVE, polled through the run's sleep
+                ctx.aws.sleep(5)
+            self.world.violations.append(f"{self.logical_id} kept waiting after the interruption")
+            return {"id": self.logical_id}
+
+    resources = [Fake(world, "a"), Fake(world, "b", ("a",), fail=Stop("stop"), waits_for="create:c"),
+                 Waiting(world, "c", ("a",)), Fake(world, "d", ("c",))]
+    engine = _engine(make, resources, 4)
+    with pytest.raises(KeyboardInterrupt):
+        engine.up()
+    assert world.violations == []
+    assert world.made == {"a"}
+    assert engine.store.get("c").status == "creating"  # written ahead: the next run finds it
