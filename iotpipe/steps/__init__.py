@@ -1,5 +1,9 @@
 """The pipeline's steps in convergence order; destroy walks them in reverse.
 
+The engine runs resources along their ``depends_on`` edges (in parallel), and this order with
+one worker: every guarantee below is also a declared edge (tests/test_depends_on.py checks
+both that the order respects the edges and that the edges below exist).
+
 The processor (lambda_) comes before its producer (iot): the topic rule starts delivering
 readings the moment it exists, and a mapping reading from LATEST only starts at the tip it
 finds once Enabled, so a reading the rule delivered earlier would be skipped. With the
