@@ -440,9 +440,9 @@ class Engine:
         with ``reverse``, where a resource waits for everything that depends on it instead).
 
         A resource whose dependency failed is not attempted: reported (event) as skipped; after
-        a failed state write nothing new is started. When
-        anything failed, the first failure in that order is raised once the rest is done,
-        naming the others; an interruption is raised as soon as the resources in flight finish.
+        a failed state write nothing new is started. When anything failed, the first failure in
+        that order is raised once the rest is done, naming the others; an interruption is raised
+        as soon as the resources in flight finish or stop (their waits end with it).
         """
         order = list(reversed(self.resources)) if reverse else list(self.resources)
         by_id = {res.logical_id: res for res in order}
