@@ -159,14 +159,13 @@ class Engine:
 
     def _stoppable(self, sleep: Callable[[float], None]) -> Callable[[float], None]:
         """The run's sleep, ended by an interruption: Ctrl-C reaches only the main thread, and
-        a worker waiting for a table to become ACTIVE would otherwise hold the run for minutes."""
+        a worker waiting for a table to become ACTIVE would otherwise hold the run for minutes.
+        It stops at the end of the pause under way (seconds): the sleep itself is the injected
+        one (tests, and the AWS time model, advance their clocks through it)."""
         def stoppable(seconds: float) -> None:
             if self._stopping.is_set():
                 raise KeyboardInterrupt("stopped while waiting")
-            if sleep is time.sleep:
-                self._stopping.wait(seconds)
-            else:
-                sleep(seconds)
+            sleep(seconds)
             if self._stopping.is_set():
                 raise KeyboardInterrupt("stopped while waiting")
 

@@ -525,8 +525,10 @@ class MetricsTable(Resource):
             _wait_active(ctx, ddb, name)
             if tolerate_gone(ddb.update_table, TableName=name, DeletionProtectionEnabled=False):
                 _wait_active(ctx, ddb, name)
+        # No wait for the table to be gone: nothing deleted after it (the KMS key, scheduled)
+        # needs that, ``read`` takes a DELETING table for absent (a second destroy is quiet),
+        # and ``create`` waits for the name to free up (an `up` right after a destroy).
         tolerate_gone(ddb.delete_table, TableName=name)
-        ctx.aws.wait(ddb, "table_not_exists", TableName=name, WaiterConfig=TABLE_WAIT)
 
 
 def _wait_active(ctx: StepContext, ddb: Any, name: str) -> None:

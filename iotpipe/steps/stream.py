@@ -113,11 +113,14 @@ class SensorStream(Resource):
                                                 TagKeys=to_remove[start:start + REMOVE_TAGS_MAX])
 
     def delete(self, ctx: StepContext, current: Current) -> None:
-        """EnforceConsumerDeletion: registered enhanced fan-out consumers die with the stream."""
+        """EnforceConsumerDeletion: registered enhanced fan-out consumers die with the stream.
+
+        No wait for the stream to be gone: nothing deleted after it (the KMS key, scheduled)
+        needs that, ``read`` takes a DELETING stream for absent (a second destroy is quiet),
+        and ``create`` waits for the name to free up (an `up` right after a destroy).
+        """
         kinesis = ctx.client("kinesis")
-        name = ctx.names.stream
-        tolerate_gone(kinesis.delete_stream, StreamName=name, EnforceConsumerDeletion=True)
-        ctx.aws.wait(kinesis, "stream_not_exists", StreamName=name, WaiterConfig=STREAM_WAIT)
+        tolerate_gone(kinesis.delete_stream, StreamName=ctx.names.stream, EnforceConsumerDeletion=True)
 
 
 def _wait_active(ctx: StepContext, kinesis: Any, name: str) -> None:
