@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 
 from iotpipe import aws as aws_module
@@ -28,17 +29,23 @@ def _install(n: int, when: str) -> None:
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def before(model, **_):
+    lock = threading.Lock()  # the engine calls AWS from several threads
+
+    def before(model, context=None, **_):
         if is_mutating(model.name):
-            seen["count"] += 1
-            if seen["count"] == n:
+            with lock:
+                seen["count"] += 1
+                nth = seen["count"] == n
+            if nth:
                 if when == "before":
                     die()
                 elif when == "pause":
                     time.sleep(5)
+                elif context is not None:
+                    context["killer_nth"] = True  # other calls may be counted before it answers
 
-    def after(model, **_):
-        if when == "after" and is_mutating(model.name) and seen["count"] == n:
+    def after(model, context=None, **_):
+        if when == "after" and (context or {}).get("killer_nth"):
             die()
 
     def patched(self, *args, **kwargs):
