@@ -124,28 +124,38 @@ def _error_response(url: str, protocol: str, status: int, code: str) -> AWSRespo
 
 
 def test_throttling_bursts_on_every_service_are_absorbed(server, tmp_path, monkeypatch, clients):
-    """Two throttled or 5xx answers before every single call: botocore's retries carry the run."""
+    """Two throttled or 5xx answers before every single call: botocore's retries carry the run.
+
+    The engine calls AWS from several threads: a call's attempts are counted in the thread
+    that makes it (its before-call and before-send events come from that thread)."""
+    import threading
+
     import botocore.retries.standard as standard
 
     monkeypatch.setattr(standard.ExponentialBackoff, "delay_amount", lambda self, context: 0)
     monkeypatch.chdir(tmp_path)
     config = load_config("dev", region=clients.region)
     aws = AwsContext(config.region, endpoint_url=server)
-    current = {"protocol": "json", "attempt": 0, "calls": 0}
+    current = threading.local()  # this thread's call: its protocol and attempts so far
+    counted = {"calls": 0}
+    lock = threading.Lock()
     injected: list[str] = []
     services: set[str] = set()
 
     def on_call(model, **_):
-        current.update(protocol=model.service_model.protocol, attempt=0, calls=current["calls"] + 1)
-        services.add(model.service_model.service_name)
+        current.protocol, current.attempt = model.service_model.protocol, 0
+        with lock:
+            counted["calls"] += 1
+            services.add(model.service_model.service_name)
 
     def throttle(request, **_):
-        current["attempt"] += 1
-        if current["attempt"] > 2:
+        current.attempt += 1
+        if current.attempt > 2:
             return None  # the third attempt goes through to the server
-        status, code = THROTTLES[len(injected) % len(THROTTLES)]
-        injected.append(code)
-        protocol = current["protocol"]
+        with lock:
+            status, code = THROTTLES[len(injected) % len(THROTTLES)]
+            injected.append(code)
+        protocol = current.protocol
         if protocol == "smithy-rpc-v2-cbor" and request.headers.get("smithy-protocol") != "rpc-v2-cbor":
             protocol = "json"  # a service model offering several protocols: the client chose JSON
         return _error_response(request.url, protocol, status, code)
@@ -155,8 +165,8 @@ def test_throttling_bursts_on_every_service_are_absorbed(server, tmp_path, monke
     engine = make_engine(config, aws, tmp_path / ".iotpipe")
     engine.up()
     verify_pipeline(clients, "dev", enforce_tls=True)
-    assert current["calls"] > 60
-    assert len(injected) == 2 * current["calls"]  # every call was refused twice, then went through
+    assert counted["calls"] > 60
+    assert len(injected) == 2 * counted["calls"]  # every call was refused twice, then went through
     assert set(injected) == {code for _, code in THROTTLES}
     assert services >= {"kms", "s3", "dynamodb", "kinesis", "logs", "iam", "lambda", "iot", "sqs", "cloudtrail"}
     engine.destroy()
