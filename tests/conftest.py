@@ -42,12 +42,16 @@ def make(tmp_path: Path, moto, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the repo's config/<env>.toml must not leak into unit tests
 
     def build(env: str = "dev", *, sets: tuple[str, ...] = ("storage.enforce_tls=false",),
-              resources=None, state_root: Path | None = None, sleep=lambda _s: None, log: CallLog | None = None):
+              resources=None, state_root: Path | None = None, sleep=lambda _s: None, log: CallLog | None = None,
+              parallelism: int | None = None):
         config = load_config(env, region=REGION, assignments=sets)
         aws = AwsContext(config.region, sleep=sleep)
         if log is not None:
             log.attach(aws.events)
-        return make_engine(config, aws, state_root or tmp_path / ".iotpipe", resources=resources)
+        engine = make_engine(config, aws, state_root or tmp_path / ".iotpipe", resources=resources)
+        if parallelism is not None:  # 1: a fixed call order, for faults at the Nth call
+            engine.parallelism = parallelism
+        return engine
 
     return build
 

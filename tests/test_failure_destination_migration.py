@@ -163,7 +163,9 @@ def test_the_move_interrupted_at_every_call_converges(tmp_path):
             make_old_env(root, resources=PROCESSING)
             fault = FaultAt(n, mode)
             with contextlib.suppress(KeyboardInterrupt, Exception):  # the interruption is the point
-                _engine(root, fault=fault, resources=PROCESSING).up()
+                interrupted = _engine(root, fault=fault, resources=PROCESSING)
+                interrupted.parallelism = 1  # the Nth call: a fixed one (as tests/test_interrupt.py)
+                interrupted.up()
             if fault.fired is None:
                 failures.append((n, "fault did not fire"))
                 continue

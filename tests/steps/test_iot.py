@@ -395,14 +395,14 @@ def test_a_crash_at_any_mutating_call_is_finished_by_the_next_up(make):
     """Fail the Nth mutating call of a fresh `up` (each N in its own env), then re-run:
     the re-run converges, nothing is duplicated, and a third run makes no mutating call."""
     probe = CallLog()
-    make(env="probe", resources=RESOURCES, log=probe).up()
+    make(env="probe", resources=RESOURCES, log=probe, parallelism=1).up()  # the Nth call: a fixed one
     total = len(probe.mutating)
     first_iot = next(i for i, (service, _op) in enumerate(probe.mutating) if service != "kms")
     assert total - first_iot >= 7  # log group x2, role x2, thing type, policy, rule
     for n in range(first_iot, total):  # the KMS step's own crashes are its module's tests
         env = f"crash{n}"
         log = CallLog()
-        e = make(env=env, resources=RESOURCES, log=log)
+        e = make(env=env, resources=RESOURCES, log=log, parallelism=1)
         fault = FaultAt(n + 1, "error")
         fault.attach(e.ctx.aws.events)
         with pytest.raises(IotpipeError):

@@ -294,13 +294,13 @@ def test_a_crash_at_any_mutating_call_is_finished_by_the_next_up(make):
     half-made bucket (no tags/policy yet) or trail (no selectors, not logging) is finished."""
     probe = CallLog()
     make(env="probe", resources=PREREQS).up()
-    make(env="probe", resources=RESOURCES, log=probe).up()
+    make(env="probe", resources=RESOURCES, log=probe, parallelism=1).up()  # the Nth call: a fixed one
     total = len(probe.mutating)
     assert total == 12  # bucket: create, 7 aspects; trail: create, selectors, insights, logging
     for n in range(total):
         env = f"crash{n}"
         make(env=env, resources=PREREQS).up()  # converged: the faults land in the trail step
-        e = make(env=env, resources=RESOURCES)
+        e = make(env=env, resources=RESOURCES, parallelism=1)
         fault = FaultAt(n + 1, "error")
         fault.attach(e.ctx.aws.events)
         with pytest.raises(IotpipeError):
