@@ -128,57 +128,9 @@ def _state_is_valid(root: Path) -> None:
         json.loads(path.read_text())  # never half-written
 
 
-@pytest.mark.parametrize(("kind", "shard"), CASES)
-def test_up_interrupted_at_every_call_converges(reference, tmp_path, kind, shard):
-    total = len(reference["up"])
-    failures = []
-    for n, mode in _points(total, kind, shard):
-        root = tmp_path / f"{mode}-{n}"
-        with mock_aws(config={"lambda": {"use_docker": False}}):
-            fault = FaultAt(n, mode)
-            ok = _run(_engine(root, fault=fault, parallelism=1), "up")
-            if ok or fault.fired is None:
-                failures.append((n, "fault did not fire"))
-                continue
-            _state_is_valid(root)
-            try:
-                _engine(root).up()
-                clients = Clients(REGION)
-                snap = verify_pipeline(clients, "dev")
-                assert snap == reference["snapshot"], (snap, reference["snapshot"])
-                _engine(root).destroy()
-                assert_nothing_left(clients, "dev")
-            except (AssertionError, Exception) as err:  # noqa: BLE001 - collect every N, report all
-                failures.append((n, fault.fired, f"{type(err).__name__}: {err}"[:400]))
-    assert not failures, f"{len(failures)} of {total} interruption points did not converge: {failures}"
-
-
-@pytest.mark.parametrize(("kind", "shard"), CASES)
-def test_destroy_interrupted_at_every_call_finishes(reference, tmp_path, kind, shard):
-    total = len(reference["destroy"])
-    failures = []
-    for n, mode in _points(total, kind, shard):
-        root = tmp_path / f"{mode}-{n}"
-        with mock_aws(config={"lambda": {"use_docker": False}}):
-            _engine(root).up()
-            fault = FaultAt(n, mode)
-            ok = _run(_engine(root, fault=fault, parallelism=1), "destroy")
-            if ok or fault.fired is None:
-                failures.append((n, "fault did not fire"))
-                continue
-            _state_is_valid(root)
-            try:
-                result = _engine(root).destroy()
-                assert all(r.action in ("delete", "scheduled", "absent") for r in result.resources), result.count()
-                assert_nothing_left(Clients(REGION), "dev")
-            except (AssertionError, Exception) as err:  # noqa: BLE001
-                failures.append((n, fault.fired, f"{type(err).__name__}: {err}"[:400]))
-    assert not failures, f"{len(failures)} of {total} interruption points did not finish: {failures}"
-
-
-def _converges_after(root: Path, fault: FaultAt, reference) -> str | None:
-    """Interrupt `up` with ``fault`` (in parallel), re-run it, compare, destroy: what went wrong, if anything."""
-    ok = _run(_engine(root, fault=fault), "up")
+def _converges_after(root: Path, fault: FaultAt, reference, parallelism: int = DEFAULT_PARALLELISM) -> str | None:
+    """Interrupt `up` with ``fault``, re-run it (in parallel), compare, destroy: what went wrong, if anything."""
+    ok = _run(_engine(root, fault=fault, parallelism=parallelism), "up")
     if ok or fault.fired is None:
         return "fault did not fire"
     _state_is_valid(root)
@@ -194,15 +146,54 @@ def _converges_after(root: Path, fault: FaultAt, reference) -> str | None:
     return None
 
 
+def _finishes_after(root: Path, fault: FaultAt, parallelism: int = DEFAULT_PARALLELISM) -> str | None:
+    """Interrupt `destroy` of a converged env with ``fault``, re-run it: what went wrong, if anything."""
+    _engine(root).up()
+    ok = _run(_engine(root, fault=fault, parallelism=parallelism), "destroy")
+    if ok or fault.fired is None:
+        return "fault did not fire"
+    _state_is_valid(root)
+    try:
+        result = _engine(root).destroy()
+        assert all(r.action in ("delete", "scheduled", "absent") for r in result.resources), result.count()
+        assert_nothing_left(Clients(REGION), "dev")
+    except (AssertionError, Exception) as err:  # noqa: BLE001 - collect every call, report all
+        return f"{fault.fired}: {type(err).__name__}: {err}"[:400]
+    return None
+
+
+@pytest.mark.parametrize(("kind", "shard"), CASES)
+def test_up_interrupted_at_every_call_converges(reference, tmp_path, kind, shard):
+    total = len(reference["up"])
+    failures = []
+    for n, mode in _points(total, kind, shard):
+        with mock_aws(config={"lambda": {"use_docker": False}}):
+            problem = _converges_after(tmp_path / f"{mode}-{n}", FaultAt(n, mode), reference, parallelism=1)
+        if problem:
+            failures.append((n, mode, problem))
+    assert not failures, f"{len(failures)} of {total} interruption points did not converge: {failures}"
+
+
+@pytest.mark.parametrize(("kind", "shard"), CASES)
+def test_destroy_interrupted_at_every_call_finishes(reference, tmp_path, kind, shard):
+    total = len(reference["destroy"])
+    failures = []
+    for n, mode in _points(total, kind, shard):
+        with mock_aws(config={"lambda": {"use_docker": False}}):
+            problem = _finishes_after(tmp_path / f"{mode}-{n}", FaultAt(n, mode), parallelism=1)
+        if problem:
+            failures.append((n, mode, problem))
+    assert not failures, f"{len(failures)} of {total} interruption points did not finish: {failures}"
+
+
 @pytest.mark.parametrize(("kind", "shard"), CASES)
 def test_parallel_up_interrupted_at_each_call_by_name_converges(reference, tmp_path, kind, shard):
     named = _named(reference["up"])
     failures = []
     for n, mode in _parallel_points(len(named), kind, shard):
         operation, k = named[n - 1]
-        root = tmp_path / f"{mode}-{n}"
         with mock_aws(config={"lambda": {"use_docker": False}}):
-            problem = _converges_after(root, FaultAt(k, mode, operation=operation), reference)
+            problem = _converges_after(tmp_path / f"{mode}-{n}", FaultAt(k, mode, operation=operation), reference)
         if problem:
             failures.append((operation, k, mode, problem))
     assert not failures, f"{len(failures)} of {len(named)} interruption points did not converge: {failures}"
@@ -214,21 +205,10 @@ def test_parallel_destroy_interrupted_at_each_call_by_name_finishes(reference, t
     failures = []
     for n, mode in _parallel_points(len(named), kind, shard):
         operation, k = named[n - 1]
-        root = tmp_path / f"{mode}-{n}"
         with mock_aws(config={"lambda": {"use_docker": False}}):
-            _engine(root).up()
-            fault = FaultAt(k, mode, operation=operation)
-            ok = _run(_engine(root, fault=fault), "destroy")
-            if ok or fault.fired is None:
-                failures.append((operation, k, "fault did not fire"))
-                continue
-            _state_is_valid(root)
-            try:
-                result = _engine(root).destroy()
-                assert all(r.action in ("delete", "scheduled", "absent") for r in result.resources), result.count()
-                assert_nothing_left(Clients(REGION), "dev")
-            except (AssertionError, Exception) as err:  # noqa: BLE001
-                failures.append((operation, k, mode, f"{type(err).__name__}: {err}"[:400]))
+            problem = _finishes_after(tmp_path / f"{mode}-{n}", FaultAt(k, mode, operation=operation))
+        if problem:
+            failures.append((operation, k, mode, problem))
     assert not failures, f"{len(failures)} of {len(named)} interruption points did not finish: {failures}"
 
 
