@@ -44,6 +44,7 @@ from iotpipe.errors import (
     EndpointError,
 )
 from iotpipe.progress import Progress, ProgressSink, ignore
+from iotpipe.timing import PROPAGATION_POLL_S
 
 T = TypeVar("T")
 
@@ -425,6 +426,10 @@ ROLE_NOT_ASSUMABLE_YET = Transient(
     ),
     # IAM is eventually consistent; Chalice and terraform-provider-aws bound this at ~2 minutes.
     timeout_s=120.0,
+    # Asked again at an even, short cadence: the role turns usable seconds after CreateRole,
+    # and a doubling backoff would find out up to half the time waited too late.
+    first_delay_s=PROPAGATION_POLL_S,
+    max_delay_s=PROPAGATION_POLL_S,
     source="https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html"
            "#troubleshoot_general_eventual-consistency; terraform-provider-aws "
            "internal/service/lambda/function.go, internal/service/iot/topic_rule.go "

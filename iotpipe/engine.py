@@ -481,7 +481,9 @@ class Engine:
         self._stopping.clear()
         outcomes = run_graph(list(by_id), waits, work, parallelism=self.parallelism, on_skip=skipped,
                              halts=lambda _err: self.store.write_error is not None,
-                             on_interrupt=self._stopping.set)
+                             on_interrupt=self._stopping.set,
+                             priority=time_ahead(waits, {lid: 0.0 if reverse else res.expected_s
+                                                         for lid, res in by_id.items()}))
         failures = [(o.key, o.error) for o in outcomes if o.state == "failed" and o.error is not None]
         if failures:
             raise _first_of(failures)
@@ -636,3 +638,27 @@ def make_engine(
     ctx = StepContext(aws=aws, config=config, names=names)
     return Engine(ctx, store, resources if resources is not None else all_resources(),
                   on_event=on_event, lock_timeout=lock_timeout, parallelism=parallelism)
+
+
+def time_ahead(waits: dict[str, list[str]], expected: dict[str, float]) -> dict[str, float]:
+    """Per item, the AWS time from its start to the end of its longest chain of dependants.
+
+    Each item counts its expected wait plus one second for its calls; the item with the most
+    time ahead of it is the one whose delay delays the whole run (the critical path's head).
+    """
+    dependants: dict[str, list[str]] = {key: [] for key in waits}
+    for key, deps in waits.items():
+        for dep in deps:
+            if dep in dependants:
+                dependants[dep].append(key)
+    ahead: dict[str, float] = {}
+
+    def visit(key: str) -> float:
+        if key not in ahead:
+            ahead[key] = 1.0 + expected.get(key, 0.0) + max((visit(d) for d in dependants[key]), default=0.0)
+        return ahead[key]
+
+    for key in waits:
+        visit(key)
+    return ahead
+

@@ -2,8 +2,12 @@
 
 The engine's resources wait for AWS most of their time (a table becoming ACTIVE, IAM
 propagating); independent ones can wait together. An item starts as soon as everything it
-depends on is done; among the ready ones the earliest in the given order goes first, so with
-one worker the run is exactly the given order (when that order respects the dependencies).
+depends on is done. With one worker the run is exactly the given order (when that order
+respects the dependencies). With more, and more items ready than free workers, the item with
+the longest ``priority`` (the engine gives the AWS time still ahead of it: its own expected wait
+plus its longest chain of dependants) goes first, then the earliest in the given order: an IAM
+role whose propagation gates the function, the mapping and the rule starts before a log group
+nothing waits for, so the slow waits overlap instead of queueing behind quick calls.
 
 A failure stops what depends on it, transitively (reported as skipped, naming the failure),
 and lets everything else finish: an operator sees every problem of a run at once, and what
@@ -43,18 +47,25 @@ def run_graph(keys: Sequence[str], depends_on: Mapping[str, Iterable[str]], work
               parallelism: int = DEFAULT_PARALLELISM,
               on_skip: Callable[[str, str], None] | None = None,
               halts: Callable[[BaseException], bool] = lambda _err: False,
-              on_interrupt: Callable[[], None] = lambda: None) -> list[Outcome[R]]:
+              on_interrupt: Callable[[], None] = lambda: None,
+              priority: Mapping[str, float] | None = None) -> list[Outcome[R]]:
     """Run ``work(key)`` for every key, each after the keys it depends on; outcomes in ``keys`` order.
 
     ``depends_on`` may name keys that are not in ``keys`` (a resource left out of this run):
     those are ignored. ``on_skip(key, failed_key)`` is told of each item a failure stops, when
     it is decided. ``halts(error)`` true: nothing new starts after that failure (what is
     left is reported skipped, blocked by nothing). Parallelism 1 runs everything in the
-    calling thread, one at a time.
+    calling thread, one at a time, in the given order; ``priority`` (higher first) orders
+    the ready items only when several workers compete for them.
     """
     if parallelism < 1:
         raise ValueError(f"parallelism must be at least 1, not {parallelism}")
     index = {key: pos for pos, key in enumerate(keys)}
+    ranked = priority if priority is not None and parallelism > 1 else {}
+
+    def rank(key: str) -> tuple[float, int]:
+        return -ranked.get(key, 0.0), index[key]
+
     waiting = {key: {d for d in depends_on.get(key, ()) if d in index and d != key} for key in keys}
     dependants: dict[str, list[str]] = {key: [] for key in keys}
     for key, deps in waiting.items():
@@ -62,7 +73,7 @@ def run_graph(keys: Sequence[str], depends_on: Mapping[str, Iterable[str]], work
             dependants[dep].append(key)
     _check_acyclic(keys, waiting)
     outcomes: dict[str, Outcome[R]] = {}
-    ready = [index[k] for k in keys if not waiting[k]]
+    ready = [rank(k) for k in keys if not waiting[k]]
     heapq.heapify(ready)
 
     def finished(key: str, value: R | None, error: BaseException | None) -> None:
@@ -71,7 +82,7 @@ def run_graph(keys: Sequence[str], depends_on: Mapping[str, Iterable[str]], work
             for after in dependants[key]:
                 waiting[after].discard(key)
                 if not waiting[after] and after not in outcomes:
-                    heapq.heappush(ready, index[after])
+                    heapq.heappush(ready, rank(after))
             return
         outcomes[key] = Outcome(key, "failed", error=error)
         stack = list(dependants[key])
@@ -85,7 +96,7 @@ def run_graph(keys: Sequence[str], depends_on: Mapping[str, Iterable[str]], work
 
     if parallelism == 1:
         while ready:
-            key = keys[heapq.heappop(ready)]
+            key = keys[heapq.heappop(ready)[1]]
             if key in outcomes:
                 continue
             try:
@@ -101,7 +112,7 @@ def run_graph(keys: Sequence[str], depends_on: Mapping[str, Iterable[str]], work
     return [outcomes.get(key) or Outcome(key, "skipped") for key in keys]
 
 
-def _run_pool(keys: Sequence[str], work: Callable[[str], R], parallelism: int, ready: list[int],
+def _run_pool(keys: Sequence[str], work: Callable[[str], R], parallelism: int, ready: list[tuple[float, int]],
               outcomes: dict[str, Outcome[R]], finished: Callable[[str, R | None, BaseException | None], None],
               halts: Callable[[BaseException], bool], on_interrupt: Callable[[], None]) -> None:
     """The pool: only the calling thread touches the bookkeeping; workers only run ``work``."""
@@ -112,7 +123,7 @@ def _run_pool(keys: Sequence[str], work: Callable[[str], R], parallelism: int, r
     try:
         while True:
             while ready and len(running) < parallelism and interrupted is None and not halted:
-                key = keys[heapq.heappop(ready)]
+                key = keys[heapq.heappop(ready)[1]]
                 if key not in outcomes:
                     running[pool.submit(work, key)] = key
             if not running:

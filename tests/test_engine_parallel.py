@@ -235,7 +235,7 @@ def test_an_interruption_ends_the_waits_in_flight(make):
     class Waiting(Fake):
         def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
             self.world.event(f"create:{self.logical_id}").set()
-            for _ in range(100_000):  # a table that never becomes ACTIVE, polled through the run's sleep
+            for _ in range(20_000_000):  # a table that never becomes ACTIVE, polled through the run's sleep
                 ctx.aws.sleep(5)
             self.world.violations.append(f"{self.logical_id} kept waiting after the interruption")
             return {"id": self.logical_id}

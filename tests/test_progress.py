@@ -111,7 +111,7 @@ def test_waiter_reports_the_state_aws_reports_each_attempt(make):
     engine.up()
     waits = _progress(events, "waiter")
     assert [p.data["state"] for p in waits] == ["Table.TableStatus = CREATING"] * 2
-    assert "waiting for sensor-metrics-dev: AWS reports Table.TableStatus = CREATING (attempt 1 of 120" \
+    assert f"waiting for sensor-metrics-dev: AWS reports Table.TableStatus = CREATING (attempt 1 of {storage.TABLE_WAIT['MaxAttempts']}" \
         in waits[0].message
     assert t.slept == [storage.TABLE_WAIT["Delay"]] * 2  # the injected sleep, the waiter's delay
     assert {e.logical_id for e in events if e.kind == "progress"} == {"storage.metrics_table"}
@@ -126,9 +126,10 @@ def test_waiter_gives_up_after_its_max_attempts(make):
     engine.ctx.client("dynamodb").meta.events.register(
         "after-call.dynamodb.DescribeTable",
         lambda parsed, **_: parsed.get("Table", {}).__setitem__("TableStatus", "UPDATING"))
-    with pytest.raises(AwsCallError, match="still Table.TableStatus = UPDATING after 120 attempts"):
+    gave_up = f"still Table.TableStatus = UPDATING after {storage.TABLE_WAIT['MaxAttempts']} attempts"
+    with pytest.raises(AwsCallError, match=gave_up):
         engine.up()
-    assert len(t.slept) == 119
+    assert len(t.slept) == storage.TABLE_WAIT['MaxAttempts'] - 1
 
 
 # -- IAM propagation -------------------------------------------------------------------------------
@@ -151,10 +152,10 @@ def test_role_propagation_retries_are_said(make):
     engine.ctx.client("lambda").meta.events.register("before-call.lambda.CreateFunction", twice)
     engine.up()
     retries = _progress(events, "role-propagation")
-    assert len(retries) == 2 and t.slept[:2] == [1.0, 2.0]
+    assert len(retries) == 2 and t.slept[:2] == [2.0, 2.0]
     assert retries[0].message.startswith("role not assumable yet (CreateFunction: The role defined")
-    assert "retrying in 1 s (0 s of 120 s)" in retries[0].message
-    assert "retrying in 2 s (1 s of 120 s)" in retries[1].message
+    assert "retrying in 2 s (0 s of 120 s)" in retries[0].message
+    assert "retrying in 2 s (2 s of 120 s)" in retries[1].message
 
 
 # -- bucket emptying -------------------------------------------------------------------------------

@@ -170,6 +170,9 @@ class Resource(ABC):
     logical_id: ClassVar[str]
     resource_type: ClassVar[str]  # CloudFormation-style type, e.g. "AWS::S3::Bucket"
     depends_on: ClassVar[tuple[str, ...]] = ()
+    # Typical seconds AWS takes before what ``create`` made is usable (timing.py): the engine
+    # starts the resources with the most AWS time ahead of them first.
+    expected_s: ClassVar[float] = 0.0
 
     name_field: ClassVar[str] = ""  # the attribute of config.Names that holds the physical name
     # True when ``create`` makes no call: the resource exists as soon as what it depends on

@@ -30,6 +30,7 @@ from iotpipe.steps.base import (
     tag_list,
     tolerate_gone,
 )
+from iotpipe.timing import ROLE_PROPAGATED
 
 PolicyFn = Callable[[StepContext], dict[str, Any]]
 
@@ -105,6 +106,7 @@ class Role(Resource):
     """
 
     resource_type = "AWS::IAM::Role"
+    expected_s = ROLE_PROPAGATED.seconds  # its users refuse it until IAM has propagated it
 
     def __init__(
         self,

@@ -44,6 +44,7 @@ from iotpipe.steps.base import (
 )
 from iotpipe.steps.common import LogGroup, Role, service_trust
 from iotpipe.steps.storage import FAILURE_RECORDS_PREFIX
+from iotpipe.timing import FUNCTION_ACTIVE, MAPPING_SETTLED
 
 HANDLER = "index.lambda_handler"
 # arm64 (Graviton2): Lambda bills arm64 about 20% less per GB-second than x86_64, and the
@@ -269,6 +270,7 @@ class Function(Resource):
     # log group first, so Lambda does not make an unencrypted one without retention.
     depends_on = ("lambda.role", "kms.key", "lambda.log_group")
     name_field = "function"
+    expected_s = FUNCTION_ACTIVE.seconds  # Pending, then Active
 
     def environment(self, ctx: StepContext) -> dict[str, str]:
         """The seed's three variables plus the anomaly thresholds from the config."""
@@ -425,7 +427,7 @@ class Function(Resource):
 ESM_TRANSITIONAL = frozenset({"Creating", "Enabling", "Disabling", "Updating"})
 ESM_ENABLED = frozenset({"Creating", "Enabling", "Enabled", "Updating"})
 ESM_SETTLE_TIMEOUT_S = 300.0
-ESM_POLL_S = 2.0
+ESM_POLL_S = MAPPING_SETTLED.poll_s
 
 # spec field -> UpdateEventSourceMapping parameter (StartingPosition is create-only)
 _ESM_PARAMS = {
@@ -475,6 +477,7 @@ class EventSourceMapping(Resource):
     # bucket its on-failure destination writes to, and the metrics table the function writes
     # every reading to as soon as the mapping delivers one.
     depends_on = ("lambda.function", "stream.sensor_stream", "storage.sensor_bucket", "storage.metrics_table")
+    expected_s = MAPPING_SETTLED.seconds  # Creating, then Enabled
 
     def name(self, ctx: StepContext) -> str:
         return f"{ctx.names.function}<-{ctx.names.stream}"

@@ -37,6 +37,7 @@ from iotpipe.steps.base import (
     tag_list,
     tolerate_gone,
 )
+from iotpipe.timing import PITR_ENABLED, TABLE_ACTIVE
 
 LIFECYCLE_RULE_ID = "archive-old-data"
 FAILURE_RECORDS_RULE_ID = "expire-failure-records"
@@ -44,11 +45,12 @@ FAILURE_RECORDS_RULE_ID = "expire-failure-records"
 # "aws/lambda/<ESM-UUID>/<shardID>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<Random UUID>"
 # (https://docs.aws.amazon.com/lambda/latest/dg/kinesis-on-failure-destination.html).
 FAILURE_RECORDS_PREFIX = "aws/lambda/"
-# DynamoDB tables take a few seconds to turn ACTIVE; 5 s polls for up to 10 minutes.
-TABLE_WAIT = {"Delay": 5, "MaxAttempts": 120}
+# DynamoDB tables take seconds to turn ACTIVE: polled at the interval that fits (timing.py),
+# for up to 10 minutes.
+TABLE_WAIT = {"Delay": TABLE_ACTIVE.poll_s, "MaxAttempts": int(600 / TABLE_ACTIVE.poll_s)}
 # No boto3 waiter exists for point-in-time recovery: DescribeContinuousBackups is polled.
 PITR_WAIT_S = 600.0
-PITR_POLL_S = 5.0
+PITR_POLL_S = PITR_ENABLED.poll_s
 
 
 class ReplacementRequired(IotpipeError):
@@ -411,6 +413,7 @@ class MetricsTable(Resource):
     resource_type = "AWS::DynamoDB::Table"
     depends_on = ("kms.key",)  # encrypted with it (its ARN is read)
     name_field = "metrics_table"
+    expected_s = TABLE_ACTIVE.seconds + PITR_ENABLED.seconds  # CREATING, then PITR ENABLING
 
     def desired(self, ctx: StepContext) -> Spec:
         key_arn = ctx.ref("kms.key", "arn")

@@ -26,11 +26,13 @@ from iotpipe.steps.base import (
     tag_changes,
     tolerate_gone,
 )
+from iotpipe.timing import STREAM_ACTIVE
 
 ADD_TAGS_MAX = 10  # AddTagsToStream takes at most 10 tags per call
 REMOVE_TAGS_MAX = 50
-# Stream changes finish in seconds to a few minutes; poll every 5 s for up to 10 minutes.
-STREAM_WAIT = {"Delay": 5, "MaxAttempts": 120}
+# Stream changes finish in seconds to a few minutes: polled at the interval that fits
+# (timing.py), for up to 10 minutes.
+STREAM_WAIT = {"Delay": STREAM_ACTIVE.poll_s, "MaxAttempts": int(600 / STREAM_ACTIVE.poll_s)}
 
 
 class SensorStream(Resource):
@@ -38,6 +40,7 @@ class SensorStream(Resource):
     resource_type = "AWS::Kinesis::Stream"
     depends_on = ("kms.key",)  # encrypted with it (its ARN is read)
     name_field = "stream"
+    expected_s = 2 * STREAM_ACTIVE.seconds  # CREATING, then UPDATING while encryption starts
 
     def desired(self, ctx: StepContext) -> Spec:
         key_arn = ctx.ref("kms.key", "arn")

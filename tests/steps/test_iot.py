@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from iotpipe.errors import IotpipeError, OwnershipError
 from iotpipe.steps import iot, kms
 from iotpipe.steps.base import same
+from iotpipe.timing import PROPAGATION_POLL_S
 from tests.support import CallLog, FaultAt, assert_repaired, by_id, fail_with
 
 REGION = "us-east-1"
@@ -377,7 +378,7 @@ def test_create_topic_rule_retries_while_the_new_role_propagates(make, log):
     assert by_id(result, "iot.topic_rule").action == "create"
     assert attempts["n"] == 3
     assert log.counts()["iot.CreateTopicRule"] == 3
-    assert slept == [1.0, 2.0]
+    assert slept == [PROPAGATION_POLL_S] * 2
     assert client("iot").get_topic_rule(ruleName=RULE)["rule"]["sql"] == iot.RULE_SQL
 
 

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from iotpipe import package
 from iotpipe.errors import AwsCallError
 from iotpipe.steps import kms, lambda_
+from iotpipe.timing import PROPAGATION_POLL_S
 from tests.support import CallLog, by_id
 
 REGION = "us-east-1"
@@ -431,7 +432,7 @@ def test_create_function_retries_while_the_new_role_propagates(make, handler_src
     result = engine.up()
     assert by_id(result)["lambda.function"].action == "create"
     assert len(attempts) == 3
-    assert slept == [1.0, 2.0]  # backed off, through the injected sleep
+    assert slept == [PROPAGATION_POLL_S] * 2  # asked again at the propagation cadence, through the injected sleep
     assert _client("lambda").get_function(FunctionName=engine.ctx.names.function)["Configuration"]["State"] == "Active"
 
 
@@ -456,7 +457,7 @@ def test_create_mapping_also_waits_for_the_role_policy(make, handler_src) -> Non
         "The provided execution role does not have permissions to call GetRecords on Kinesis", times=1)
     engine.up()
     assert len(attempts) == 2
-    assert slept == [1.0]
+    assert slept == [PROPAGATION_POLL_S]
     assert len(_mappings(engine)) == 1
 
 
