@@ -1,8 +1,10 @@
 """plan / up / status / destroy over the resource graph, reporting through events.
 
 The engine owns order, state bookkeeping, ownership checks and locking; resources own the
-AWS calls. It knows nothing of the terminal: each resource's start and result go to an
-``on_event`` callback that `render` turns into progress lines or JSON.
+AWS calls. It knows nothing of the terminal: each resource's start, phase (reading, creating,
+updating, deleting: said by the engine around the resource's calls, so resources need not
+know), waits and result go to an ``on_event`` callback that `render` turns into a live view,
+progress lines or JSON (see ``Event``).
 
 Resources run along their ``depends_on`` graph (``iotpipe.graph``) on a bounded pool of
 ``parallelism`` threads: `up`, `plan`, `status` and destroy's survey in dependency order,

@@ -227,7 +227,7 @@ class Renderer:
         if event.kind == "begin":
             self._sequence = list(dict.fromkeys(event.order))
             self._order = {key: pos for pos, key in enumerate(self._sequence)}
-            self._shown, self._finished, self._run_verb = 0, {}, event.verb
+            self._shown, self._finished, self._run_verb, self._note = 0, {}, event.verb, ""
         elif event.kind == "start":
             self._flight[lid] = _Flight(lid, event.verb, "", "", self.clock())
         elif event.kind == "phase":

@@ -15,7 +15,7 @@ from rich.console import Console
 from iotpipe.diffview import DiffLine, explain
 from iotpipe.engine import Event, ResourceResult
 from iotpipe.progress import Progress
-from iotpipe.render import LIVE_LINES, Renderer
+from iotpipe.render import LIVE_LINES, Renderer, ascii_safe
 from iotpipe.steps.base import Change
 from tests.conftest import REGION
 
@@ -371,3 +371,20 @@ def test_json_mode_writes_nothing_while_a_run_is_in_flight(capsys):
     renderer.progress(Event("end", "", verb="up"))
     assert capsys.readouterr() == ("", "")
     assert output(renderer.out) == ""
+
+
+def test_the_live_region_is_ascii_on_an_ascii_terminal():
+    """LANG=C or an old code page: the spinner and the cut lines must not need Unicode."""
+    raw = io.TextIOWrapper(io.BytesIO(), encoding="ascii", write_through=True)
+    con = Console(file=ascii_safe(raw), width=60, force_terminal=True, color_system=None, legacy_windows=False)
+    renderer = Renderer(console=con, clock=Clock())
+    renderer.progress(Event("begin", "", verb="up", order=("storage.metrics_table",)))
+    renderer.progress(Event("start", "storage.metrics_table", verb="up"))
+    renderer.progress(Event("progress", "storage.metrics_table", verb="up", progress=Progress(
+        "waiter", "w", {"state": "Table.TableStatus = CREATING, and on and on past the width"})))
+    renderer.progress(Event("done", "storage.metrics_table", verb="up", result=created("storage.metrics_table")))
+    renderer.progress(Event("end", "", verb="up"))
+    text = raw.buffer.getvalue().decode("ascii")  # would raise on anything else
+    assert "- up: 1 in flight, 0 of 1 done" in text  # the "line" spinner's first frame
+    assert "storage.metrics_table           0 s  up, waiting: Table.T...\r" in text  # cut to 60 columns
+    assert "+ created   storage.metrics_table" in text
