@@ -1,8 +1,10 @@
 """plan / up / status / destroy over the resource graph, reporting through events.
 
 The engine owns order, state bookkeeping, ownership checks and locking; resources own the
-AWS calls. It knows nothing of the terminal: each resource's start and result go to an
-``on_event`` callback that `render` turns into progress lines or JSON.
+AWS calls. It knows nothing of the terminal: each resource's start, phase (reading, creating,
+updating, deleting: said by the engine around the resource's calls, so resources need not
+know), waits and result go to an ``on_event`` callback that `render` turns into a live view,
+progress lines or JSON (see ``Event``).
 
 Resources run along their ``depends_on`` graph (``iotpipe.graph``) on a bounded pool of
 ``parallelism`` threads: `up`, `plan`, `status` and destroy's survey in dependency order,
@@ -122,11 +124,25 @@ class RunResult:
 
 @dataclass(frozen=True)
 class Event:
-    kind: Literal["start", "done", "progress"]
+    """One thing a run tells `render` as it goes.
+
+    A run over the resources is bracketed by "begin" (with ``order``: the logical ids in the
+    order results are shown, so a display can list them stably although they finish in any
+    order) and "end" (always, also after a failure or an interruption, so nothing stays
+    buffered). In between, per resource: "start", any number of "phase" (what the engine is
+    doing to it: reading, creating, updating, deleting) and "progress" (what a wait inside
+    that phase is waiting for), then exactly one "done" per started resource (and one for
+    each resource a failure stopped, as skipped).
+    """
+
+    kind: Literal["begin", "start", "phase", "progress", "done", "end"]
     logical_id: str
     verb: str = ""
-    result: ResourceResult | None = None
+    result: ResourceResult | None = None  # kind "done": None for a failure or a retired resource gone
     progress: Progress | None = None  # kind "progress": what a wait is waiting for
+    phase: str = ""  # kind "phase": reading, creating, updating, deleting
+    order: tuple[str, ...] = ()  # kind "begin": every logical id of the run, in result order
+    error: str = ""  # kind "done" of a resource that failed: what went wrong, in one line
 
 
 EventSink = Callable[[Event], None]
@@ -182,6 +198,13 @@ class Engine:
     def _progress(self, progress: Progress) -> None:
         command, logical_id = self._doing
         self.on_event(Event("progress", logical_id, verb=command, progress=progress))
+
+    def _phase(self, phase: str) -> None:
+        """Say what this thread's resource is now being put through, so a display can show
+        each resource in flight with its own phase (the resources' code stays unaware)."""
+        command, logical_id = self._doing
+        if logical_id and getattr(self._local, "phases", False):
+            self.on_event(Event("phase", logical_id, verb=command, phase=phase))
 
     # -- commands ------------------------------------------------------------------------------
     def plan(self) -> RunResult:
@@ -258,6 +281,7 @@ class Engine:
     # -- per resource --------------------------------------------------------------------------
     def _retired(self, res: Resource, command: str) -> ResourceResult | None:
         """A retired resource (see Resource.retired): None when there is nothing to show."""
+        self._phase("reading")
         current = res.read(self.ctx)
         if current is None or not self._is_ours(res, current):
             if command == "up":
@@ -272,6 +296,7 @@ class Engine:
                                 ids=current.ids, message=f"retired ({res.retired}) but kept: {blocker}")
         if command == "plan":
             return self._result(res, "delete", ids=current.ids, message=f"retired: {res.retired}")
+        self._phase("deleting")
         res.delete(self.ctx, current)
         self.store.forget(res.logical_id)
         return self._result(res, "delete", health="deleted", ids=current.ids, message=f"retired: {res.retired}")
@@ -282,6 +307,7 @@ class Engine:
         if why := res.disabled_by(self.ctx):
             return self._disabled(res, why, "unchanged")
         desired = res.desired(self.ctx)
+        self._phase("reading")
         current = res.read(self.ctx)
         if current is None and res.makes_nothing:
             # It comes into being with what it rides on (iot.devices with the thing type), so
@@ -299,6 +325,7 @@ class Engine:
     def _disabled(self, res: Resource, why: str, action: Action) -> ResourceResult:
         """A resource the config turns off: absent is in shape; ours still there is reported
         (by `status` as "unwanted") and kept: only `destroy` removes it."""
+        self._phase("reading")
         current = res.read(self.ctx)
         if current is None or not self._is_ours(res, current):
             return self._result(res, action, health="disabled", message=f"not wanted ({why})")
@@ -310,6 +337,7 @@ class Engine:
             return self._retired(res, "status")
         if why := res.disabled_by(self.ctx):
             return self._disabled(res, why, "read")
+        self._phase("reading")
         current = res.read(self.ctx)
         if current is None:
             return self._result(res, "read", health="missing")
@@ -328,11 +356,13 @@ class Engine:
         if why := res.disabled_by(self.ctx):
             return self._disabled(res, why, "unchanged")
         desired = res.desired(self.ctx)
+        self._phase("reading")
         current = res.read(self.ctx)
         name = res.name(self.ctx)
         if current is None:
             self.store.intend(res.logical_id, res.resource_type, name)
             try:
+                self._phase("creating")
                 ids = res.create(self.ctx, desired)
             except OwnershipError:
                 self.store.forget(res.logical_id)  # the name is taken by someone else: not ours
@@ -347,6 +377,7 @@ class Engine:
         if not changes:
             return self._result(res, "unchanged", ids=current.ids)
         ids = current.ids
+        self._phase("updating")
         updated = res.update(self.ctx, current, desired, changes)
         if updated:  # ids the update changed (the role a function was re-pointed to)
             ids = {**current.ids, **updated}
@@ -362,6 +393,7 @@ class Engine:
         return result
 
     def _survey_one(self, res: Resource) -> ResourceResult | None:
+        self._phase("reading")
         current = res.read(self.ctx)
         if current is None:
             return None if res.retired else self._result(res, "absent")
@@ -396,6 +428,7 @@ class Engine:
                 "`aws kms cancel-key-deletion`")
 
     def _destroy_one(self, res: Resource) -> ResourceResult | None:
+        self._phase("reading")
         current = res.read(self.ctx)
         if current is None:
             self.store.forget(res.logical_id)
@@ -403,6 +436,7 @@ class Engine:
         if not self._is_ours(res, current):
             return self._left_alone(res, current)
         try:
+            self._phase("deleting")
             res.delete(self.ctx, current)
         except DeletionPending as pending:
             return self._result(res, "pending", health="pending", ids=current.ids, message=str(pending))
@@ -438,6 +472,9 @@ class Engine:
         """``one`` for every resource along the graph; results in the declared order (reversed
         with ``reverse``, where a resource waits for everything that depends on it instead).
 
+        Events (with ``events``): "begin" with the order, then per resource "start", its
+        phases and progress, "done"; "end" last whatever happened.
+
         A resource whose dependency failed is not attempted: reported (event) as skipped; after
         a failed state write nothing new is started. When anything failed, the first failure in
         that order is raised once the rest is done, naming the others; an interruption is raised
@@ -457,16 +494,20 @@ class Engine:
         def work(logical_id: str) -> ResourceResult | None:
             res = by_id[logical_id]
             self._doing = (command, logical_id)
+            self._local.phases = events
             try:
                 if events:
                     self.on_event(Event("start", logical_id, verb=command))
                 item = self._guarded(res, one)
-            except BaseException:
+            except BaseException as err:
                 if events:
-                    self.on_event(Event("done", logical_id, verb=command, result=None))
+                    said = (str(err).splitlines() or [""])[0] if isinstance(err, Exception) else "interrupted"
+                    self.on_event(Event("done", logical_id, verb=command, result=None,
+                                        error=said or type(err).__name__))
                 raise
             finally:
                 self._doing = (command, "")
+                self._local.phases = False
             if events:  # None: a retired resource that is gone, nothing to say
                 self.on_event(Event("done", logical_id, verb=command, result=item))
             return item
@@ -479,11 +520,17 @@ class Engine:
         # A state write that failed (or whose answer was lost) ends the run: every later write
         # of this run would be refused as stale, or land unseen.
         self._stopping.clear()
-        outcomes = run_graph(list(by_id), waits, work, parallelism=self.parallelism, on_skip=skipped,
-                             halts=lambda _err: self.store.write_error is not None,
-                             on_interrupt=self._stopping.set,
-                             priority=time_ahead(waits, {lid: 0.0 if reverse else res.expected_s
-                                                         for lid, res in by_id.items()}))
+        if events:
+            self.on_event(Event("begin", "", verb=command, order=tuple(by_id)))
+        try:
+            outcomes = run_graph(list(by_id), waits, work, parallelism=self.parallelism, on_skip=skipped,
+                                 halts=lambda _err: self.store.write_error is not None,
+                                 on_interrupt=self._stopping.set,
+                                 priority=time_ahead(waits, {lid: 0.0 if reverse else res.expected_s
+                                                             for lid, res in by_id.items()}))
+        finally:
+            if events:  # also when a failure or an interruption left some never started
+                self.on_event(Event("end", "", verb=command))
         failures = [(o.key, o.error) for o in outcomes if o.state == "failed" and o.error is not None]
         if failures:
             raise _first_of(failures)

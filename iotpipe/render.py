@@ -10,17 +10,21 @@ import json
 import os
 import sys
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, Group
 from rich.markup import escape
+from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
 from iotpipe.diffview import explain
 from iotpipe.engine import Event, ResourceResult, RunResult
+from iotpipe.progress import Progress
 
 ACTION_STYLE = {
     "create": ("+", "green", "created"),
@@ -92,6 +96,35 @@ def ascii_safe(stream: Any) -> Any:
     return stream if encoding.startswith("utf") else _AsciiSafe(stream)
 
 
+LIVE_LINES = 8  # resources listed in the live region (the default parallelism); the rest are counted
+
+
+@dataclass(frozen=True)
+class _Flight:
+    """One resource in flight, as the live region shows it."""
+
+    logical_id: str
+    verb: str
+    phase: str  # reading, creating, updating, deleting ("" until the engine says)
+    state: str  # what AWS last reported while it waits (see aws_state)
+    started: float  # the renderer's clock when it started
+
+
+def aws_state(progress: Progress) -> str:
+    """The short state a wait reports, for the resource's line in the live region: the
+    waiter's "Table.TableStatus = CREATING", the transient a retry waits out, a count."""
+    data = progress.data
+    if progress.kind == "waiter" and data.get("state"):
+        return f"waiting: {data['state']}"
+    if progress.kind in ("role-propagation", "retry") and data.get("transient"):
+        return f"retrying: {data['transient']} ({data.get('waited', 0):.0f} s)"
+    if progress.kind == "endpoint-retry":
+        return f"retrying {data.get('operation', '')}: {data.get('reason', '')}"
+    if progress.kind == "emptying" and "deleted" in data:
+        return f"emptying: {data['deleted']} object version(s) deleted"
+    return progress.message
+
+
 DEMO_STAGES = {"publish": "published to Kinesis", "deliver": "handled by the Lambda handler"}
 DEMO_ENV_NAME = "local"
 DEMO_PHASES = ("emulator", "provisioning", "publishing", "results", "replay", "teardown")
@@ -100,20 +133,32 @@ STATUS_PRIORITY = ("resource", "status", "name", "arn / id", "type")
 
 
 class Renderer:
-    def __init__(self, *, json_mode: bool = False, console: Console | None = None, wide: bool = False) -> None:
+    def __init__(self, *, json_mode: bool = False, console: Console | None = None, wide: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.json_mode = json_mode
         self.wide = wide  # --wide: every column and whole values, even on a narrow terminal
         self.out = console or Console(highlight=False, soft_wrap=True, file=ascii_safe(sys.stdout))
         if console is None and not self.out.is_terminal and "COLUMNS" not in os.environ:
             self.out.width = 200  # piped into a file or CI log: don't fold ARNs into 80 columns
         self.err = Console(stderr=True, highlight=False, soft_wrap=True, file=ascii_safe(sys.stderr))
-        self._status: Any = None
         self.target: Target | None = None
         self._demo_bar: Any = None
         self._demo_quarters: dict[str, int] = {}
         # The engine calls ``progress`` from its worker threads, several resources at once.
         self._lock = threading.RLock()
-        self._in_flight: dict[str, str] = {}  # logical id -> verb, in the order they started
+        self.clock = clock  # the elapsed seconds of the live region (tests inject theirs)
+        self._live: Any = None
+        self._spinner = Spinner("dots" if self.out.encoding.startswith("utf") else "line")  # ASCII terminals
+        self._flight: dict[str, _Flight] = {}  # logical id -> what it is doing, as it started
+        self._note = ""  # the last wait that belongs to no resource in flight (the lock)
+        # The run's result order ("begin"): where each logical id goes, how many lines are
+        # out, and the finished results waiting for those before them.
+        self._sequence: list[str] = []
+        self._order: dict[str, int] | None = None
+        self._shown = 0
+        self._finished: dict[str, Event] = {}
+        self._run_verb = ""
+        self._view_state: tuple[tuple[_Flight, ...], str, int, int] = ((), "", 0, 0)
 
     # -- where ---------------------------------------------------------------------------------
     def header(self, target: Target) -> None:
@@ -167,7 +212,8 @@ class Renderer:
 
     # -- live progress -------------------------------------------------------------------------
     def progress(self, event: Event) -> None:
-        """Engine callback: a spinner naming the resources in flight, one line as each is done.
+        """Engine callback: on a terminal, a live region with every resource in flight; a
+        result line per resource of `up`/`destroy`, in the run's declared order.
 
         Called from the engine's worker threads: one at a time, under the renderer's lock.
         """
@@ -177,39 +223,118 @@ class Renderer:
             self._progress(event)
 
     def _progress(self, event: Event) -> None:
-        if event.kind == "progress":
+        lid = event.logical_id
+        if event.kind == "begin":
+            self._sequence = list(dict.fromkeys(event.order))
+            self._order = {key: pos for pos, key in enumerate(self._sequence)}
+            self._shown, self._finished, self._run_verb, self._note = 0, {}, event.verb, ""
+        elif event.kind == "start":
+            self._flight[lid] = _Flight(lid, event.verb, "", "", self.clock())
+        elif event.kind == "phase":
+            if lid in self._flight:  # a new phase: the state of the one before is stale
+                self._flight[lid] = replace(self._flight[lid], phase=event.phase, state="")
+        elif event.kind == "progress":
             if event.progress is not None:
-                self.wait_line(event.progress.message, keep=event.progress.kind == "lock-takeover")
+                self._waiting(lid, event.progress)
             return
-        if event.kind == "start":
-            self._in_flight[event.logical_id] = event.verb
-            if self.out.is_terminal:
-                self._spin()
-            return
-        self._in_flight.pop(event.logical_id, None)
-        if self._in_flight and self.out.is_terminal:
-            self._spin()
-        else:
-            self._stop_spinner()
-        # plan, status and outputs show their results as a whole at the end instead; a
-        # resource already absent had nothing happen to it: the summary counts it
-        r = event.result
-        if event.verb in ("up", "destroy") and r is not None and r.action in ACTION_STYLE and r.action != "absent":
-            self._resource_line(r)
+        elif event.kind == "done":
+            self._flight.pop(lid, None)
+            if self._order is not None and lid in self._order:
+                self._finished[lid] = event
+                self._flush()
+            else:  # no "begin" told the order: as it comes
+                self._result_line(event)
+        elif event.kind == "end":
+            if self._order is not None:
+                self._flush(everything=True)
+            self._order = None
+            self._flight.clear()
+        self._show()
 
-    def _spin(self) -> None:
-        """The spinner's text: the verb and every resource in flight."""
-        verb = next(iter(self._in_flight.values()))
-        text = f"{verb}: {', '.join(self._in_flight)}"
-        if self._status is None:
-            spinner = "dots" if self.out.encoding.startswith("utf") else "line"  # ASCII terminals
-            self._status = self.out.status(escape(text), spinner=spinner)
-            self._status.start()
-        else:
-            self._status.update(escape(text))
+    def _waiting(self, lid: str, progress: Progress) -> None:
+        """A wait of a resource in flight becomes that resource's state in the live region;
+        anything else (the lock, a wait outside a resource, news that must stay) is a line."""
+        if progress.kind != "lock-takeover" and lid in self._flight and self._live is not None:
+            self._flight[lid] = replace(self._flight[lid], state=aws_state(progress))
+            self._show()
+            return
+        self._wait_line(f"{lid}: {progress.message}" if lid else progress.message,
+                        keep=progress.kind == "lock-takeover")
+
+    def _flush(self, *, everything: bool = False) -> None:
+        """Print the finished results that every resource before them (in the run's order)
+        has joined, so the lines come out in the declared order whatever finished first.
+        ``everything``: the run is over; what is left (behind a resource an interruption or a
+        halt never started) goes out in order too."""
+        order = self._sequence
+        while self._shown < len(order):
+            event = self._finished.pop(order[self._shown], None)
+            if event is None and not everything:
+                return
+            self._shown += 1
+            if event is not None:
+                self._result_line(event)
+
+    def _result_line(self, event: Event) -> None:
+        """The line of one finished resource: plan, status and outputs show their results as a
+        whole at the end instead; a resource already absent had nothing happen to it (the
+        summary counts it); a failure is said where it belongs in the order (its error also
+        ends the run)."""
+        if event.verb not in ("up", "destroy"):
+            return
+        r = event.result
+        if r is not None and r.action in ACTION_STYLE and r.action != "absent":
+            self._resource_line(r)
+        elif r is None and event.error:
+            word = "stopped" if event.error == "interrupted" else "failed"
+            self._print(f"[red]! {word:<9}[/] {event.logical_id:<28} [red]{escape(event.error)}[/]")
+
+    def _show(self) -> None:
+        """Bring the live region up to date: started with the first resource in flight,
+        stopped once the run is over (or, without a "begin", once nothing is in flight)."""
+        rows = sorted(self._flight.values(), key=lambda f: (self._order or {}).get(f.logical_id, len(self._flight)))
+        done = self._shown + len(self._finished) if self._order is not None else 0
+        self._view_state = (tuple(rows), self._run_verb, done, len(self._order or ()))
+        if not self.out.is_terminal:
+            return
+        if not rows and self._order is None:
+            self._stop_live()
+            return
+        if rows and self._live is None:
+            from rich.live import Live
+
+            self._live = Live(console=self.out, transient=True, refresh_per_second=4,
+                              get_renderable=self.live_view)
+            self._live.start()
+        elif self._live is not None:
+            self._live.refresh()
+
+    def live_view(self) -> Group:
+        """The live region: a spinner with the counts, then one line per resource in flight
+        (logical id, phase, the AWS state it last reported, seconds since it started), at
+        most LIVE_LINES of them and how many more. Built from a snapshot, because rich's
+        refresh thread calls it while workers report."""
+        rows, verb, done, total = self._view_state
+        head = f"{verb or 'working'}: {len(rows)} in flight" + (f", {done} of {total} done" if total else "")
+        if self._note:
+            head += f"; {self._note}"
+        self._spinner.update(text=Text(head, no_wrap=True, overflow="ellipsis"))
+        limit = max(1, min(LIVE_LINES, self.out.height - 3))
+        shown = rows if len(rows) <= limit else rows[: limit - 1]
+        now = self.clock()
+        lines: list[Any] = [self._spinner]
+        for f in shown:
+            doing = f.phase or f.verb
+            if f.state:
+                doing += f", {f.state}"
+            seconds = f"{max(0.0, now - f.started):.0f} s"  # before the state: never cut off
+            lines.append(Text(f"  {f.logical_id:<28} {seconds:>6}  {doing}", no_wrap=True, overflow="ellipsis"))
+        if len(shown) < len(rows):
+            lines.append(Text(f"  ... and {len(rows) - len(shown)} more", style="dim"))
+        return Group(*lines)
 
     def wait_line(self, text: str, *, keep: bool = False) -> None:
-        """What a wait is waiting for: the spinner's text on a terminal, else a line on stderr
+        """What a wait is waiting for: in the live region on a terminal, else a line on stderr
         (stdout stays the result, for pipes); ``keep`` for news that must stay on screen."""
         if self.json_mode:
             return
@@ -217,15 +342,17 @@ class Renderer:
             self._wait_line(text, keep)
 
     def _wait_line(self, text: str, keep: bool) -> None:
-        if self._status is not None and not keep:
-            self._status.update(f"{escape(text)}")
+        if self._live is not None and not keep:
+            self._note = text
+            self._live.refresh()
         else:
             self.err.print(f"[dim]  … {escape(text)}[/]")
 
-    def _stop_spinner(self) -> None:
-        if self._status is not None:
-            self._status.stop()
-            self._status = None
+    def _stop_live(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        self._note = ""
 
     @property
     def _fit(self) -> bool:
@@ -760,7 +887,7 @@ class Renderer:
 
     def warning(self, text: str) -> None:
         """A result that is not whole: on stderr, so stdout stays the (JSON) result."""
-        self._stop_spinner()
+        self._stop_live()
         self.err.print(f"[yellow]warning:[/] {escape(text)}")
 
     def error_json(self, code: int, name: str, message: str) -> None:
@@ -772,7 +899,7 @@ class Renderer:
         sys.stdout.flush()
 
     def error(self, text: str) -> None:
-        self._stop_spinner()
+        self._stop_live()
         self.err.print(f"[red]error:[/] {escape(text)}")
 
     # -- day-two operations (iotpipe/ops) -------------------------------------------------------

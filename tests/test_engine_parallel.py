@@ -7,14 +7,18 @@ that prove concurrency and a stable result order.
 
 from __future__ import annotations
 
+import io
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from iotpipe.errors import ExitCode, OwnershipError
 from iotpipe.graph import run_graph
+from iotpipe.render import Renderer
 from iotpipe.steps.base import Current, Resource, Spec, StepContext
 
 HAND_OFF_S = 10  # only reached when the engine failed to run two resources at once
@@ -248,3 +252,48 @@ def test_an_interruption_ends_the_waits_in_flight(make):
     assert world.violations == []
     assert world.made == {"a"}
     assert engine.store.get("c").status == "creating"  # written ahead: the next run finds it
+
+
+def test_events_tell_the_order_each_phase_and_end_every_run(make):
+    """What the live view and the stable result lines are built from: "begin" with the
+    order, per resource its phases between start and done, "end" last (also on failure)."""
+    world = World()
+    events: list[Any] = []
+    engine = _engine(make, fakes(world), 4, events)
+    engine.up()
+    runs = [e for e in events if e.kind in ("begin", "end")]
+    assert [(e.kind, e.verb) for e in runs] == [("begin", "up"), ("end", "up")]
+    assert runs[0].order == tuple(GRAPH) and events[0] is runs[0] and events[-1] is runs[1]
+    for lid in GRAPH:
+        mine = [e.kind if e.kind != "phase" else e.phase for e in events if e.logical_id == lid]
+        assert mine == ["start", "reading", "creating", "done"], (lid, mine)
+    events.clear()
+    engine.up()  # converged: read only
+    assert {lid: [e.phase for e in events if e.logical_id == lid and e.kind == "phase"] for lid in GRAPH} \
+        == {lid: ["reading"] for lid in GRAPH}
+
+    world2 = World(made=set(world.made))
+    events.clear()
+    engine = _engine(make, fakes(world2, d={"fail": RuntimeError("d will not go")}), 4, events)
+    with pytest.raises(RuntimeError):
+        engine.destroy()
+    begins = [e for e in events if e.kind == "begin"]
+    assert [(e.verb, e.order) for e in begins] == [("read", tuple(GRAPH)), ("destroy", tuple(reversed(GRAPH)))]
+    assert events[-1].kind == "end"  # the failure did not keep the last run open
+    (failed,) = [e for e in events if e.kind == "done" and e.error]
+    assert (failed.logical_id, failed.error, failed.result) == ("d", "d will not go", None)
+    assert [e.phase for e in events if e.logical_id == "e" and e.kind == "phase"] == \
+        ["reading", "reading", "deleting"]  # the survey, then destroy
+
+
+def test_rendered_results_keep_the_declared_order_whatever_finishes_first(make):
+    world = World()
+    con = Console(file=io.StringIO(), width=200, color_system=None, highlight=False, soft_wrap=True)
+    renderer = Renderer(console=con)
+    engine = _engine(make, fakes(world, a={"waits_for": "made:y"}), 4)
+    engine.on_event = renderer.progress
+    engine.up()
+    made = [lid for _, lid in world.log]
+    assert made.index("y") < made.index("a")  # y finished first ...
+    shown = re.findall(r"^\+ created\s+(\S+)", con.file.getvalue(), re.M)
+    assert shown == list(GRAPH)  # ... a is still shown first

@@ -198,7 +198,8 @@ def test_render_prints_waits_on_stderr_in_text_and_nothing_in_json(capsys):
                   progress=Progress("waiter", "waiting for sensor-metrics-dev: AWS reports CREATING"))
     Renderer().progress(event)
     out, err = capsys.readouterr()
-    assert out == "" and err.strip() == "… waiting for sensor-metrics-dev: AWS reports CREATING"
+    assert out == "" and err.strip() == \
+        "… storage.metrics_table: waiting for sensor-metrics-dev: AWS reports CREATING"  # whose wait it is
     Renderer(json_mode=True).progress(event)
     assert capsys.readouterr() == ("", "")
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 
 import boto3
 import pytest
 from rich.console import Console
 
 from iotpipe.diffview import DiffLine, explain
-from iotpipe.render import Renderer
+from iotpipe.engine import Event, ResourceResult
+from iotpipe.progress import Progress
+from iotpipe.render import LIVE_LINES, Renderer, ascii_safe
 from iotpipe.steps.base import Change
 from tests.conftest import REGION
 
@@ -96,6 +99,9 @@ def test_up_and_destroy_lines_fit_80_columns_and_stay_whole_when_piped(make):
     piped_text = output(piped)
     assert "+ created   lambda.event_source_mapping  iot-processor-dev<-iot-sensor-stream-dev" in piped_text
     assert re.search(r"^up env dev \(us-east-1, account \d{12}\): 28 created, 1 unchanged", piped_text, re.M)
+    # in the declared order, whatever order the parallel run finished them in
+    assert re.findall(r"^\+ created\s+(\S+)", piped_text, re.M) == \
+        [r.logical_id for r in result.resources if r.action == "create"]
 
 
 # --- item 4: diffs a reviewer can approve ---------------------------------------------------------
@@ -183,3 +189,202 @@ def test_a_partial_destroy_lists_what_it_deleted_and_counts_the_absent(deployed)
     assert "trail.trail" not in text  # already gone: counted, not listed
     assert "- deleted   trail.bucket" in text
     assert re.search(r": 27 deleted, 1 absent, 1 scheduled in", text)
+
+
+# --- issue 10 item 2: readable progress with concurrent resources -------------------------------
+class Clock:
+    """The renderer's injected clock: elapsed seconds without real time passing."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def created(lid: str, action: str = "create", message: str = "") -> ResourceResult:
+    return ResourceResult(lid, "Test::Fake", f"fake-{lid}", action, message=message)  # type: ignore[arg-type]
+
+
+def screen(con: Console) -> str:
+    """What a terminal's lines held, in order: the live region redraws itself with carriage
+    returns and cursor moves, each of which starts a line here."""
+    return ANSI.sub("\n", con.file.getvalue()).replace("\r", "\n")
+
+
+def result_ids(text: str) -> list[str]:
+    """The logical ids of the result lines, in the order they were printed."""
+    return re.findall(r"^[+!~-] (?:created|failed|stopped|skipped|updated|deleted)\s+(\S+)", text, re.M)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_result_lines_keep_the_declared_order_whatever_the_completion_order(terminal):
+    order = [f"step.r{i}" for i in range(8)]
+    finish = [order[i] for i in (5, 2, 7, 0, 3, 6, 1, 4)]  # the first declared finishes fourth
+    outcomes = {lid: Event("done", lid, verb="up", result=created(lid)) for lid in order}
+    outcomes["step.r2"] = Event("done", "step.r2", verb="up", error="AccessDenied: no")  # failed
+    outcomes["step.r5"] = Event("done", "step.r5", verb="up",
+                                result=created("step.r5", "skipped", "not attempted: step.r2 failed"))
+    outcomes["step.r6"] = Event("done", "step.r6", verb="up", result=created("step.r6", "absent"))
+    con = console(200, terminal)
+    renderer = Renderer(console=con, clock=Clock())
+    renderer.progress(Event("begin", "", verb="up", order=tuple(order)))
+    turn = {lid: threading.Event() for lid in order}
+    held: list[str] = []
+
+    def worker(lid: str) -> None:
+        renderer.progress(Event("start", lid, verb="up"))
+        renderer.progress(Event("phase", lid, verb="up", phase="creating"))
+        assert turn[lid].wait(10)
+        if lid == order[0]:  # everything finished so far was declared after it: nothing printed yet
+            held.append(screen(con))
+        renderer.progress(outcomes[lid])
+        if (after := finish.index(lid) + 1) < len(finish):
+            turn[finish[after]].set()
+
+    threads = [threading.Thread(target=worker, args=(lid,)) for lid in order]
+    for thread in threads:
+        thread.start()
+    turn[finish[0]].set()
+    for thread in threads:
+        thread.join(10)
+    renderer.progress(Event("end", "", verb="up"))
+    (before_first,) = held
+    assert result_ids(before_first) == []
+    text = screen(con)
+    # declared order; the failure and the skipped one in their places; absent only counted
+    assert result_ids(text) == [lid for lid in order if lid != "step.r6"], text
+    assert re.search(r"^! failed\s+step\.r2\s+AccessDenied: no$", text, re.M)
+
+
+def test_a_run_that_ends_early_still_prints_what_finished_in_order():
+    """An interruption (or a failed state write) leaves resources never started: "end"
+    lets the finished results behind them out."""
+    con = console(200, False)
+    renderer = Renderer(console=con)
+    renderer.progress(Event("begin", "", verb="destroy", order=("c", "b", "a")))
+    for lid in ("b", "a"):
+        renderer.progress(Event("start", lid, verb="destroy"))
+    renderer.progress(Event("done", "a", verb="destroy", result=created("a", "delete")))
+    renderer.progress(Event("done", "b", verb="destroy", error="interrupted"))
+    assert result_ids(output(con)) == []  # c first: not finished, not started
+    renderer.progress(Event("end", "", verb="destroy"))
+    text = output(con)
+    assert result_ids(text) == ["b", "a"]
+    assert re.search(r"^! stopped\s+b\s+interrupted$", text, re.M)
+
+
+def live_text(renderer: Renderer, width: int = 120) -> str:
+    con = Console(file=io.StringIO(), width=width, color_system=None, record=True)
+    con.print(renderer.live_view())
+    return con.export_text()
+
+
+def test_the_live_region_shows_each_resource_in_flight_with_its_latest_aws_state(capsys):
+    clock = Clock()
+    con = console(120, True)
+    renderer = Renderer(console=con, clock=clock)
+    renderer.progress(Event("begin", "", verb="up", order=("storage.metrics_table", "lambda.function",
+                                                           "stream.sensor_stream")))
+    for lid in ("storage.metrics_table", "lambda.function", "stream.sensor_stream"):
+        renderer.progress(Event("start", lid, verb="up"))
+        renderer.progress(Event("phase", lid, verb="up", phase="creating"))
+        clock.now += 1
+    table_waits = (Progress("waiter", "waiting for sensor-metrics-dev: AWS reports Table.TableStatus = CREATING",
+                            {"state": "Table.TableStatus = CREATING"}),
+                   Progress("waiter", "waiting for sensor-metrics-dev: AWS reports Table.TableStatus = UPDATING",
+                            {"state": "Table.TableStatus = UPDATING"}))
+    renderer.progress(Event("progress", "storage.metrics_table", verb="up", progress=table_waits[0]))
+    renderer.progress(Event("progress", "lambda.function", verb="up", progress=Progress(
+        "role-propagation", "role not assumable yet (...)",
+        {"transient": "the new IAM role is not usable by the service yet", "waited": 3.0})))
+    renderer.progress(Event("progress", "stream.sensor_stream", verb="up", progress=Progress(
+        "waiter", "waiting for iot-sensor-stream-dev: AWS reports StreamDescription.StreamStatus = CREATING",
+        {"state": "StreamDescription.StreamStatus = CREATING"})))
+    clock.now += 9
+    region = live_text(renderer)
+    assert re.search(r"^\s+storage\.metrics_table\s+12 s  creating, waiting: Table\.TableStatus = CREATING$",
+                     region, re.M), region
+    assert re.search(r"^\s+lambda\.function\s+11 s  creating, retrying: the new IAM role is not usable by the "
+                     r"service yet \(3 s\)$", region, re.M), region
+    assert "stream.sensor_stream" in region and "StreamStatus = CREATING" in region
+    assert "up: 3 in flight, 0 of 3 done" in region
+    assert "CREATING" in output(con)  # drawn on the terminal, not only in the view
+    # the latest state replaces the one before; a resource that is done leaves the region
+    renderer.progress(Event("progress", "storage.metrics_table", verb="up", progress=table_waits[1]))
+    renderer.progress(Event("done", "lambda.function", verb="up", result=created("lambda.function")))
+    region = live_text(renderer)
+    assert "Table.TableStatus = UPDATING" in region and "Table.TableStatus = CREATING" not in region
+    assert "lambda.function" not in region and "up: 2 in flight, 1 of 3 done" in region
+    renderer.progress(Event("phase", "storage.metrics_table", verb="up", phase="updating"))
+    assert re.search(r"storage\.metrics_table\s+12 s  updating$", live_text(renderer), re.M)  # a new phase: state reset
+    for lid in ("storage.metrics_table", "stream.sensor_stream"):
+        renderer.progress(Event("done", lid, verb="up", result=created(lid)))
+    renderer.progress(Event("end", "", verb="up"))
+    assert result_ids(screen(con)) == ["storage.metrics_table", "lambda.function", "stream.sensor_stream"]
+    assert capsys.readouterr().err == ""  # the waits went to the region, not to stderr lines
+
+
+def test_the_live_region_is_bounded():
+    con = console(80, True)
+    renderer = Renderer(console=con, clock=Clock())
+    order = tuple(f"step.r{i:02}" for i in range(12))
+    renderer.progress(Event("begin", "", verb="destroy", order=order))
+    for lid in order:
+        renderer.progress(Event("start", lid, verb="destroy"))
+    region = live_text(renderer, width=80)
+    listed = re.findall(r"^\s+(step\.r\d\d)\s", region, re.M)
+    assert listed == list(order[:LIVE_LINES - 1])  # in declared order, then a count
+    assert f"... and {12 - LIVE_LINES + 1} more" in region
+    assert len(region.splitlines()) == LIVE_LINES + 1
+    renderer.progress(Event("end", "", verb="destroy"))
+
+
+def test_piped_waits_are_lines_naming_their_resource(capsys):
+    con = console(200, False)
+    renderer = Renderer(console=con)
+    renderer.progress(Event("begin", "", verb="up", order=("storage.metrics_table", "lambda.function")))
+    for lid in ("storage.metrics_table", "lambda.function"):
+        renderer.progress(Event("start", lid, verb="up"))
+        renderer.progress(Event("phase", lid, verb="up", phase="creating"))
+    renderer.progress(Event("progress", "lambda.function", verb="up", progress=Progress(
+        "role-propagation", "role not assumable yet (CreateFunction: ...), retrying in 1 s (0 s of 120 s)")))
+    renderer.progress(Event("progress", "storage.metrics_table", verb="up", progress=Progress(
+        "waiter", "waiting for sensor-metrics-dev: AWS reports Table.TableStatus = CREATING (attempt 1 of 120, 0 s)")))
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "  … lambda.function: role not assumable yet (CreateFunction: ...), retrying in 1 s (0 s of 120 s)",
+        "  … storage.metrics_table: waiting for sensor-metrics-dev: AWS reports Table.TableStatus = CREATING "
+        "(attempt 1 of 120, 0 s)"]
+    assert output(con) == ""  # stdout: the results only, and none is done yet
+
+
+def test_json_mode_writes_nothing_while_a_run_is_in_flight(capsys):
+    renderer = Renderer(json_mode=True, console=console(120, True))
+    renderer.progress(Event("begin", "", verb="up", order=("a", "b")))
+    for lid in ("a", "b"):
+        renderer.progress(Event("start", lid, verb="up"))
+        renderer.progress(Event("phase", lid, verb="up", phase="creating"))
+        renderer.progress(Event("progress", lid, verb="up", progress=Progress("waiter", "waiting", {"state": "X"})))
+    renderer.progress(Event("done", "b", verb="up", result=created("b")))
+    renderer.progress(Event("done", "a", verb="up", error="boom"))
+    renderer.progress(Event("end", "", verb="up"))
+    assert capsys.readouterr() == ("", "")
+    assert output(renderer.out) == ""
+
+
+def test_the_live_region_is_ascii_on_an_ascii_terminal():
+    """LANG=C or an old code page: the spinner and the cut lines must not need Unicode."""
+    raw = io.TextIOWrapper(io.BytesIO(), encoding="ascii", write_through=True)
+    con = Console(file=ascii_safe(raw), width=60, force_terminal=True, color_system=None, legacy_windows=False)
+    renderer = Renderer(console=con, clock=Clock())
+    renderer.progress(Event("begin", "", verb="up", order=("storage.metrics_table",)))
+    renderer.progress(Event("start", "storage.metrics_table", verb="up"))
+    renderer.progress(Event("progress", "storage.metrics_table", verb="up", progress=Progress(
+        "waiter", "w", {"state": "Table.TableStatus = CREATING, and on and on past the width"})))
+    renderer.progress(Event("done", "storage.metrics_table", verb="up", result=created("storage.metrics_table")))
+    renderer.progress(Event("end", "", verb="up"))
+    text = raw.buffer.getvalue().decode("ascii")  # would raise on anything else
+    assert "- up: 1 in flight, 0 of 1 done" in text  # the "line" spinner's first frame
+    assert "storage.metrics_table           0 s  up, waiting: Table.T...\r" in text  # cut to 60 columns
+    assert "+ created   storage.metrics_table" in text
