@@ -44,7 +44,7 @@ from iotpipe.errors import (
     EndpointError,
 )
 from iotpipe.progress import Progress, ProgressSink, ignore
-from iotpipe.timing import PROPAGATION_POLL_S
+from iotpipe.timing import BACKUPS_POLL_S, KEY_POLL_S, PROPAGATION_POLL_S
 
 T = TypeVar("T")
 
@@ -439,6 +439,8 @@ BACKUPS_BEING_ENABLED = Transient(
     "DynamoDB is still enabling backups for the new table",
     _code_and_text({"ContinuousBackupsUnavailableException"}, "backups are being enabled"),
     timeout_s=600.0,
+    first_delay_s=BACKUPS_POLL_S,
+    max_delay_s=BACKUPS_POLL_S,
     source="terraform-provider-aws internal/service/dynamodb/table.go (updatePITR retries "
            "ContinuousBackupsUnavailableException \"Backups are being enabled\")",
 )
@@ -446,6 +448,8 @@ KEY_NOT_FOUND_YET = Transient(
     "KMS does not see the new key everywhere yet",
     _code_and_text({"NotFoundException"}),
     timeout_s=120.0,
+    first_delay_s=KEY_POLL_S,
+    max_delay_s=KEY_POLL_S,
     source="https://docs.aws.amazon.com/kms/latest/developerguide/accessing-kms.html"
            "#programming-eventual-consistency; terraform-provider-aws internal/service/kms/key.go "
            "(updateKeyRotationEnabled/updateKeyPolicy: RetryWhenIsA NotFoundException)",

@@ -57,6 +57,10 @@ ROLE_PROPAGATED = Expected(
     10.0, "https://docs.aws.amazon.com/IAM/latest/UserGuide/troubleshoot_general.html"
           "#troubleshoot_general_eventual-consistency (a new role is not usable everywhere at once)")
 
-# The propagation retry's cadence: short and even, not doubling. A doubling backoff that
-# starts at 1 s tries at 0, 1, 3, 7, 15 s: a role usable after 8 s is used after 15.
-PROPAGATION_POLL_S = 2.0
+# "Not yet" answers that end seconds to a minute after the call that caused them are asked
+# again at a short, even cadence, not a doubling one: a backoff that doubles from 1 s tries at
+# 0, 1, 3, 7, 15, 25 s, so a role usable after 8 s is used after 15, and backups enabled
+# after 60 s are used after 65. Each cadence is about a tenth of the usual wait.
+PROPAGATION_POLL_S = 2.0  # IAM: a new role or policy is usable by Lambda and IoT in ~10 s
+KEY_POLL_S = 1.0  # KMS: a new key is found everywhere within seconds
+BACKUPS_POLL_S = 3.0  # DynamoDB: a new table accepts point-in-time recovery within about a minute

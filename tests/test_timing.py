@@ -20,6 +20,8 @@ from iotpipe.engine import make_engine, time_ahead
 from iotpipe.graph import run_graph
 from iotpipe.steps import all_resources, kms, lambda_, storage, stream
 from iotpipe.timing import (
+    BACKUPS_POLL_S,
+    KEY_POLL_S,
     MAX_POLL_S,
     MIN_POLL_S,
     PROPAGATION_POLL_S,
@@ -97,6 +99,22 @@ def test_a_new_role_is_used_within_one_retry_of_turning_usable(timed):
     used = _first(calls, "CreateFunction", failed=False)
     assert len(refused) >= 2
     assert window <= used - role_made <= window + PROPAGATION_POLL_S
+
+
+@pytest.mark.parametrize(("rule", "window", "caused_by", "refused", "cadence"), [
+    ("kms.EnableKeyRotation-key-not-found-after-create", 5.5, "CreateKey", "EnableKeyRotation", KEY_POLL_S),
+    ("dynamodb.backups-being-enabled", 61.0, "CreateTable", "UpdateContinuousBackups", BACKUPS_POLL_S),
+])
+def test_a_not_yet_answer_is_asked_again_at_an_even_cadence(timed, rule, window, caused_by, refused, cadence):
+    """KMS's new key and DynamoDB's backups on a new table: both end a known while after the
+    call; a doubling backoff (1, 2, 4, 8, 10 s) would try again up to 10 s after that."""
+    engine, calls, behaviour = timed({rule: window}, kms.RESOURCES + storage.RESOURCES)
+    engine.up()
+    assert rule in behaviour.fired_rules()
+    started = _first(calls, caused_by)
+    done = _first(calls, refused, failed=False)
+    assert len([t for op, err, t in calls if op == refused and err]) >= 2
+    assert window <= done - started <= window + cadence
 
 
 def test_poll_intervals_are_a_tenth_of_the_expected_time_within_bounds():
