@@ -264,9 +264,14 @@ def test_create_bucket_is_retried_while_the_name_is_being_released(world):
 # ---------------------------------------------------------------------------------------------
 # Lambda: a mapping still in use refuses its delete, then reads Deleting for a while
 # ---------------------------------------------------------------------------------------------
-def test_mapping_delete_is_retried_while_in_use_and_waited_out_before_the_function(world):
-    engine, behaviour, log = world("lambda.mapping-delete-in-use", "lambda.mapping-deleting",
-                                   resources=LAMBDA_RESOURCES)
+MAPPING_RULES = ("lambda.mapping-delete-in-use", "lambda.mapping-deleting",
+                 "lambda.create-mapping-while-old-one-deleting")
+
+
+def test_mapping_delete_is_retried_while_in_use_and_not_waited_out(world):
+    """Nothing destroy deletes after the mapping needs it gone: the function goes while the
+    mapping still reads Deleting, and destroy's critical path is not 20 s longer for it."""
+    engine, behaviour, log = world(*MAPPING_RULES, resources=LAMBDA_RESOURCES)
     engine.up()
     gone_at: list[float] = []
     when: dict[str, float] = {}
@@ -283,11 +288,29 @@ def test_mapping_delete_is_retried_while_in_use_and_waited_out_before_the_functi
     engine.ctx.client("lambda").meta.events.register("after-call.lambda.DeleteEventSourceMapping", after)
     result = engine.destroy()
     assert by_id(result, "lambda.event_source_mapping").action == "delete"
-    assert {"lambda.mapping-delete-in-use", "lambda.mapping-deleting"} <= behaviour.fired_rules()
+    assert "lambda.mapping-delete-in-use" in behaviour.fired_rules()
     assert log.counts()["lambda.DeleteEventSourceMapping"] >= 2
-    # the function went only after the mapping stopped reading Deleting (20 s after its delete)
-    assert when["delete_function"] >= gone_at[0] + 20.0
+    assert when["delete_function"] < gone_at[0] + 20.0  # while the mapping still reads Deleting
+    assert log.counts()["lambda.GetEventSourceMapping"] <= 1  # no poll until it is gone
     assert boto3.client("lambda", region_name=REGION).list_event_source_mappings()["EventSourceMappings"] == []
+
+
+def test_an_up_right_after_destroy_waits_for_the_old_mapping_to_go(world):
+    """The new mapping joins the same stream and function ARNs (both made from the names):
+    Lambda refuses it while the old one is Deleting, so `up` waits for that one first."""
+    engine, behaviour, log = world(*MAPPING_RULES, resources=LAMBDA_RESOURCES)
+    engine.up()
+    engine.destroy()
+    deleted_at = world.clock.now()
+    created_at: list[float] = []
+    engine.ctx.client("lambda").meta.events.register(
+        "after-call.lambda.CreateEventSourceMapping",
+        lambda http_response, **_: created_at.append(world.clock.now()) if http_response.status_code < 300 else None)
+    result = engine.up()
+    assert by_id(result, "lambda.event_source_mapping").action == "create"
+    assert "lambda.create-mapping-while-old-one-deleting" not in behaviour.fired_rules()
+    assert created_at and created_at[0] >= deleted_at + 20.0 - 1e-9
+    assert log.counts()["lambda.CreateEventSourceMapping"] == 2  # one per up: never refused
 
 
 # ---------------------------------------------------------------------------------------------

@@ -570,6 +570,11 @@ class EventSourceMapping(Resource):
             **self._params(ctx, desired),
             "Tags": desired["tags"],
         }
+        # A mapping on the same stream and function still Deleting (an `up` right after a
+        # `destroy`: the ARNs come from the names) makes Lambda refuse this one with
+        # ResourceConflictException "... provided mapping already exists": let it go first.
+        for uuid in self._deleting(ctx):
+            self._wait_gone(ctx, uuid)
         # Lambda checks at creation that the function's role may read the stream and write to
         # the destination: a policy written seconds ago can still be invisible to it.
         created = ctx.aws.retrying(lambda: lam.create_event_source_mapping(**params), ROLE_NOT_ASSUMABLE_YET)
@@ -609,18 +614,28 @@ class EventSourceMapping(Resource):
         self._delete_one(ctx, current.ids["uuid"], current.spec.get("state"))
 
     def _delete_one(self, ctx: StepContext, uuid: str, state: str | None) -> None:
-        """Delete one mapping and wait until Lambda has finished deleting it.
+        """Delete one mapping; do not wait for Lambda to finish deleting it.
 
         Even a mapping that reads Enabled can still be settling after its creation or an
         update: DeleteEventSourceMapping then answers ResourceInUseException, retried within
-        aws.MAPPING_IN_USE. The delete itself is asynchronous (the mapping reads Deleting), and
-        the function and stream go next in destroy's order, so it is waited out here.
+        aws.MAPPING_IN_USE. The delete itself is asynchronous (the mapping reads Deleting for
+        seconds). Nothing deleted after it needs it gone (AWS deletes the function and the
+        stream under a Deleting mapping), ``read`` takes a Deleting mapping for absent, and
+        ``create`` waits for one on the same stream and function to go (the one case AWS
+        refuses: a new mapping on the same pair), so destroy does not wait here.
         """
         if self._settle(ctx, uuid, state) is not None:  # else gone, or already being deleted
             lam = ctx.client("lambda")
             ctx.aws.retrying(lambda: tolerate_gone(lam.delete_event_source_mapping, UUID=uuid),
                              MAPPING_IN_USE)
-        self._wait_gone(ctx, uuid)
+
+    @staticmethod
+    def _deleting(ctx: StepContext) -> list[str]:
+        """The mappings on our stream and function that Lambda is still deleting."""
+        mappings = get_or_none(paginate, ctx.client("lambda"), "list_event_source_mappings",
+                               "EventSourceMappings", EventSourceArn=stream_arn(ctx)) or []
+        target = function_arn(ctx)
+        return [m["UUID"] for m in mappings if m.get("FunctionArn") == target and m.get("State") == "Deleting"]
 
     @staticmethod
     def _wait_gone(ctx: StepContext, uuid: str) -> None:
@@ -632,6 +647,8 @@ class EventSourceMapping(Resource):
                 raise AwsCallError(
                     f"event source mapping {uuid} is still being deleted after "
                     f"{ESM_SETTLE_TIMEOUT_S:.0f}s; run again later")
+            ctx.aws.report("waiter", f"waiting for the previous event source mapping {uuid} to be "
+                                     "deleted: AWS reports State = Deleting", state="Deleting")
             ctx.aws.sleep(ESM_POLL_S)
 
     def _settle(self, ctx: StepContext, uuid: str, state: str | None) -> str | None:

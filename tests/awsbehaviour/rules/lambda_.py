@@ -160,6 +160,20 @@ def _list_deleting(parsed: dict[str, Any], uuid: Any, answer: dict[str, Any],
     items.append(_deleting(uuid, answer))
 
 
+def _function_name(function: Any) -> str:
+    """A function ARN or name, as the name (CreateEventSourceMapping takes either)."""
+    return str(function or "").split(":function:", 1)[-1].split(":", 1)[0]
+
+
+def _pair_deleted(_params: dict[str, Any], answer: dict[str, Any]) -> Any:
+    """The (stream, function) pair a deleted mapping joined, from DeleteEventSourceMapping's answer."""
+    return answer.get("EventSourceArn"), _function_name(answer.get("FunctionArn"))
+
+
+def _pair_created(params: dict[str, Any]) -> Any:
+    return params.get("EventSourceArn"), _function_name(params.get("FunctionName"))
+
+
 GHOSTS = (
     GhostRule(
         name="lambda.mapping-deleting",
@@ -168,6 +182,21 @@ GHOSTS = (
         after=("lambda", "DeleteEventSourceMapping"), duration_s=20.0,
         trigger_key=trigger_param("UUID"), call_key=lambda p: p.get("UUID"),
         source=DELETE_ESM_DOC + "; " + ESM_DOC,
+    ),
+    # While the old mapping is Deleting, a new one on the same stream and function is refused
+    # (an `up` right after a `destroy`: both ARNs are the same, they are made from the names).
+    ErrorRule(
+        name="lambda.create-mapping-while-old-one-deleting",
+        service="lambda", operation="CreateEventSourceMapping", code="ResourceConflictException",
+        http_status=409,
+        message="The event source arn ({EventSourceArn}) and function ({FunctionName}) provided "
+                "mapping already exists. Please update or delete the existing mapping with UUID",
+        after=("lambda", "DeleteEventSourceMapping"), duration_s=20.0,
+        trigger_key=_pair_deleted, call_key=_pair_created,
+        source="https://docs.aws.amazon.com/lambda/latest/api/API_CreateEventSourceMapping.html "
+               "(ResourceConflictException, 409: 'The resource already exists, or another operation "
+               "is in progress.'); the full text, met re-creating a Kinesis mapping right after its "
+               "stack was deleted: github.com/tmobile/jazz pull request 74; " + DELETE_ESM_DOC,
     ),
 )
 RULES = RULES + GHOSTS
