@@ -46,7 +46,9 @@ Each run uses a fresh env name, one env at a time, with the built-in default con
 env (the same defaults), which spares the defaults guard's plan pass.
 The per-resource table after the summary says where iotpipe spent time beyond the model: for
 each resource, the model's own duration (from its last dependency's end to its end) and
-iotpipe's (the same, read from the time each resource's line was printed).
+iotpipe's (the same, read from the time each resource's line was printed). iotpipe prints
+result lines in the declared order, so a line can wait for those before it: a resource's
+figure can include that wait (the summary's wall times do not depend on it).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -388,6 +389,57 @@ def tag_changes(current: Mapping[str, str], desired: Mapping[str, str]) -> tuple
     to_set = {k: v for k, v in desired.items() if current.get(k) != v}
     to_remove = [k for k in current if k not in desired]
     return to_set, to_remove
+
+
+# Threads for a resource's independent reads (see read_together): shared by every resource
+# and engine in the process, made on first use.
+READ_THREADS = 16
+# At most this many of one resource's reads in flight. botocore's standard retry mode keeps a
+# retry quota per client (500 tokens, 5 per retry, only part given back on success): under a
+# burst of throttling, a client with dozens of calls retrying at once runs it dry and then
+# fails calls without retrying them. Four at a time halves a bucket's round trips (8 -> 2)
+# and keeps the calls retrying at once on one client close to what they were.
+READ_FANOUT = 4
+_read_pool: ThreadPoolExecutor | None = None
+_read_pool_lock = threading.Lock()
+
+
+def read_together(reads: Mapping[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Ask one resource's independent reads at once; their answers by name.
+
+    A bucket's aspects, a trail's selectors and status, a key's policy and rotation are
+    separate GETs that do not depend on each other: one after another they put a round trip
+    each on the critical path of every converged run, every `status` and destroy's survey.
+    Each read must be a plain AWS call with its arguments worked out beforehand (nothing
+    that reads another resource's ids: those reads belong to the resource's own thread).
+    Every read runs to its end; then the first failure, in the given order, is raised, as
+    asking them in that order would have raised it.
+    """
+    if len(reads) < 2:
+        return {name: read() for name, read in reads.items()}
+    global _read_pool
+    with _read_pool_lock:
+        if _read_pool is None:
+            _read_pool = ThreadPoolExecutor(max_workers=READ_THREADS, thread_name_prefix="iotpipe-read")
+        pool = _read_pool
+    # The caller waits for a free slot before handing each read over, so the shared threads
+    # only ever hold reads that are running.
+    slots = threading.BoundedSemaphore(READ_FANOUT)
+    futures = {}
+    for name, read in reads.items():
+        slots.acquire()
+        futures[name] = pool.submit(read)
+        futures[name].add_done_callback(lambda _done: slots.release())
+    answers: dict[str, Any] = {}
+    failure: BaseException | None = None
+    for name, future in futures.items():
+        try:
+            answers[name] = future.result()
+        except BaseException as err:  # noqa: BLE001 - raised below, after the others ended
+            failure = failure or err
+    if failure is not None:
+        raise failure
+    return answers
 
 
 def get_or_none(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -24,6 +24,7 @@ from iotpipe.steps.base import (
     get_or_none,
     paginate,
     policy_json,
+    read_together,
     same,
     tag_changes,
     tag_dict,
@@ -140,16 +141,22 @@ class Role(Resource):
     def read(self, ctx: StepContext) -> Current | None:
         iam = ctx.client("iam")
         name = self.name(ctx)
-        found = get_or_none(iam.get_role, RoleName=name)
-        if found is None:
+        # The role, its inline policy names and its attached policies at once (each answers
+        # NoSuchEntity when there is no role), then every inline policy at once.
+        first = read_together({
+            "role": lambda: get_or_none(iam.get_role, RoleName=name),
+            "inline": lambda: get_or_none(paginate, iam, "list_role_policies", "PolicyNames", RoleName=name),
+            "attached": lambda: get_or_none(paginate, iam, "list_attached_role_policies", "AttachedPolicies",
+                                            RoleName=name),
+        })
+        if first["role"] is None:
             return None
-        role = found["Role"]
-        inline = {
-            policy: iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
-            for policy in paginate(iam, "list_role_policies", "PolicyNames", RoleName=name)
-        }
-        attached = [p["PolicyArn"] for p in
-                    paginate(iam, "list_attached_role_policies", "AttachedPolicies", RoleName=name)]
+        role = first["role"]["Role"]
+        inline = read_together({
+            policy: lambda policy=policy: iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
+            for policy in first["inline"] or []
+        })
+        attached = [p["PolicyArn"] for p in first["attached"] or []]
         # GetRole carries the role's tags (IAM API reference, Role data type: "A list of tags
         # that are attached to the role"); ListRoleTags would ask again.
         tags = tag_dict(role.get("Tags") or [])

@@ -24,6 +24,7 @@ from iotpipe.steps.base import (
     get_or_none,
     paginate,
     policy_json,
+    read_together,
     tag_changes,
     tag_dict,
     tag_list,
@@ -149,13 +150,18 @@ class KmsKey(Resource):
         if meta is None:
             return None
         key_id = meta["KeyId"]
-        tags = tag_dict(paginate(kms, "list_resource_tags", "Tags", KeyId=key_id), "TagKey", "TagValue")
+        answers = read_together({
+            "tags": lambda: paginate(kms, "list_resource_tags", "Tags", KeyId=key_id),
+            "rotation": lambda: kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"],
+            "policy": lambda: kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"],
+        })
+        tags = tag_dict(answers["tags"], "TagKey", "TagValue")
         pending = _deletion_date(meta)
         spec = {
             "description": meta.get("Description", ""),
             "enabled": meta.get("KeyState") == "Enabled",
-            "rotation": kms.get_key_rotation_status(KeyId=key_id)["KeyRotationEnabled"],
-            "policy": kms.get_key_policy(KeyId=key_id, PolicyName="default")["Policy"],
+            "rotation": answers["rotation"],
+            "policy": answers["policy"],
             "tags": filter_tags(ctx, self.logical_id, tags),
             "pending_deletion": pending,
         }

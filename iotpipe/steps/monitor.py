@@ -24,6 +24,7 @@ call; the rejected and anomaly alarms are metric-math rates over them.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from iotpipe.steps.base import (
     known_key,
     our_key_arn,
     paginate,
+    read_together,
     tag_changes,
     tag_list,
     tolerate_gone,
@@ -99,6 +101,22 @@ def handler_metric(ctx: StepContext, name: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # monitor.topic
 # --------------------------------------------------------------------------------------------
+def _held(read: Callable[[], Any]) -> Callable[[], Any]:
+    """A read whose failure is kept as its answer, to be raised only if it matters."""
+    def held() -> Any:
+        try:
+            return read()
+        except Exception as err:  # noqa: BLE001 - re-raised by _answer when it matters
+            return err
+    return held
+
+
+def _answer(answer: Any) -> Any:
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
 class AlertTopic(Resource):
     logical_id = TOPIC_ID
     resource_type = "AWS::SNS::Topic"
@@ -122,12 +140,19 @@ class AlertTopic(Resource):
     def read(self, ctx: StepContext) -> Current | None:
         sns = ctx.client("sns")
         arn = ctx.aws.arn("sns", self.name(ctx))
-        found = get_or_none(sns.get_topic_attributes, TopicArn=arn)
+        # The ARN is the name's: the topic, its tags and its subscriptions at once. Without a
+        # topic the other two fail (SNS says ResourceNotFound/NotFound): only the topic decides.
+        answers = read_together({
+            "topic": lambda: get_or_none(sns.get_topic_attributes, TopicArn=arn),
+            "tags": _held(lambda: sns.list_tags_for_resource(ResourceArn=arn)),
+            "subscriptions": _held(lambda: _email_subscriptions(sns, arn)),
+        })
+        found = answers["topic"]
         if found is None:
             return None
         attrs = found.get("Attributes", {})
-        tags = {t["Key"]: t["Value"] for t in sns.list_tags_for_resource(ResourceArn=arn).get("Tags", [])}
-        subscriptions = _email_subscriptions(sns, arn)
+        tags = {t["Key"]: t["Value"] for t in _answer(answers["tags"]).get("Tags", [])}
+        subscriptions = _answer(answers["subscriptions"])
         wanted = set(ctx.config.alerts.emails)
         spec = {
             "kms_key": our_key_arn(ctx, attrs.get("KmsMasterKeyId")),

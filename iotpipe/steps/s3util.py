@@ -26,6 +26,7 @@ from iotpipe.steps.base import (
     known_key,
     our_key_arn,
     policy_json,
+    read_together,
     tag_dict,
     tag_list,
     tolerate_gone,
@@ -66,14 +67,25 @@ def logging_target(ctx: StepContext, source_bucket: str) -> dict[str, str]:
 
 
 # -- read ---------------------------------------------------------------------------------------
-def read_bucket_common(ctx: StepContext, logical_id: str, name: str, arn: str,
-                       more: Callable[[Any], Spec]) -> Current | None:
-    """The bucket's shared aspects plus ``more(s3)`` (the step's own), each None when unset.
+# What a bucket's read asks, besides HeadBucket: one GET per aspect, all at once (an
+# aspect never configured answers NotFound: None).
+COMMON_READS = ("get_bucket_tagging", "get_public_access_block", "get_bucket_ownership_controls",
+                "get_bucket_policy")
+# The steps' own aspects (each step asks the ones it sets; the access-log bucket logs nowhere).
+ASPECT_READS = ("get_bucket_encryption", "get_bucket_versioning", "get_bucket_lifecycle_configuration",
+                "get_bucket_logging")
 
-    None when there is no bucket of that name. S3 names are global: a 403 on HeadBucket means
-    another account owns this name, read as foreign and never adoptable. Every aspect is read
-    as it is, so a bucket created by a run that stopped before its policy or tags reads as
-    drifted and `up` finishes it.
+
+def read_bucket_common(ctx: StepContext, logical_id: str, name: str, arn: str,
+                       own_reads: tuple[str, ...], more: Callable[[dict[str, Any]], Spec]) -> Current | None:
+    """The bucket's shared aspects plus ``more(answers)`` (the step's own), each None when unset.
+
+    ``own_reads`` names the step's own GETs (``get_bucket_versioning``...); they are asked
+    together with the shared ones (``read_together``) and ``more`` turns their answers,
+    by name, into the step's fields. None when there is no bucket of that name. S3 names are
+    global: a 403 on HeadBucket means another account owns this name, read as foreign and
+    never adoptable. Every aspect is read as it is, so a bucket created by a run that
+    stopped before its policy or tags reads as drifted and `up` finishes it.
     """
     s3 = ctx.client("s3")
     ids = {"name": name, "arn": arn}
@@ -85,16 +97,22 @@ def read_bucket_common(ctx: StepContext, logical_id: str, name: str, arn: str,
         if error_code(err) in FORBIDDEN_CODES:
             return Current({}, ids, managed=False, adoptable=False)
         raise
-    tags = read_tags(s3, name)
+    answers = read_together({op: _aspect_read(s3, op, name) for op in (*COMMON_READS, *own_reads)})
+    tagging = answers["get_bucket_tagging"]
+    tags = tag_dict(tagging["TagSet"]) if tagging else {}
     home = None if TAG_REGION in tags else bucket_region(s3, name)
     spec = {
-        **more(s3),
-        "public_access_block": norm_public_access_block(get_or_none(s3.get_public_access_block, Bucket=name)),
-        "ownership": norm_ownership(get_or_none(s3.get_bucket_ownership_controls, Bucket=name)),
-        "policy": norm_policy(get_or_none(s3.get_bucket_policy, Bucket=name)),
+        **more(answers),
+        "public_access_block": norm_public_access_block(answers["get_public_access_block"]),
+        "ownership": norm_ownership(answers["get_bucket_ownership_controls"]),
+        "policy": norm_policy(answers["get_bucket_policy"]),
         "tags": filter_tags(ctx, logical_id, tags),
     }
     return Current.judged(ctx, spec, ids, tags, home_region=home)
+
+
+def _aspect_read(s3: Any, op: str, name: str) -> Callable[[], Any]:
+    return lambda: get_or_none(getattr(s3, op), Bucket=name)
 
 
 def bucket_region(s3: Any, name: str) -> str | None:
@@ -129,9 +147,9 @@ def norm_policy(answer: dict[str, Any] | None) -> dict[str, Any] | None:
     return json.loads(answer["Policy"]) if answer else None
 
 
-def read_logging(s3: Any, name: str) -> dict[str, str] | None:
+def norm_logging(answer: dict[str, Any] | None) -> dict[str, str] | None:
     """GetBucketLogging answers without LoggingEnabled when server access logging is off."""
-    enabled = (s3.get_bucket_logging(Bucket=name) or {}).get("LoggingEnabled")
+    enabled = (answer or {}).get("LoggingEnabled")
     if not enabled:
         return None
     return {"target_bucket": enabled.get("TargetBucket"), "target_prefix": enabled.get("TargetPrefix", "")}
@@ -143,10 +161,9 @@ def expiry_rule(rule_id: str, *, noncurrent_days: int, expiration_days: int | No
             "expiration_days": expiration_days, "noncurrent_days": noncurrent_days}
 
 
-def read_expiry_rules(s3: Any, name: str) -> list[dict[str, Any]] | None:
-    """The bucket's lifecycle in ``expiry_rule``'s shape; anything else a rule does is kept
-    under "other", so a transition or filter added by hand reads as drift."""
-    answer = get_or_none(s3.get_bucket_lifecycle_configuration, Bucket=name)
+def norm_expiry_rules(answer: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """GetBucketLifecycleConfiguration's answer in ``expiry_rule``'s shape; anything else a
+    rule does is kept under "other", so a transition or filter added by hand reads as drift."""
     if not answer:
         return None
     rules = []
@@ -193,8 +210,7 @@ def kms_encryption(key_arn: Any) -> Any:
 SSE_S3 = {"algorithm": "AES256", "kms_key": None, "bucket_key": False}
 
 
-def read_encryption(ctx: StepContext, s3: Any, name: str) -> dict[str, Any] | None:
-    answer = get_or_none(s3.get_bucket_encryption, Bucket=name)
+def norm_encryption(ctx: StepContext, answer: dict[str, Any] | None) -> dict[str, Any] | None:
     rules = (answer or {}).get("ServerSideEncryptionConfiguration", {}).get("Rules") or []
     if not rules:
         return None
@@ -215,8 +231,8 @@ def set_encryption(s3: Any, name: str, want: dict[str, Any]) -> None:
         "ApplyServerSideEncryptionByDefault": default, "BucketKeyEnabled": want["bucket_key"]}]})
 
 
-def read_versioning(s3: Any, name: str) -> str | None:
-    return s3.get_bucket_versioning(Bucket=name).get("Status")
+def norm_versioning(answer: dict[str, Any] | None) -> str | None:
+    return (answer or {}).get("Status")
 
 
 # -- write: one call per aspect ------------------------------------------------------------------

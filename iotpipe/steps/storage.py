@@ -32,6 +32,7 @@ from iotpipe.steps.base import (
     known_key,
     our_key_arn,
     paginate,
+    read_together,
     tag_changes,
     tag_dict,
     tag_list,
@@ -92,20 +93,20 @@ class SensorBucket(Resource):
     def read(self, ctx: StepContext) -> Current | None:
         name = ctx.names.sensor_bucket
 
-        def own_aspects(s3: Any) -> Spec:
-            versioning = s3.get_bucket_versioning(Bucket=name).get("Status")
-            lifecycle = get_or_none(s3.get_bucket_lifecycle_configuration, Bucket=name)
+        def own_aspects(answers: dict[str, Any]) -> Spec:
+            lifecycle = answers["get_bucket_lifecycle_configuration"]
             return {
-                "versioning": versioning,
-                "encryption": s3util.read_encryption(ctx, s3, name),
+                "versioning": s3util.norm_versioning(answers["get_bucket_versioning"]),
+                "encryption": s3util.norm_encryption(ctx, answers["get_bucket_encryption"]),
                 "lifecycle": {
                     "min_object_size": lifecycle.get("TransitionDefaultMinimumObjectSize"),
                     "rules": [_norm_rule(r) for r in lifecycle["Rules"]],
                 } if lifecycle else None,
-                "logging": s3util.read_logging(s3, name),
+                "logging": s3util.norm_logging(answers["get_bucket_logging"]),
             }
 
-        return s3util.read_bucket_common(ctx, self.logical_id, name, self.arn(ctx), own_aspects)
+        return s3util.read_bucket_common(ctx, self.logical_id, name, self.arn(ctx), s3util.ASPECT_READS,
+                                         own_aspects)
 
     # -- write --------------------------------------------------------------------------------
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
@@ -321,14 +322,15 @@ class AccessLogBucket(Resource):
         if self._external(ctx):
             return self._read_external(ctx, name)
 
-        def own_aspects(s3: Any) -> Spec:
+        def own_aspects(answers: dict[str, Any]) -> Spec:
             return {
-                "encryption": s3util.read_encryption(ctx, s3, name),
-                "versioning": s3util.read_versioning(s3, name),
-                "lifecycle": s3util.read_expiry_rules(s3, name),
+                "encryption": s3util.norm_encryption(ctx, answers["get_bucket_encryption"]),
+                "versioning": s3util.norm_versioning(answers["get_bucket_versioning"]),
+                "lifecycle": s3util.norm_expiry_rules(answers["get_bucket_lifecycle_configuration"]),
             }
 
-        return s3util.read_bucket_common(ctx, self.logical_id, name, self.arn(ctx), own_aspects)
+        return s3util.read_bucket_common(ctx, self.logical_id, name, self.arn(ctx),
+                                         s3util.ASPECT_READS[:3], own_aspects)
 
     def _read_external(self, ctx: StepContext, name: str) -> Current | None:
         """Someone else's bucket: present is all we ask (a 403 means it exists, not ours to read)."""
@@ -438,9 +440,12 @@ class MetricsTable(Resource):
         if table.get("TableStatus") == "DELETING":
             return None  # going away: create() waits for it to be gone
         arn = table["TableArn"]
-        tags = tag_dict(paginate(ddb, "list_tags_of_resource", "Tags", ResourceArn=arn))
-        backups = get_or_none(ddb.describe_continuous_backups, TableName=name)
-        pitr = _pitr_status(backups)
+        answers = read_together({
+            "tags": lambda: paginate(ddb, "list_tags_of_resource", "Tags", ResourceArn=arn),
+            "backups": lambda: get_or_none(ddb.describe_continuous_backups, TableName=name),
+        })
+        tags = tag_dict(answers["tags"])
+        pitr = _pitr_status(answers["backups"])
         spec = {
             # Tables created before on-demand existed carry no BillingModeSummary: provisioned.
             "billing_mode": (table.get("BillingModeSummary") or {}).get("BillingMode", "PROVISIONED"),

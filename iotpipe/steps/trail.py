@@ -32,6 +32,7 @@ from iotpipe.steps.base import (
     get_or_none,
     known_key,
     our_key_arn,
+    read_together,
     tag_changes,
     tag_dict,
     tag_list,
@@ -123,15 +124,16 @@ class TrailBucket(Resource):
     def read(self, ctx: StepContext) -> Current | None:
         name = self.name(ctx)
 
-        def own_aspects(s3: Any) -> Spec:
+        def own_aspects(answers: dict[str, Any]) -> Spec:
             return {
-                "encryption": s3util.read_encryption(ctx, s3, name),
-                "versioning": s3util.read_versioning(s3, name),
-                "lifecycle": s3util.read_expiry_rules(s3, name),
-                "logging": s3util.read_logging(s3, name),
+                "encryption": s3util.norm_encryption(ctx, answers["get_bucket_encryption"]),
+                "versioning": s3util.norm_versioning(answers["get_bucket_versioning"]),
+                "lifecycle": s3util.norm_expiry_rules(answers["get_bucket_lifecycle_configuration"]),
+                "logging": s3util.norm_logging(answers["get_bucket_logging"]),
             }
 
-        return s3util.read_bucket_common(ctx, self.logical_id, name, bucket_arn(ctx), own_aspects)
+        return s3util.read_bucket_common(ctx, self.logical_id, name, bucket_arn(ctx), s3util.ASPECT_READS,
+                                         own_aspects)
 
     def create(self, ctx: StepContext, desired: Spec) -> dict[str, str]:
         s3 = ctx.client("s3")
@@ -253,8 +255,13 @@ class Trail(Resource):
             return None
         trail = found["Trail"]
         arn = trail["TrailARN"]
-        selectors = cloudtrail.get_event_selectors(TrailName=name).get("EventSelectors", [])
-        listed = cloudtrail.list_tags(ResourceIdList=[arn]).get("ResourceTagList", [])
+        answers = read_together({
+            "selectors": lambda: cloudtrail.get_event_selectors(TrailName=name).get("EventSelectors", []),
+            "tags": lambda: cloudtrail.list_tags(ResourceIdList=[arn]).get("ResourceTagList", []),
+            "insights": lambda: _insight_types(cloudtrail, name),
+            "logging": lambda: bool(cloudtrail.get_trail_status(Name=name).get("IsLogging")),
+        })
+        selectors, listed = answers["selectors"], answers["tags"]
         tags = tag_dict(listed[0].get("TagsList", [])) if listed else {}
         spec = {
             "s3_bucket_name": trail.get("S3BucketName"),
@@ -263,8 +270,8 @@ class Trail(Resource):
             "is_multi_region_trail": trail.get("IsMultiRegionTrail"),
             "log_file_validation": trail.get("LogFileValidationEnabled"),
             "event_selectors": [_event_selector(s) for s in selectors],
-            "insight_selectors": _insight_types(cloudtrail, name),
-            "logging": bool(cloudtrail.get_trail_status(Name=name).get("IsLogging")),
+            "insight_selectors": answers["insights"],
+            "logging": answers["logging"],
             "tags": filter_tags(ctx, self.logical_id, tags),
         }
         return Current(spec, {"name": trail["Name"], "arn": arn}, managed=ctx.owns(tags))
