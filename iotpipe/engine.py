@@ -171,6 +171,9 @@ class Engine:
         self._local = threading.local()
         ctx.aws.on_progress = store.on_progress = self._progress
         self._stopping = threading.Event()
+        # Reads of the pass before `up` (its plan) or `destroy` (its survey), by logical id, for
+        # that command to use instead of reading again (see up and destroy); None: none kept.
+        self._kept: dict[str, Current | None] | None = None
         ctx.aws.sleep = self._stoppable(ctx.aws.sleep)
 
     def _stoppable(self, sleep: Callable[[float], None]) -> Callable[[float], None]:
@@ -218,12 +221,22 @@ class Engine:
 
         def plan_then_confirm() -> None:
             preview = RunResult("plan", self.ctx.env, self.ctx.region, self.ctx.account)
+            self._kept = {}
             preview.resources = self._each("plan", self._plan_one, reverse=False, events=False)
+            # Nothing to change anywhere: what the plan read is what `up` would read again a
+            # moment later under the same lock. Otherwise each resource is read again once
+            # what it depends on is converged (a key made in this run changes how the
+            # encryption of what it encrypts reads).
+            if any(r.action != "unchanged" for r in preview.resources):
+                self._kept = None
             if confirm is not None and not confirm(preview):
                 raise AbortedError("up cancelled: nothing was changed")
 
-        return self._run("up", self._up_one, reverse=False, lock=True,
-                         before=plan_then_confirm if confirm is not None else None)
+        try:
+            return self._run("up", self._up_one, reverse=False, lock=True,
+                             before=plan_then_confirm if confirm is not None else None)
+        finally:
+            self._kept = None
 
     def lossy_changes(self, plan: RunResult) -> list[tuple[ResourceResult, Change]]:
         """The changes in ``plan`` that delete stored data (see RETENTION_FIELDS).
@@ -252,13 +265,22 @@ class Engine:
         """
 
         def survey_then_confirm() -> None:
+            # Ownership and what to delete are judged once, here, before the first delete:
+            # the deletes use these reads (a re-read after a dependant is gone can judge
+            # differently: the device policy's owner on the emulator is told by the thing
+            # type, deleted just before it). Each delete tolerates what changed meanwhile
+            # (already gone, still in use).
+            self._kept = {}
             survey = self._survey()
             if (blocked := blocked_error(survey)) is not None:
                 raise blocked
             if confirm is not None and not confirm(survey):
                 raise AbortedError("destroy cancelled: nothing was deleted")
 
-        result = self._run("destroy", self._destroy_one, reverse=True, lock=True, before=survey_then_confirm)
+        try:
+            result = self._run("destroy", self._destroy_one, reverse=True, lock=True, before=survey_then_confirm)
+        finally:
+            self._kept = None
         if all(r.action in ("delete", "scheduled", "absent") for r in result.resources):
             self.store.remove_if_empty()
         return result
@@ -308,7 +330,7 @@ class Engine:
             return self._disabled(res, why, "unchanged")
         desired = res.desired(self.ctx)
         self._phase("reading")
-        current = res.read(self.ctx)
+        current = self._keep(res, res.read(self.ctx))
         if current is None and res.makes_nothing:
             # It comes into being with what it rides on (iot.devices with the thing type), so
             # `up` finds it there and says "unchanged": plan says the same.
@@ -357,7 +379,7 @@ class Engine:
             return self._disabled(res, why, "unchanged")
         desired = res.desired(self.ctx)
         self._phase("reading")
-        current = res.read(self.ctx)
+        current = self._read(res)
         name = res.name(self.ctx)
         if current is None:
             self.store.intend(res.logical_id, res.resource_type, name)
@@ -385,6 +407,19 @@ class Engine:
             self.ctx.refs[res.logical_id] = ids
         return self._result(res, "update", changes=changes, ids=ids)
 
+    def _keep(self, res: Resource, current: Current | None) -> Current | None:
+        """Keep a read of the pass before `up` or `destroy` for that command (see there)."""
+        if self._kept is not None:
+            self._kept[res.logical_id] = current
+        return current
+
+    def _read(self, res: Resource) -> Current | None:
+        """The kept read of ``res``, once, if there is one; else a read of AWS now."""
+        kept = self._kept
+        if kept is not None and res.logical_id in kept:
+            return kept.pop(res.logical_id)
+        return res.read(self.ctx)
+
     def _survey(self) -> RunResult:
         """Read every resource (in `up` order, so each read has the ids of those before it)."""
         result = RunResult("destroy-plan", self.ctx.env, self.ctx.region, self.ctx.account)
@@ -394,7 +429,7 @@ class Engine:
 
     def _survey_one(self, res: Resource) -> ResourceResult | None:
         self._phase("reading")
-        current = res.read(self.ctx)
+        current = self._keep(res, res.read(self.ctx))
         if current is None:
             return None if res.retired else self._result(res, "absent")
         if not self._is_ours(res, current):
@@ -429,7 +464,7 @@ class Engine:
 
     def _destroy_one(self, res: Resource) -> ResourceResult | None:
         self._phase("reading")
-        current = res.read(self.ctx)
+        current = self._read(res)
         if current is None:
             self.store.forget(res.logical_id)
             return None if res.retired else self._result(res, "absent")
