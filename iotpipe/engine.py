@@ -276,6 +276,7 @@ class Engine:
                 raise blocked
             if confirm is not None and not confirm(survey):
                 raise AbortedError("destroy cancelled: nothing was deleted")
+            self._prepare_deletes(survey)
 
         try:
             result = self._run("destroy", self._destroy_one, reverse=True, lock=True, before=survey_then_confirm)
@@ -406,6 +407,24 @@ class Engine:
             self.store.record(res.logical_id, res.resource_type, name, ids)
             self.ctx.refs[res.logical_id] = ids
         return self._result(res, "update", changes=changes, ids=ids)
+
+    def _prepare_deletes(self, survey: RunResult) -> None:
+        """Every resource to delete starts what of its deletion need not wait (prepare_delete),
+        all at once, before the first delete: the table's protection is lifted while what
+        uses it goes, instead of after."""
+        kept = self._kept or {}
+        to_delete = {r.logical_id for r in survey.resources if r.action == "delete"}
+        by_id = {res.logical_id: res for res in self.resources if res.logical_id in to_delete}
+
+        def prepare(logical_id: str) -> None:
+            current = kept.get(logical_id)
+            if current is not None:
+                self._guarded(by_id[logical_id], lambda res: res.prepare_delete(self.ctx, current))
+
+        outcomes = run_graph(list(by_id), {}, prepare, parallelism=self.parallelism)
+        failures = [(o.key, o.error) for o in outcomes if o.state == "failed" and o.error is not None]
+        if failures:
+            raise _first_of(failures)
 
     def _keep(self, res: Resource, current: Current | None) -> Current | None:
         """Keep a read of the pass before `up` or `destroy` for that command (see there)."""

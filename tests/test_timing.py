@@ -164,3 +164,19 @@ def test_one_worker_keeps_the_declared_order_whatever_the_priority():
     """The interruption matrix counts "the Nth call": one worker must mean one fixed order."""
     keys = ["log", "alias", "topic", "role"]
     assert _start_order(keys, {}, {"role": 40.0}, parallelism=1) == keys
+
+
+def test_destroy_lifts_the_tables_protection_before_its_first_delete(timed):
+    """UpdateTable (protection off) leaves the table UPDATING for a while: started before the
+    mapping and the alarms go, that wait overlaps their deletes instead of following them."""
+    engine, calls, behaviour = timed({"dynamodb.table-updating": 10.0},
+                                     kms.RESOURCES + storage.RESOURCES + stream.RESOURCES + lambda_.RESOURCES)
+    engine.up()
+    calls.clear()
+    engine.destroy()
+    ops = [op for op, err, _t in calls if not err]
+    lifted = ops.index("UpdateTable")
+    first_delete = min(n for n, op in enumerate(ops) if op.startswith("Delete"))
+    assert lifted < first_delete
+    assert "DeleteTable" in ops
+    assert "dynamodb.table-updating" in behaviour.fired_rules()

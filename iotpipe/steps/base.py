@@ -233,6 +233,12 @@ class Resource(ABC):
     def delete(self, ctx: StepContext, current: Current) -> None:
         """Remove it; already gone counts as success."""
 
+    def prepare_delete(self, ctx: StepContext, current: Current) -> None:
+        """What of its deletion can start before what depends on it is gone (destroy, after
+        the operator said yes, for every resource at once): a wait AWS imposes then overlaps
+        the dependants' deletes instead of following them. Nothing by default."""
+        return None
+
 
 # --------------------------------------------------------------------------------------------
 # Helpers shared by the steps

@@ -526,13 +526,32 @@ class MetricsTable(Resource):
             if to_remove:
                 ddb.untag_resource(ResourceArn=current.ids["arn"], TagKeys=to_remove)
 
+    def prepare_delete(self, ctx: StepContext, current: Current) -> None:
+        """Lift deletion protection while the mapping and the alarms that use the table are
+        being deleted: UpdateTable leaves the table UPDATING for a while, and DeleteTable
+        refuses a table that is not ACTIVE. A destroy stopped after this leaves the table
+        unprotected: `status` shows it drifted and `up` protects it again."""
+        if current.spec.get("deletion_protection"):
+            ddb = ctx.client("dynamodb")
+            name = ctx.names.metrics_table
+            _wait_active(ctx, ddb, name)
+            if tolerate_gone(ddb.update_table, TableName=name, DeletionProtectionEnabled=False):
+                current.spec["deletion_protection"] = False
+
     def delete(self, ctx: StepContext, current: Current) -> None:
         ddb = ctx.client("dynamodb")
         name = ctx.names.metrics_table
         if current.spec.get("deletion_protection"):
             _wait_active(ctx, ddb, name)
-            if tolerate_gone(ddb.update_table, TableName=name, DeletionProtectionEnabled=False):
-                _wait_active(ctx, ddb, name)
+            tolerate_gone(ddb.update_table, TableName=name, DeletionProtectionEnabled=False)
+        # ACTIVE again after lifting protection (here or in prepare_delete): DeleteTable
+        # refuses a table being updated (ResourceInUseException).
+        found = get_or_none(ddb.describe_table, TableName=name)
+        status = (found or {}).get("Table", {}).get("TableStatus")
+        if status in (None, "DELETING"):
+            return
+        if status != "ACTIVE":
+            _wait_active(ctx, ddb, name)
         # No wait for the table to be gone: nothing deleted after it (the KMS key, scheduled)
         # needs that, ``read`` takes a DELETING table for absent (a second destroy is quiet),
         # and ``create`` waits for the name to free up (an `up` right after a destroy).
