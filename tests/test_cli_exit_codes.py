@@ -144,4 +144,5 @@ def test_parallelism_option_reaches_the_engine(hooked, parallelism, threaded):
     workers: set[str] = set()
     hooked.append(("before-call.*.*", lambda **_: workers.add(threading.current_thread().name)))
     assert main(["up", "--set", "storage.enforce_tls=false", "--parallelism", parallelism]) == ExitCode.OK
-    assert any(name.startswith("iotpipe") for name in workers) == threaded
+    # the engine's workers ("iotpipe_N"), not the shared read threads ("iotpipe-read_N")
+    assert any(name.startswith("iotpipe_") for name in workers) == threaded
