@@ -421,10 +421,7 @@ class Engine:
             if current is not None:
                 self._guarded(by_id[logical_id], lambda res: res.prepare_delete(self.ctx, current))
 
-        outcomes = run_graph(list(by_id), {}, prepare, parallelism=self.parallelism)
-        failures = [(o.key, o.error) for o in outcomes if o.state == "failed" and o.error is not None]
-        if failures:
-            raise _first_of(failures)
+        _raise_failures(run_graph(list(by_id), {}, prepare, parallelism=self.parallelism))
 
     def _keep(self, res: Resource, current: Current | None) -> Current | None:
         """Keep a read of the pass before `up` or `destroy` for that command (see there)."""
@@ -585,9 +582,7 @@ class Engine:
         finally:
             if events:  # also when a failure or an interruption left some never started
                 self.on_event(Event("end", "", verb=command))
-        failures = [(o.key, o.error) for o in outcomes if o.state == "failed" and o.error is not None]
-        if failures:
-            raise _first_of(failures)
+        _raise_failures(outcomes)
         return [o.value for o in outcomes if o.value is not None]
 
     def _preflight(self) -> None:
@@ -651,6 +646,13 @@ class Engine:
             if value:
                 out[key] = value
         return out
+
+
+def _raise_failures(outcomes: list[Any]) -> None:
+    """After a graph run: the first failure in the run's order, naming the others."""
+    failures = [(o.key, o.error) for o in outcomes if o.state == "failed" and o.error is not None]
+    if failures:
+        raise _first_of(failures)
 
 
 def _first_of(failures: list[tuple[str, BaseException]]) -> BaseException:

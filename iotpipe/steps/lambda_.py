@@ -514,11 +514,7 @@ class EventSourceMapping(Resource):
         return found.get("Tags", {}) if found else {}
 
     def read(self, ctx: StepContext) -> Current | None:
-        lam = ctx.client("lambda")
-        mappings = get_or_none(paginate, lam, "list_event_source_mappings", "EventSourceMappings",
-                               EventSourceArn=stream_arn(ctx)) or []
-        target = function_arn(ctx)
-        ours = [m for m in mappings if m.get("FunctionArn") == target and m.get("State") != "Deleting"]
+        ours = [m for m in self._on_pair(ctx) if m.get("State") != "Deleting"]
         if not ours:
             return None
         tags_of = {m["UUID"]: self._tags(ctx, m) for m in ours}
@@ -573,8 +569,9 @@ class EventSourceMapping(Resource):
         # A mapping on the same stream and function still Deleting (an `up` right after a
         # `destroy`: the ARNs come from the names) makes Lambda refuse this one with
         # ResourceConflictException "... provided mapping already exists": let it go first.
-        for uuid in self._deleting(ctx):
-            self._wait_gone(ctx, uuid)
+        for mapping in self._on_pair(ctx):
+            if mapping.get("State") == "Deleting":
+                self._wait_gone(ctx, mapping["UUID"])
         # Lambda checks at creation that the function's role may read the stream and write to
         # the destination: a policy written seconds ago can still be invisible to it.
         created = ctx.aws.retrying(lambda: lam.create_event_source_mapping(**params), ROLE_NOT_ASSUMABLE_YET)
@@ -630,12 +627,11 @@ class EventSourceMapping(Resource):
                              MAPPING_IN_USE)
 
     @staticmethod
-    def _deleting(ctx: StepContext) -> list[str]:
-        """The mappings on our stream and function that Lambda is still deleting."""
+    def _on_pair(ctx: StepContext) -> list[dict[str, Any]]:
+        """Every mapping from our stream to our function, whatever its state."""
         mappings = get_or_none(paginate, ctx.client("lambda"), "list_event_source_mappings",
                                "EventSourceMappings", EventSourceArn=stream_arn(ctx)) or []
-        target = function_arn(ctx)
-        return [m["UUID"] for m in mappings if m.get("FunctionArn") == target and m.get("State") == "Deleting"]
+        return [m for m in mappings if m.get("FunctionArn") == function_arn(ctx)]
 
     @staticmethod
     def _wait_gone(ctx: StepContext, uuid: str) -> None:

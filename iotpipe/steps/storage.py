@@ -539,11 +539,9 @@ class MetricsTable(Resource):
                 current.spec["deletion_protection"] = False
 
     def delete(self, ctx: StepContext, current: Current) -> None:
+        self.prepare_delete(ctx, current)  # nothing left to do when destroy already lifted it
         ddb = ctx.client("dynamodb")
         name = ctx.names.metrics_table
-        if current.spec.get("deletion_protection"):
-            _wait_active(ctx, ddb, name)
-            tolerate_gone(ddb.update_table, TableName=name, DeletionProtectionEnabled=False)
         # ACTIVE again after lifting protection (here or in prepare_delete): DeleteTable
         # refuses a table being updated (ResourceInUseException).
         found = get_or_none(ddb.describe_table, TableName=name)
