@@ -437,9 +437,10 @@ class Engine:
         return res.read(self.ctx)
 
     def _survey(self) -> RunResult:
-        """Read every resource (in `up` order, so each read has the ids of those before it)."""
+        """Read every resource, each once the ids its read uses are known (``read_needs``):
+        nothing is compared with a desired state, so most reads go at once."""
         result = RunResult("destroy-plan", self.ctx.env, self.ctx.region, self.ctx.account)
-        result.resources = self._each("read", self._survey_one, reverse=False)
+        result.resources = self._each("read", self._survey_one, reverse=False, needs=lambda r: r.read_needs)
         result.resources.reverse()  # shown in the order destroy works
         return result
 
@@ -519,9 +520,11 @@ class Engine:
         return result
 
     def _each(self, command: str, one: Callable[[Resource], ResourceResult | None], *, reverse: bool,
-              events: bool = True) -> list[ResourceResult]:
+              events: bool = True,
+              needs: Callable[[Resource], tuple[str, ...]] = lambda r: r.depends_on) -> list[ResourceResult]:
         """``one`` for every resource along the graph; results in the declared order (reversed
         with ``reverse``, where a resource waits for everything that depends on it instead).
+        Going forward a resource waits for ``needs(resource)``: its ``depends_on`` unless told.
 
         Events (with ``events``): "begin" with the order, then per resource "start", its
         phases and progress, "done"; "end" last whatever happened.
@@ -540,7 +543,7 @@ class Engine:
                     if dep in waits:
                         waits[dep].append(res.logical_id)
         else:
-            waits = {res.logical_id: list(res.depends_on) for res in order}
+            waits = {res.logical_id: list(needs(res)) for res in order}
 
         def work(logical_id: str) -> ResourceResult | None:
             res = by_id[logical_id]

@@ -41,6 +41,10 @@ class Expected:
 TABLE_ACTIVE = Expected(
     20.0, "https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_CreateTable.html "
           "(CREATING, then ACTIVE: 'an asynchronous operation')")
+TABLE_UPDATED = Expected(
+    10.0, "https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_UpdateTable.html "
+          "('an asynchronous operation; while it's executing, the table status changes from ACTIVE "
+          "to UPDATING'): a setting such as deletion protection, not a new index or capacity")
 PITR_ENABLED = Expected(
     30.0, "https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_UpdateContinuousBackups.html "
           "(PointInTimeRecoveryStatus ENABLING, then ENABLED)")

@@ -206,3 +206,46 @@ def test_every_read_of_another_resource_is_declared(make):
     # The check saw the reads it is about (not an instrument that records nothing).
     assert {"kms.alias", "lambda.function", "iot.topic_rule", "monitor.failure_records"} <= readers
     assert undeclared(reads, engine.resources) == []
+
+
+def instrument_reads(engine: Any) -> set[tuple[str, str]]:
+    """Like ``instrument``, but only what ``read`` itself looks up is attributed."""
+    who, reads = Who(), set()
+    for res in engine.resources:
+        read = res.read
+
+        def attributed(ctx: Any, _read: Any = read, _lid: str = res.logical_id) -> Any:
+            who.current = _lid
+            try:
+                return _read(ctx)
+            finally:
+                who.current = None
+
+        res.read = attributed
+    engine.ctx.refs = TrackedRefs(who, reads)
+    return reads
+
+
+def test_every_id_a_read_uses_is_in_its_read_needs(make, tmp_path):
+    """destroy's survey schedules by ``read_needs``: a read that uses another's ids without
+    naming it there could run first and judge with a placeholder (the alias would ask for the
+    key's tags again; a key id would not map to its ARN)."""
+    engine = make()
+    reads = instrument_reads(engine)
+    engine.plan()
+    engine.up()
+    engine.status()
+    engine.destroy_plan()
+    lost = make(state_root=tmp_path / "lost")  # no recorded ids: reads fall back on others'
+    lost_reads = instrument_reads(lost)
+    lost.status()
+    lost.destroy_plan()
+    engine.destroy()
+    reads |= lost_reads
+    readers = {reader for reader, read in reads if read != reader}
+    assert {"kms.alias", "stream.sensor_stream", "lambda.function"} <= readers
+    for res in engine.resources:
+        assert set(res.read_needs) <= set(res.depends_on), res.logical_id
+    needs = {r.logical_id: set(r.read_needs) for r in engine.resources}
+    unnamed = sorted((reader, read) for reader, read in reads if read != reader and read not in needs[reader])
+    assert unnamed == [], unnamed

@@ -56,3 +56,33 @@ def test_an_up_with_changes_reads_again_after_its_plan(make):
     assert by_id(result, "lambda.log_group").action == "update"
     assert _reads(log, "iam.GetRole") == 2 * ROLES  # the plan's, then up's own
     assert _reads(log, "dynamodb.DescribeTable") == 2
+
+
+def test_destroys_survey_does_not_wait_for_the_reads_of_what_a_resource_depends_on(make):
+    """The survey judges ownership, not drift: a read waits only for ``read_needs``. The
+    dashboard (which depends on every alarm, each on the key) is read while the key's read is
+    still held; scheduled by ``depends_on`` it could not start before the key's read ended."""
+    import threading
+
+    engine = make(parallelism=4)
+    engine.up()
+    dashboard_reading = threading.Event()
+    held = []
+    resources = {r.logical_id: r for r in engine.resources}
+    key, dashboard = resources["kms.key"], resources["monitor.dashboard"]
+    key_read, dashboard_read = key.read, dashboard.read
+
+    def read_key(ctx):
+        # A bounded wait: it returns at once when the survey is right, and fails the test
+        # (instead of hanging it) when the dashboard waits for the key.
+        held.append(dashboard_reading.wait(timeout=10))
+        return key_read(ctx)
+
+    def read_dashboard(ctx):
+        dashboard_reading.set()
+        return dashboard_read(ctx)
+
+    key.read, dashboard.read = read_key, read_dashboard
+    survey = engine.destroy_plan()
+    assert held == [True]
+    assert {r.action for r in survey.resources} <= {"delete", "scheduled"}

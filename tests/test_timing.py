@@ -27,6 +27,7 @@ from iotpipe.timing import (
     PROPAGATION_POLL_S,
     STREAM_ACTIVE,
     TABLE_ACTIVE,
+    TABLE_UPDATED,
     Expected,
 )
 from tests.awsbehaviour import FakeClock, rules_named
@@ -84,6 +85,19 @@ def test_a_wait_ends_within_a_tenth_of_the_transition_it_waits_for(timed, rule, 
     ready_seen = max(t for op, err, t in calls if op == read and t <= created + window + MAX_POLL_S + 1)
     overshoot = ready_seen - (created + window)
     assert 0 <= overshoot <= expected.seconds / 10
+
+
+def test_destroy_deletes_the_table_within_a_tenth_of_its_update_after_lifting_protection(timed):
+    """Lifting deletion protection leaves the table UPDATING (10 s typically) and DeleteTable
+    waits for ACTIVE: polled at CREATING's 2 s, a 10.5 s UPDATING is seen 1.5 s late."""
+    window = 10.5
+    engine, calls, behaviour = timed({"dynamodb.table-updating": window}, kms.RESOURCES + storage.RESOURCES)
+    engine.up()
+    engine.destroy()
+    assert "dynamodb.table-updating" in behaviour.fired_rules()
+    lifted = _first(calls, "UpdateTable")
+    deleted = _first(calls, "DeleteTable")
+    assert window <= deleted - lifted <= window + TABLE_UPDATED.poll_s
 
 
 def test_a_new_role_is_used_within_one_retry_of_turning_usable(timed):

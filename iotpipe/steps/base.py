@@ -171,6 +171,10 @@ class Resource(ABC):
     logical_id: ClassVar[str]
     resource_type: ClassVar[str]  # CloudFormation-style type, e.g. "AWS::S3::Bucket"
     depends_on: ClassVar[tuple[str, ...]] = ()
+    # The dependencies whose ids ``read`` itself uses (the rest of ``depends_on`` is needed by
+    # ``desired`` and ``create``): destroy's survey judges ownership, not drift, so it waits for
+    # these alone and its reads go nearly all at once instead of one graph level at a time.
+    read_needs: ClassVar[tuple[str, ...]] = ()
     # Typical seconds AWS takes before what ``create`` made is usable (timing.py): the engine
     # starts the resources with the most AWS time ahead of them first.
     expected_s: ClassVar[float] = 0.0

@@ -291,6 +291,7 @@ class KmsAlias(Resource):
     logical_id = "kms.alias"
     resource_type = "AWS::KMS::Alias"
     depends_on = ("kms.key",)  # points at it (its id is read)
+    read_needs = ("kms.key",)  # a target that is the key found ours needs no tag read
     name_field = "kms_alias"
 
     def desired(self, ctx: StepContext) -> Spec:

@@ -269,6 +269,7 @@ class Function(Resource):
     # Runs as the role and encrypts its environment with the key (both ARNs are read); its
     # log group first, so Lambda does not make an unencrypted one without retention.
     depends_on = ("lambda.role", "kms.key", "lambda.log_group")
+    read_needs = ("lambda.role",)  # without a recorded RoleId, the role's is the baseline
     name_field = "function"
     expected_s = FUNCTION_ACTIVE.seconds  # Pending, then Active
 

@@ -121,6 +121,7 @@ class AlertTopic(Resource):
     logical_id = TOPIC_ID
     resource_type = "AWS::SNS::Topic"
     depends_on = ("kms.key",)  # encrypted with it (its ARN is read)
+    read_needs = ("kms.key",)  # the key its encryption names is told by the key's ARN
 
     def name(self, ctx: StepContext) -> str:
         return topic_name(ctx.env)

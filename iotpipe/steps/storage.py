@@ -38,7 +38,7 @@ from iotpipe.steps.base import (
     tag_list,
     tolerate_gone,
 )
-from iotpipe.timing import PITR_ENABLED, TABLE_ACTIVE
+from iotpipe.timing import PITR_ENABLED, TABLE_ACTIVE, TABLE_UPDATED
 
 LIFECYCLE_RULE_ID = "archive-old-data"
 FAILURE_RECORDS_RULE_ID = "expire-failure-records"
@@ -49,6 +49,8 @@ FAILURE_RECORDS_PREFIX = "aws/lambda/"
 # DynamoDB tables take seconds to turn ACTIVE: polled at the interval that fits (timing.py),
 # for up to 10 minutes.
 TABLE_WAIT = {"Delay": TABLE_ACTIVE.poll_s, "MaxAttempts": int(600 / TABLE_ACTIVE.poll_s)}
+# After an UpdateTable of one setting: shorter than CREATING, so polled more often.
+TABLE_UPDATE_WAIT = {"Delay": TABLE_UPDATED.poll_s, "MaxAttempts": int(600 / TABLE_UPDATED.poll_s)}
 # No boto3 waiter exists for point-in-time recovery: DescribeContinuousBackups is polled.
 PITR_WAIT_S = 600.0
 PITR_POLL_S = PITR_ENABLED.poll_s
@@ -67,6 +69,7 @@ class SensorBucket(Resource):
     logical_id = "storage.sensor_bucket"
     resource_type = "AWS::S3::Bucket"
     depends_on = ("kms.key", "storage.access_log_bucket")  # encrypted with the key; logs to that bucket
+    read_needs = ("kms.key",)  # the key its encryption names is told by the key's ARN
     name_field = "sensor_bucket"
 
     def arn(self, ctx: StepContext) -> str:
@@ -414,6 +417,7 @@ class MetricsTable(Resource):
     logical_id = "storage.metrics_table"
     resource_type = "AWS::DynamoDB::Table"
     depends_on = ("kms.key",)  # encrypted with it (its ARN is read)
+    read_needs = ("kms.key",)  # the key its encryption names is told by the key's ARN
     name_field = "metrics_table"
     expected_s = TABLE_ACTIVE.seconds + PITR_ENABLED.seconds  # CREATING, then PITR ENABLING
 
@@ -515,7 +519,7 @@ class MetricsTable(Resource):
         for change in table_updates:  # one change per UpdateTable: AWS refuses some combinations
             _wait_active(ctx, ddb, name)
             ddb.update_table(TableName=name, **change)
-            _wait_active(ctx, ddb, name)
+            _wait_active(ctx, ddb, name, after_update=True)
         if "point_in_time_recovery" in fields:
             _wait_active(ctx, ddb, name)
             _set_pitr(ctx, ddb, name, desired["point_in_time_recovery"])
@@ -549,16 +553,17 @@ class MetricsTable(Resource):
         if status in (None, "DELETING"):
             return
         if status != "ACTIVE":
-            _wait_active(ctx, ddb, name)
+            _wait_active(ctx, ddb, name, after_update=status == "UPDATING")
         # No wait for the table to be gone: nothing deleted after it (the KMS key, scheduled)
         # needs that, ``read`` takes a DELETING table for absent (a second destroy is quiet),
         # and ``create`` waits for the name to free up (an `up` right after a destroy).
         tolerate_gone(ddb.delete_table, TableName=name)
 
 
-def _wait_active(ctx: StepContext, ddb: Any, name: str) -> None:
+def _wait_active(ctx: StepContext, ddb: Any, name: str, *, after_update: bool = False) -> None:
     """UpdateTable and UpdateContinuousBackups fail on a table that is not ACTIVE."""
-    ctx.aws.wait(ddb, "table_exists", TableName=name, WaiterConfig=TABLE_WAIT)
+    ctx.aws.wait(ddb, "table_exists", TableName=name,
+                 WaiterConfig=TABLE_UPDATE_WAIT if after_update else TABLE_WAIT)
 
 
 def _set_pitr(ctx: StepContext, ddb: Any, name: str, enabled: bool) -> None:

@@ -39,6 +39,7 @@ class SensorStream(Resource):
     logical_id = "stream.sensor_stream"
     resource_type = "AWS::Kinesis::Stream"
     depends_on = ("kms.key",)  # encrypted with it (its ARN is read)
+    read_needs = ("kms.key",)  # the key its encryption names is told by the key's ARN
     name_field = "stream"
     expected_s = 2 * STREAM_ACTIVE.seconds  # CREATING, then UPDATING while encryption starts
 

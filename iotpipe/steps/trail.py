@@ -100,6 +100,7 @@ class TrailBucket(Resource):
     logical_id = "trail.bucket"
     resource_type = "AWS::S3::Bucket"
     depends_on = ("kms.key", "storage.access_log_bucket")  # encrypted with the key; logs to that bucket
+    read_needs = ("kms.key",)  # the key its encryption names is told by the key's ARN
 
     name_field = "trail_bucket"
 
@@ -192,6 +193,7 @@ class Trail(Resource):
     logical_id = "trail.trail"
     resource_type = "AWS::CloudTrail::Trail"
     depends_on = ("kms.key", "trail.bucket")  # encrypts with the key; delivers to the bucket (its policy first)
+    read_needs = ("kms.key",)  # the key it names is told by the key's ARN
     name_field = "trail"
 
     def disabled_by(self, ctx: StepContext) -> str | None:
