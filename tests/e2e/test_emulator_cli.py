@@ -15,8 +15,11 @@ from tests.e2e.conftest import REPO
 
 def _spawn(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &`, nohup)
+    # passes SIGINT on ignored, and a Python started that way never raises KeyboardInterrupt.
     return subprocess.Popen([sys.executable, "-m", "iotpipe", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_busy_port_fails_at_once_naming_the_port():
