@@ -1,9 +1,11 @@
-"""The pass before `up` (its plan) and `destroy` (its survey) reads every resource; the command
-uses those reads instead of asking AWS again, where that is sound (see Engine.up/destroy)."""
+"""The pass before `up` (its plan) and `destroy` (its survey) reads every resource, and so does
+the prefetch of `status`, `plan` and `up`; the command uses those reads instead of asking AWS
+again, where that is sound (see Engine.up, Engine.destroy, Engine._read)."""
 
 from __future__ import annotations
 
 import boto3
+import pytest
 
 from tests.support import CallLog, by_id
 
@@ -58,10 +60,12 @@ def test_an_up_with_changes_reads_again_after_its_plan(make):
     assert _reads(log, "dynamodb.DescribeTable") == 2
 
 
-def test_destroys_survey_does_not_wait_for_the_reads_of_what_a_resource_depends_on(make):
-    """The survey judges ownership, not drift: a read waits only for ``read_needs``. The
-    dashboard (which depends on every alarm, each on the key) is read while the key's read is
-    still held; scheduled by ``depends_on`` it could not start before the key's read ended."""
+@pytest.mark.parametrize("command", ["destroy_plan", "status", "plan", "up"])
+def test_reads_do_not_wait_for_the_reads_of_what_a_resource_depends_on(make, command):
+    """Destroy's survey judges ownership, not drift, and the converged commands read everything
+    first (prefetch): a read waits only for ``read_needs``. The dashboard (which depends on
+    every alarm, each on the key) is read while the key's read is still held; scheduled by
+    ``depends_on`` it could not start before the key's read ended."""
     import threading
 
     engine = make(parallelism=4)
@@ -83,6 +87,27 @@ def test_destroys_survey_does_not_wait_for_the_reads_of_what_a_resource_depends_
         return dashboard_read(ctx)
 
     key.read, dashboard.read = read_key, read_dashboard
-    survey = engine.destroy_plan()
-    assert held == [True]
-    assert {r.action for r in survey.resources} <= {"delete", "scheduled"}
+    result = getattr(engine, command)()
+    assert held[:1] == [True]
+    assert {r.action for r in result.resources} <= {"delete", "scheduled", "unchanged", "read"}
+
+
+def test_up_reads_again_only_what_lies_downstream_of_a_write(make):
+    """`up` uses its prefetched reads while nothing a resource depends on was written in this
+    run: the log group's retention is repaired, so the function (which depends on it) is read
+    again after that; the stream (which does not) is not."""
+    log = CallLog()
+    engine = make(log=log)
+    engine.up()
+    log.clear()
+    assert {r.action for r in engine.up().resources} == {"unchanged"}
+    assert _reads(log, "lambda.GetFunction") == 1
+    assert _reads(log, "kinesis.DescribeStreamSummary") == 1
+    boto3.client("logs", region_name=REGION).put_retention_policy(
+        logGroupName=engine.ctx.names.lambda_log_group, retentionInDays=1)
+    log.clear()
+    result = engine.up()
+    assert by_id(result, "lambda.log_group").action == "update"
+    assert by_id(result, "lambda.function").action == "unchanged"
+    assert _reads(log, "lambda.GetFunction") == 2  # prefetched, then again after the log group's write
+    assert _reads(log, "kinesis.DescribeStreamSummary") == 1
