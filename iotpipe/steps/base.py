@@ -172,8 +172,9 @@ class Resource(ABC):
     resource_type: ClassVar[str]  # CloudFormation-style type, e.g. "AWS::S3::Bucket"
     depends_on: ClassVar[tuple[str, ...]] = ()
     # The dependencies whose ids ``read`` itself uses (the rest of ``depends_on`` is needed by
-    # ``desired`` and ``create``): destroy's survey judges ownership, not drift, so it waits for
-    # these alone and its reads go nearly all at once instead of one graph level at a time.
+    # ``desired`` and ``create``): the read-everything-first passes (destroy's survey, the
+    # prefetch of status, plan and up) wait for these alone, so their reads go nearly all at
+    # once instead of one graph level at a time (tests/test_depends_on.py checks them).
     read_needs: ClassVar[tuple[str, ...]] = ()
     # Typical seconds AWS takes before what ``create`` made is usable (timing.py): the engine
     # starts the resources with the most AWS time ahead of them first.
