@@ -228,9 +228,9 @@ def instrument_reads(engine: Any) -> set[tuple[str, str]]:
 
 def test_every_id_a_read_uses_is_in_its_read_needs(make, tmp_path):
     """destroy's survey and the converged commands' prefetch schedule by ``read_needs``: a
-    read that uses another's ids without
-    naming it there could run first and judge with a placeholder (the alias would ask for the
-    key's tags again; a key id would not map to its ARN)."""
+    read that uses another's ids without naming it there could run first and judge with a
+    placeholder (the alias would ask for the key's tags again; a key id would not map to its
+    ARN)."""
     engine = make()
     reads = instrument_reads(engine)
     engine.plan()
