@@ -481,7 +481,7 @@ class Engine:
             if current is not None and self._is_ours(res, current):
                 self.ctx.refs[res.logical_id] = current.ids  # what a later read_needs uses
 
-        self._each("read", fetch, reverse=False, events=False, needs=lambda r: r.read_needs)
+        self._each("read", fetch, reverse=False, needs=lambda r: r.read_needs)
         self._kept = kept
 
     def _survey(self) -> RunResult:

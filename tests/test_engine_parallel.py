@@ -166,7 +166,7 @@ def test_a_failure_stops_its_dependants_the_rest_finishes_all_failures_reported(
     skipped = {e.logical_id: e.result.message for e in events if e.kind == "done" and e.result is not None
                and e.result.action == "skipped"}
     assert skipped == {"d": "not attempted: b failed", "e": "not attempted: b failed"}
-    assert not any(e.kind == "start" and e.logical_id in ("d", "e") for e in events)
+    assert not any(e.kind == "start" and e.verb == "up" and e.logical_id in ("d", "e") for e in events)
     # The state recorded what was made, and nothing of what was not.
     assert {lid for lid in GRAPH if engine.store.get(lid) and engine.store.get(lid).status == "present"} \
         == {"a", "c", "x"}
@@ -256,17 +256,18 @@ def test_an_interruption_ends_the_waits_in_flight(make):
 
 def test_events_tell_the_order_each_phase_and_end_every_run(make):
     """What the live view and the stable result lines are built from: "begin" with the
-    order, per resource its phases between start and done, "end" last (also on failure)."""
+    order, per resource its phases between start and done, "end" last (also on failure).
+    `up` (like `status` and `plan`) first reads everything at once: a "read" run of its own."""
     world = World()
     events: list[Any] = []
     engine = _engine(make, fakes(world), 4, events)
     engine.up()
     runs = [e for e in events if e.kind in ("begin", "end")]
-    assert [(e.kind, e.verb) for e in runs] == [("begin", "up"), ("end", "up")]
-    assert runs[0].order == tuple(GRAPH) and events[0] is runs[0] and events[-1] is runs[1]
+    assert [(e.kind, e.verb) for e in runs] == [("begin", "read"), ("end", "read"), ("begin", "up"), ("end", "up")]
+    assert runs[0].order == runs[2].order == tuple(GRAPH) and events[0] is runs[0] and events[-1] is runs[-1]
     for lid in GRAPH:
         mine = [e.kind if e.kind != "phase" else e.phase for e in events if e.logical_id == lid]
-        assert mine == ["start", "reading", "creating", "done"], (lid, mine)
+        assert mine == ["start", "done", "start", "reading", "creating", "done"], (lid, mine)
     events.clear()
     engine.up()  # converged: read only
     assert {lid: [e.phase for e in events if e.logical_id == lid and e.kind == "phase"] for lid in GRAPH} \
