@@ -6,8 +6,8 @@ The emulator (moto) runs in its own process; both commands run as the real CLI, 
 of every env in one S3 state bucket, as a team with one env per plant would. Setup (bootstrap,
 `fleet up`) is not timed; each measurement is the median wall time of ``--repeat`` runs,
 process start-up included (an operator waits for that too). The target is a fleet status at
-most 2x one env's status: the envs run side by side, so the fleet costs about one env's time
-per wave of ``--concurrency`` envs, plus what the emulator's single process serialises.
+most 2x one env's status: the envs run side by side in worker processes, so the fleet costs one
+start-up plus each env's CPU spread over the cores (the emulator's single process shares them).
 Absolute times are the emulator's and this machine's, not AWS's; the ratio is the point.
 """
 

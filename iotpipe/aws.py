@@ -172,6 +172,7 @@ class AwsContext:
         max_attempts: int = 10,
     ) -> None:
         self.region = region
+        self.profile = profile
         self.endpoint_url = endpoint_url
         try:
             self.session = session or boto3.Session(profile_name=profile, region_name=region)
@@ -569,6 +570,27 @@ def _shared_loader() -> botocore.loaders.Loader:
     AwsContext (each engine, the demo's phases, the test suite's thousands) shares them.
     """
     return botocore.loaders.create_loader()
+
+
+# Every AWS service iotpipe's commands call (tests/test_fleet.py holds a full run to it).
+SERVICES = ("cloudtrail", "cloudwatch", "dynamodb", "iam", "iot", "kinesis", "kms", "lambda", "logs", "s3",
+            "sns", "sqs", "sts")
+
+
+def preload_models() -> None:
+    """Parse the models of SERVICES into the shared loader now, as a run's clients would.
+
+    For `fleet`, before it forks its workers, which then share them. Finding a model walks
+    botocore's whole data directory once per kind of model (a tenth of a second each).
+    """
+    loader = _shared_loader()
+    for kind in ("service-2", "endpoint-rule-set-1", "paginators-1", "waiters-2"):
+        known = set(loader.list_available_services(kind))
+        for service in SERVICES:
+            if service in known:
+                loader.load_service_model(service, kind)
+    for name in ("endpoints", "partitions", "sdk-default-configuration", "_retry"):
+        loader.load_data(name)
 
 
 def default_region(profile: str | None) -> str | None:

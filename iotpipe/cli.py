@@ -911,7 +911,8 @@ def _fleet_command(command: str, doc: str) -> Any:
                                      default=False, err=True):
                     raise AbortedError("fleet destroy cancelled")
         result = run_fleet(plan, command, state_dir=state_dir, lock_timeout=extra.get("lock_timeout", 0.0),
-                           parallelism=parallelism, on_done=None if json_mode else renderer.fleet_env_done)
+                           parallelism=parallelism, on_done=None if json_mode else renderer.fleet_env_done,
+                           processes=True)
         renderer.fleet_summary(result)
         if result.exit_code:
             raise SystemExit(result.exit_code)

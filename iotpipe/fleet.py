@@ -4,7 +4,15 @@ A manufacturer runs one env per plant. The fleet file lists them, each with its 
 region and profile; the envs run side by side (bounded by ``concurrency``, because each run
 holds AWS connections and a share of the account's API rate), a failing env never stops the
 others, and the result is one table and one exit code: 0 all in sync, 2 changes or drift
-somewhere, 1 a failure somewhere.
+somewhere, 1 a failure somewhere, 130 interrupted.
+
+From the CLI the envs run in ``concurrency`` worker processes, forked once the imports and the
+service models are loaded, so that the workers share them: botocore's work per request is CPU,
+and envs that are threads of one process queue for one core. And Ctrl-C reaches every env's
+engine in its worker's main thread, where it stops at a safe point as a single env's run does
+(a thread never sees Ctrl-C). A worker runs one env at a time and keeps its AWS context
+(session, clients) for the next env it runs with the same region and profile: making the
+clients is half of a converged env's `status`.
 
 Example fleet file::
 
@@ -20,6 +28,12 @@ Example fleet file::
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import multiprocessing
+import signal
+import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -54,7 +68,9 @@ class Fleet:
 class EnvOutcome:
     env: str
     region: str
-    result: str  # "in sync", "changed", "changes pending", "drifted", "destroyed", "pending", "failed"
+    # "in sync", "changed", "changes pending", "drifted", "destroyed", "pending", "failed",
+    # "interrupted" (stopped by Ctrl-C at a safe point), "not run" (Ctrl-C came before it began)
+    result: str
     changes: int
     elapsed_s: float
     exit_code: int
@@ -75,6 +91,8 @@ class FleetResult:
     @property
     def exit_code(self) -> int:
         codes = {o.exit_code for o in self.outcomes}
+        if ExitCode.INTERRUPTED in codes:
+            return ExitCode.INTERRUPTED
         if codes - {ExitCode.OK, ExitCode.CHANGES_PENDING}:
             return ExitCode.ERROR
         return ExitCode.CHANGES_PENDING if ExitCode.CHANGES_PENDING in codes else ExitCode.OK
@@ -136,7 +154,7 @@ def load_fleet(path: Path) -> Fleet:
     return Fleet(path, envs, concurrency)
 
 
-Runner = Callable[[Any], Any]  # engine -> RunResult
+Builder = Callable[[FleetEnv], Any]  # env -> engine (tests: with an in-process emulator)
 
 
 def run_fleet(
@@ -146,23 +164,107 @@ def run_fleet(
     state_dir: Path,
     lock_timeout: float = 0.0,
     parallelism: int | None = None,
-    build: Callable[[FleetEnv], Any] | None = None,
+    build: Builder | None = None,
     on_done: Callable[[EnvOutcome], None] | None = None,
+    processes: bool = False,
 ) -> FleetResult:
     """Run ``command`` on every env, at most ``fleet.concurrency`` at a time (each env's
-    resources ``parallelism`` at a time, the engine's default when None)."""
-    started = time.monotonic()
-    # What the endpoint implements is probed once per run (AwsContext.supports); a fleet is one
-    # run, so the envs that share an endpoint and region share the answers.
-    capabilities: dict[tuple[str, str], dict[str, bool]] = {}
-    make = build or (lambda env: build_engine(env, state_dir, lock_timeout, capabilities, parallelism))
+    resources ``parallelism`` at a time, the engine's default when None).
 
-    def one(env: FleetEnv) -> EnvOutcome:
+    ``processes`` runs each env in a forked worker process (the CLI does), where that is safe:
+    on Linux, and while this process has no thread but its main one (a fork copies the locks
+    other threads may hold, held). Otherwise, and always with ``build`` (its engines may talk
+    to an in-process emulator, whose state a forked copy would not share), envs are threads.
+    """
+    started = time.monotonic()
+    job = _Job(command, state_dir, lock_timeout, parallelism, build)
+    workers = min(fleet.concurrency, len(fleet.envs))
+    if processes and build is None and can_fork():
+        outcomes = _in_processes(fleet.envs, job, workers, on_done)
+    else:
+        outcomes = _in_threads(fleet.envs, job, workers, on_done)
+    return FleetResult(command, str(fleet.path), outcomes, time.monotonic() - started)
+
+
+def can_fork() -> bool:
+    """Whether worker processes may be forked from here (see run_fleet). Not on macOS, where
+    a fork after the system's proxy lookup (urllib uses it) can crash the child."""
+    return (sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+            and threading.active_count() == 1)
+
+
+class ContextPool:
+    """AWS contexts kept between the envs of a fleet, each lent to one env at a time.
+
+    An AwsContext is a session, its clients and the hooks that report retries to the engine
+    using it. Lending it to one env at a time keeps what per-env clients guarantee: botocore's
+    retry quota is per client, and one env's throttling does not spend another's; a retry is
+    reported to the engine that is waiting for it. The next env with the same profile and
+    region gets the context back, with its clients, its account id and its probed capabilities.
+    """
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[str, str | None], list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def lend(self, region: str, profile: str | None) -> Any:
+        from iotpipe.aws import AwsContext
+
+        with self._lock:
+            free = self._free.get((region, profile))
+            if free:
+                return free.pop()
+        return AwsContext(region, profile=profile)
+
+    def prepare(self, keys: set[tuple[str, str | None]]) -> None:
+        """Make a context for each (region, profile), with its clients, before a fork: every
+        worker starts with its own copy of each (no request has been made: no connection is
+        shared). A profile that cannot be used is left for its env's run to report."""
+        from iotpipe.aws import SERVICES, AwsContext
+
+        for region, profile in sorted(keys, key=str):
+            try:
+                aws = AwsContext(region, profile=profile)
+                for service in SERVICES:
+                    aws.client(service)
+            except Exception:  # noqa: BLE001 - reported by the env's own run
+                continue
+            self.give(aws)
+
+    def give(self, aws: Any) -> None:
+        """Take a context back once its env has finished (never while its engine runs)."""
+        from iotpipe.progress import ignore
+
+        aws.sleep, aws.on_progress = time.sleep, ignore  # unwrap what the engine wrapped
+        with self._lock:
+            self._free.setdefault((aws.region, aws.profile), []).append(aws)
+
+
+class _Job:
+    """One fleet command: what every env's run needs, and the state its runs share."""
+
+    def __init__(self, command: str, state_dir: Path, lock_timeout: float, parallelism: int | None,
+                 build: Builder | None) -> None:
+        self.command, self.state_dir, self.lock_timeout = command, state_dir, lock_timeout
+        self.parallelism, self.build = parallelism, build
+        # What the endpoint implements is probed once per run (AwsContext.supports); a fleet is
+        # one run, so the envs that share an endpoint and region share the answers.
+        self.capabilities: dict[tuple[str, str], dict[str, bool]] = {}
+        self.contexts = ContextPool()
+
+    def run(self, env: FleetEnv) -> EnvOutcome:
+        """One env's run; whatever it raises (but Ctrl-C) is its outcome, not the fleet's end."""
         begun = time.monotonic()
         try:
-            engine = make(env)
-            result = getattr(engine, command)()
-            outcome = _outcome(command, env, result)
+            if self.build is not None:
+                outcome = _outcome(self.command, env, getattr(self.build(env), self.command)())
+            else:
+                engine = build_engine(env, self.state_dir, self.lock_timeout, self.capabilities,
+                                      self.parallelism, self.contexts)
+                try:
+                    outcome = _outcome(self.command, env, getattr(engine, self.command)())
+                finally:  # the run is over, its threads too: the next env may have the context
+                    self.contexts.give(engine.ctx.aws)
         except IotpipeError as err:
             outcome = EnvOutcome(env.name, env.region or "", "failed", 0, 0.0, int(err.exit_code), str(err))
         except Exception as err:  # noqa: BLE001 - one env's surprise must not stop the others
@@ -173,18 +275,189 @@ def run_fleet(
             outcome = EnvOutcome(env.name, env.region or "", "failed", 0, 0.0, int(code),
                                  f"{type(err).__name__}: {typed}")
         outcome.elapsed_s = time.monotonic() - begun
+        return outcome
+
+
+def _in_threads(envs: list[FleetEnv], job: _Job, workers: int,
+                on_done: Callable[[EnvOutcome], None] | None) -> list[EnvOutcome]:
+    def one(env: FleetEnv) -> EnvOutcome:
+        outcome = job.run(env)
         if on_done is not None:
             on_done(outcome)
         return outcome
 
-    with ThreadPoolExecutor(max_workers=min(fleet.concurrency, len(fleet.envs))) as pool:
-        outcomes = list(pool.map(one, fleet.envs))
-    return FleetResult(command, str(fleet.path), outcomes, time.monotonic() - started)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    futures = [pool.submit(one, env) for env in envs]
+    try:
+        return [future.result() for future in futures]
+    except KeyboardInterrupt:
+        # Only the main thread sees Ctrl-C: the envs under way run to their end (they are
+        # not stopped at a safe point as in a worker process); those not begun are not begun.
+        pool.shutdown(wait=True, cancel_futures=True)
+        return [_not_run(env) if future.cancelled() else future.result()
+                for future, env in zip(futures, envs, strict=True)]
+    finally:
+        pool.shutdown(wait=True)
+
+
+_running = False  # in a worker: an env is being run (Ctrl-C stops it) or not (Ctrl-C is noted)
+_stopped = False  # in a worker: Ctrl-C came; it starts no further env
+
+
+def _in_processes(envs: list[FleetEnv], job: _Job, workers: int,
+                  on_done: Callable[[EnvOutcome], None] | None) -> list[EnvOutcome]:
+    """Fork ``workers`` processes and hand each the next env as it finishes one.
+
+    The next env is one with the region and profile of an env the worker has run, where there
+    is one: the worker has that env's AWS context, clients made (see ContextPool). Ctrl-C
+    reaches the workers too (one process group): each stops its env at a safe point and the
+    parent starts nothing more. A worker that dies (killed, out of memory) fails its env only.
+    """
+    from multiprocessing.connection import wait
+
+    _preload()
+    job.contexts.prepare({(e.region, e.profile) for e in envs if e.region})
+    # Python's recipe for fork without exec: what the parent made stays out of the workers'
+    # collections, which would otherwise touch (and so copy) every page of it.
+    gc.freeze()
+    fork = multiprocessing.get_context("fork")
+    outcomes: list[EnvOutcome | None] = [None] * len(envs)
+    pending = list(range(len(envs)))
+    busy: dict[Any, int] = {}  # a worker's end of its pipe -> the index of the env it runs
+    ran: dict[Any, set[tuple[str | None, str | None]]] = {}  # ... -> (region, profile)s it ran
+    processes: list[tuple[Any, Any]] = []
+    interrupted = False
+
+    def hand_out(conn: Any) -> None:
+        keys = ran.setdefault(conn, set())
+        index = next((i for i in pending if (envs[i].region, envs[i].profile) in keys), pending[0])
+        try:
+            conn.send(index)
+        except OSError:  # the worker is gone already: the env waits for another
+            conn.close()
+            return
+        pending.remove(index)
+        keys.add((envs[index].region, envs[index].profile))
+        busy[conn] = index
+
+    def collect(conn: Any) -> None:
+        try:
+            outcome = conn.recv()
+        except (EOFError, OSError):
+            outcome = _died(envs[busy[conn]])
+            conn.close()
+        outcomes[busy.pop(conn)] = outcome
+        if on_done is not None:
+            on_done(outcome)
+
+    try:
+        for _ in range(workers):
+            ours, theirs = fork.Pipe()
+            process = fork.Process(target=_worker, args=(theirs, envs, job), daemon=True)
+            try:
+                process.start()
+            except OSError:  # no more processes allowed: those started do the work
+                ours.close()
+                break
+            finally:
+                theirs.close()
+            processes.append((process, ours))
+            hand_out(ours)
+    except KeyboardInterrupt:
+        interrupted = True
+    if not processes:
+        return _in_threads(envs, job, workers, on_done)
+    while busy:
+        try:
+            for conn in wait(list(busy)):
+                collect(conn)
+                if pending and not interrupted and not conn.closed:
+                    hand_out(conn)
+        except KeyboardInterrupt:
+            interrupted = True  # the workers had it too: collect what their envs end with
+    for process, conn in processes:
+        if not conn.closed:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+        _join(process)
+    left = _not_run if interrupted else _died  # not begun: Ctrl-C, or every worker died
+    return [o if o is not None else left(env) for o, env in zip(outcomes, envs, strict=True)]
+
+
+def _join(process: Any) -> None:
+    """Wait for a worker to end; a second Ctrl-C does not abandon one mid-run (it is the
+    worker's to stop: it had the Ctrl-C too)."""
+    while True:
+        try:
+            process.join()
+            return
+        except KeyboardInterrupt:
+            continue
+
+
+def _preload() -> None:
+    """Before the fork: import what every worker's run imports (the CLI imports lazily, to
+    start fast) and parse the service models, once for all workers instead of once in each."""
+    import iotpipe.aws
+    import iotpipe.engine
+    import iotpipe.steps
+
+    iotpipe.steps.all_resources()
+    iotpipe.aws.preload_models()
+
+
+def _died(env: FleetEnv) -> EnvOutcome:
+    return EnvOutcome(env.name, env.region or "", "failed", 0, 0.0, int(ExitCode.ERROR),
+                      "its worker process died (killed, or out of memory?) before it reported: run the same "
+                      "command again")
+
+
+def _not_run(env: FleetEnv) -> EnvOutcome:
+    return EnvOutcome(env.name, env.region or "", "not run", 0, 0.0, int(ExitCode.INTERRUPTED),
+                      "interrupted before it began")
+
+
+def _worker(conn: Any, envs: list[FleetEnv], job: _Job) -> None:
+    """A worker process: run the env whose index comes, send its outcome, until None comes."""
+    signal.signal(signal.SIGINT, _on_ctrl_c)
+    while True:
+        try:
+            index = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if index is None:
+            return
+        conn.send(_run_in_worker(envs, job, index))
+
+
+def _on_ctrl_c(_signum: int, _frame: Any) -> None:
+    """A worker's Ctrl-C: the env being run stops as a single run does (KeyboardInterrupt in
+    its engine's main thread); an idle worker notes it and runs nothing more."""
+    global _stopped
+    _stopped = True
+    if _running:
+        raise KeyboardInterrupt
+
+
+def _run_in_worker(envs: list[FleetEnv], job: _Job, index: int) -> EnvOutcome:
+    global _running
+    env = envs[index]
+    if _stopped:
+        return _not_run(env)
+    begun = time.monotonic()
+    _running = True
+    try:
+        return job.run(env)
+    except KeyboardInterrupt:
+        return EnvOutcome(env.name, env.region or "", "interrupted", 0, time.monotonic() - begun,
+                          int(ExitCode.INTERRUPTED), "stopped at a safe point: run the same command again")
+    finally:
+        _running = False
 
 
 def build_engine(env: FleetEnv, state_dir: Path, lock_timeout: float = 0.0,
                  capabilities: dict[tuple[str, str], dict[str, bool]] | None = None,
-                 parallelism: int | None = None) -> Any:
+                 parallelism: int | None = None, contexts: ContextPool | None = None) -> Any:
     from iotpipe.aws import AwsContext, default_region
     from iotpipe.config import load_config
     from iotpipe.engine import make_engine
@@ -192,11 +465,16 @@ def build_engine(env: FleetEnv, state_dir: Path, lock_timeout: float = 0.0,
     fallback = None if env.region else default_region(env.profile)
     config = load_config(env.name, env.config, region=env.region, fallback_region=fallback,
                          fallback_region_source=f"the region of AWS profile {env.profile or 'default'!r}")
-    aws = AwsContext(config.region, profile=env.profile)
-    if capabilities is not None:
-        endpoint = aws.client("sts").meta.endpoint_url  # honours AWS_ENDPOINT_URL
-        aws.capabilities = capabilities.setdefault((endpoint, config.region), {})
-    engine = make_engine(config, aws, state_dir, lock_timeout=lock_timeout, state=env.state)
+    aws = contexts.lend(config.region, env.profile) if contexts else AwsContext(config.region, profile=env.profile)
+    try:
+        if capabilities is not None:
+            endpoint = aws.client("sts").meta.endpoint_url  # honours AWS_ENDPOINT_URL
+            aws.capabilities = capabilities.setdefault((endpoint, config.region), {})
+        engine = make_engine(config, aws, state_dir, lock_timeout=lock_timeout, state=env.state)
+    except BaseException:
+        if contexts:
+            contexts.give(aws)
+        raise
     if parallelism is not None:
         engine.parallelism = parallelism
     return engine

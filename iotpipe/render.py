@@ -810,7 +810,8 @@ class Renderer:
                       pad_edge=False, show_edge=False)
         for column in ("env", "region", "result", "changes", "elapsed", "detail"):
             table.add_column(column, overflow="fold")
-        styles = {"failed": "red", "drifted": "yellow", "changes pending": "yellow", "pending": "yellow"}
+        styles = {"failed": "red", "drifted": "yellow", "changes pending": "yellow", "pending": "yellow",
+                  "interrupted": "yellow", "not run": "yellow"}
         for o in result.outcomes:
             shown = f"[{styles[o.result]}]{escape(o.result)}[/]" if o.result in styles else escape(o.result)
             table.add_row(escape(o.env), escape(o.region), shown, str(o.changes), f"{o.elapsed_s:.1f} s",

@@ -92,3 +92,104 @@ def test_a_fleet_of_five_envs_in_two_regions_converges_and_is_destroyed(moto, tm
     gone = run_fleet(fleet, "destroy", state_dir=tmp_path, build=build)
     assert {o.result for o in gone.outcomes} == {"destroyed"}, gone.as_dict()
     assert "Contents" not in AwsContext("us-east-1").client("s3").list_objects_v2(Bucket="acme-iotpipe-state")
+
+
+def test_a_context_is_lent_to_one_env_at_a_time_and_kept_for_the_next(moto, tmp_path, monkeypatch):
+    """An env's AWS context (session, clients, retry hooks) is its own while it runs; the next
+    env with the same region and profile gets it back, clients made, instead of new ones."""
+    import time
+
+    import iotpipe.aws
+    from iotpipe.fleet import ContextPool
+    from iotpipe.progress import ignore
+
+    made: list[AwsContext] = []
+
+    class Counted(AwsContext):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(iotpipe.aws, "AwsContext", Counted)
+    pool = ContextPool()
+    first, second = pool.lend("us-east-1", None), pool.lend("us-east-1", None)
+    assert first is not second  # two envs at once: one context each
+    pool.give(first)
+    assert pool.lend("eu-west-1", None) not in (first, second)
+    assert pool.lend("us-east-1", None) is first
+
+    monkeypatch.chdir(tmp_path)
+    regions = ["us-east-1", "eu-west-1", "us-east-1", "us-east-1"]
+    lines = ["concurrency = 1"]
+    for n, region in enumerate(regions):
+        (tmp_path / f"p{n}.toml").write_text("[storage]\nenforce_tls = false\n")
+        lines += ["[[env]]", f'name = "p{n}"', f'region = "{region}"', f'config = "p{n}.toml"']
+    (tmp_path / "plants.toml").write_text("\n".join(lines))
+    made.clear()
+    result = run_fleet(load_fleet(tmp_path / "plants.toml"), "plan", state_dir=tmp_path / ".iotpipe")
+    assert [o.result for o in result.outcomes] == ["changes pending"] * 4, result.as_dict()
+    assert sorted(a.region for a in made) == ["eu-west-1", "us-east-1"]  # one per region, not per env
+    for aws in made:  # given back as made: no engine's sleep wrapper or listener left on it
+        assert aws.sleep is time.sleep and aws.on_progress is ignore
+
+
+def test_every_service_a_fleet_command_calls_is_preloaded(moto, tmp_path, monkeypatch):
+    """`fleet` parses the models of iotpipe.aws.SERVICES before it forks its workers; a
+    service missing there is parsed again in every worker."""
+    from iotpipe.aws import SERVICES
+
+    monkeypatch.chdir(tmp_path)
+    bootstrap(AwsContext("us-east-1"), parse_location(STATE), enforce_tls=False)
+    contexts: list[AwsContext] = []
+
+    def build(env):
+        config = load_config(env.name, region=env.region, assignments=("storage.enforce_tls=false",))
+        contexts.append(AwsContext(config.region, sleep=lambda _s: None))
+        return make_engine(config, contexts[-1], tmp_path / ".iotpipe", state=env.state)
+
+    path = tmp_path / "one.toml"
+    path.write_text(f'state = "{STATE}"\n[[env]]\nname = "plant-1"\nregion = "us-east-1"\n')
+    for command in ("up", "status", "plan", "destroy"):
+        assert run_fleet(load_fleet(path), command, state_dir=tmp_path, build=build).exit_code == 0, command
+    used = set().union(*(aws._clients for aws in contexts))
+    assert "cloudtrail" in used and used <= set(SERVICES), used - set(SERVICES)
+
+
+WORKERS_SCRIPT = """
+import os, sys
+from pathlib import Path
+from iotpipe.fleet import ContextPool, EnvOutcome, FleetEnv, _in_processes
+
+class Job:  # an env "dies" kills its worker; the others answer with their worker's pid
+    contexts = ContextPool()
+    def run(self, env):
+        if env.name == "dies":
+            os._exit(9)
+        return EnvOutcome(env.name, "", "in sync", 0, 0.0, 0, str(os.getpid()))
+
+envs = [FleetEnv(name, None, None, None, None) for name in ("a", "dies", "b", "c", "d")]
+for o in _in_processes(envs, Job(), 2, None):
+    print(o.env, o.result, o.exit_code, o.message, sep="|")
+"""
+
+
+def test_a_worker_that_dies_fails_its_env_and_the_others_still_run(tmp_path):
+    """Each env in a worker process of its own (what the CLI does): one killed mid-run (out
+    of memory, say) is that env's failure; the others run in the workers left. In a process
+    of its own: a fork is only safe from a process with one thread."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", WORKERS_SCRIPT], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|") for line in done.stdout.splitlines()]
+    assert [(env, result, code) for env, result, code, _msg in rows] == [
+        ("a", "in sync", "0"), ("dies", "failed", "1"), ("b", "in sync", "0"), ("c", "in sync", "0"),
+        ("d", "in sync", "0")], done.stdout
+    assert "worker process died" in rows[1][3]
+    pids = {msg for env, _r, _c, msg in rows if env != "dies"}
+    assert len(pids) == 1 and pids != {str(os.getpid())}  # the worker left ran the rest; not this process

@@ -1,0 +1,92 @@
+"""`iotpipe fleet` as an operator runs it: the envs in worker processes, Ctrl-C on a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+
+from tests.awsbehaviour.proxy import BehaviourProxy
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = "[storage]\nenforce_tls = false\n\n[trail]\nenabled = false\n"
+
+
+class HoldCreateKey(BehaviourProxy):
+    """No AWS rules; every KMS CreateKey waits until ``gate`` opens (``held`` counts them)."""
+
+    def __init__(self, upstream: str, region: str) -> None:
+        super().__init__(upstream, (), region=region)
+        self.gate = threading.Event()
+        self.held = 0
+        self._count = threading.Lock()
+
+    def handle(self, method, path, headers, body):
+        named = None if self.gate.is_set() else self.catalogue.identify(method, path, headers, body)
+        if named is not None and (named[0].name, named[1]) == ("kms", "CreateKey"):
+            with self._count:
+                self.held += 1
+            self.gate.wait(60)
+        return super().handle(method, path, headers, body)
+
+
+def _fleet_file(tmp_path: Path, region: str, names: list[str], concurrency: int) -> Path:
+    lines = [f"concurrency = {concurrency}", ""]
+    for name in names:
+        (tmp_path / f"{name}.toml").write_text(CONFIG)
+        lines += ["[[env]]", f'name = "{name}"', f'region = "{region}"', f'config = "{name}.toml"', ""]
+    path = tmp_path / "plants.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_ctrl_c_stops_every_running_env_at_a_safe_point_and_a_rerun_converges(server, iotpipe, tmp_path):
+    """Ctrl-C on a terminal goes to the whole process group: each worker's engine gets it in
+    its main thread and stops as a single run does; the env not yet begun is not begun. With
+    envs as threads of one process, no engine ever saw Ctrl-C and every env ran to its end."""
+    region = os.environ["AWS_DEFAULT_REGION"]
+    names = ["plant-a", "plant-b", "plant-c"]
+    _fleet_file(tmp_path, region, names, concurrency=2)
+    env = {k: v for k, v in os.environ.items() if k not in ("IOTPIPE_STATE_DIR", "IOTPIPE_STATE")}
+    with HoldCreateKey(server, region) as proxy:
+        env.update(AWS_ENDPOINT_URL=proxy.url, PYTHONPATH=str(REPO))
+        run = subprocess.Popen([sys.executable, "-m", "iotpipe", "fleet", "up", "plants.toml"], cwd=tmp_path,
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)  # its own process group, as a terminal's job
+        try:
+            deadline = time.monotonic() + 120
+            while proxy.held < 2 and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert proxy.held == 2, run.poll() is None or run.communicate()
+            os.killpg(run.pid, signal.SIGINT)  # both running envs are inside their first create
+            proxy.gate.set()
+            out, err = run.communicate(timeout=180)
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, err
+    assert "Traceback" not in err, err
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] and line.split()[0] in names}
+    assert sorted(rows) == names, out
+    assert "interrupted" in rows["plant-a"] and "interrupted" in rows["plant-b"], out
+    assert "not run" in rows["plant-c"], out
+    assert "exit 130" in out
+
+    again = iotpipe("fleet", "up", "plants.toml", "--json")
+    assert again.returncode == 0, again.stderr
+    assert {e["env"]: e["result"] for e in json.loads(again.stdout)["envs"]} == dict.fromkeys(names, "changed")
+    status = iotpipe("fleet", "status", "plants.toml", "--json")
+    assert status.returncode == 0 and {e["result"] for e in json.loads(status.stdout)["envs"]} == {"in sync"}
+    # Nothing orphaned: the keys whose CreateKey was in flight at Ctrl-C were recorded and
+    # adopted, not made again.
+    kms = boto3.client("kms", endpoint_url=server, region_name=region)
+    keys = [k["KeyId"] for k in kms.list_keys()["Keys"]]
+    live = [k for k in keys if kms.describe_key(KeyId=k)["KeyMetadata"]["KeyState"] == "Enabled"]
+    assert len(live) == len(names), live
