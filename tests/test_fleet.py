@@ -158,7 +158,8 @@ def test_every_service_a_fleet_command_calls_is_preloaded(moto, tmp_path, monkey
 WORKERS_SCRIPT = """
 import os, sys
 from pathlib import Path
-from iotpipe.fleet import ContextPool, EnvOutcome, FleetEnv, _in_processes
+from iotpipe.fleet import ContextPool, EnvOutcome, FleetEnv
+from iotpipe.fleet_workers import in_processes
 
 class Job:  # an env "dies" kills its worker; the others answer with their worker's pid
     contexts = ContextPool()
@@ -168,7 +169,7 @@ class Job:  # an env "dies" kills its worker; the others answer with their worke
         return EnvOutcome(env.name, "", "in sync", 0, 0.0, 0, str(os.getpid()))
 
 envs = [FleetEnv(name, None, None, None, None) for name in ("a", "dies", "b", "c", "d")]
-for o in _in_processes(envs, Job(), 2, None):
+for o in in_processes(envs, Job(), 2, None):
     print(o.env, o.result, o.exit_code, o.message, sep="|")
 """
 
@@ -193,3 +194,15 @@ def test_a_worker_that_dies_fails_its_env_and_the_others_still_run(tmp_path):
     assert "worker process died" in rows[1][3]
     pids = {msg for env, _r, _c, msg in rows if env != "dies"}
     assert len(pids) == 1 and pids != {str(os.getpid())}  # the worker left ran the rest; not this process
+
+
+def test_a_worker_is_handed_an_env_it_has_a_context_for_first():
+    from iotpipe.fleet import FleetEnv
+    from iotpipe.fleet_workers import next_env
+
+    envs = [FleetEnv(f"p{n}", region, None, profile, None) for n, (region, profile) in enumerate(
+        [("us-east-1", None), ("eu-west-1", None), ("eu-west-1", "b"), ("eu-west-1", None)])]
+    assert next_env(envs, [0, 1, 2, 3], set()) == 0
+    assert next_env(envs, [0, 1, 2, 3], {("eu-west-1", None)}) == 1
+    assert next_env(envs, [0, 2, 3], {("eu-west-1", "b")}) == 2
+    assert next_env(envs, [0, 3], {("ap-south-1", None)}) == 0
