@@ -90,3 +90,28 @@ def test_ctrl_c_stops_every_running_env_at_a_safe_point_and_a_rerun_converges(se
     keys = [k["KeyId"] for k in kms.list_keys()["Keys"]]
     live = [k for k in keys if kms.describe_key(KeyId=k)["KeyMetadata"]["KeyState"] == "Enabled"]
     assert len(live) == len(names), live
+
+
+def test_a_fleet_in_two_regions_with_s3_state_is_converged_and_destroyed_by_workers(server, iotpipe, tmp_path):
+    """The CLI's way, worker processes (tests/test_fleet.py runs the same in threads, in-process):
+    four envs in two regions on two workers, so that each worker runs envs of both regions."""
+    state = "s3://iotpipe-fleet-state/plants"
+    names = ["plant-a", "plant-b", "plant-c", "plant-d"]
+    path = _fleet_file(tmp_path, "us-east-1", names, concurrency=2)
+    text = path.read_text().replace('name = "plant-b"\nregion = "us-east-1"', 'name = "plant-b"\nregion = "eu-west-1"')
+    text = text.replace('name = "plant-d"\nregion = "us-east-1"', 'name = "plant-d"\nregion = "eu-west-1"')
+    path.write_text(f'state = "{state}"\n' + text)
+    assert iotpipe("state", "bootstrap", state, "--no-enforce-tls", "--region", "us-east-1").returncode == 0
+
+    up = iotpipe("fleet", "up", "plants.toml", "--json")
+    assert up.returncode == 0, up.stderr
+    assert [(e["env"], e["region"], e["result"]) for e in json.loads(up.stdout)["envs"]] == [
+        ("plant-a", "us-east-1", "changed"), ("plant-b", "eu-west-1", "changed"),
+        ("plant-c", "us-east-1", "changed"), ("plant-d", "eu-west-1", "changed")]
+    status = iotpipe("fleet", "status", "plants.toml", "--json")
+    assert status.returncode == 0 and {e["result"] for e in json.loads(status.stdout)["envs"]} == {"in sync"}
+    gone = iotpipe("fleet", "destroy", "plants.toml", "--yes", "--json")
+    assert gone.returncode == 0, gone.stderr
+    assert {e["result"] for e in json.loads(gone.stdout)["envs"]} == {"destroyed"}
+    s3 = boto3.client("s3", endpoint_url=server, region_name="us-east-1")
+    assert "Contents" not in s3.list_objects_v2(Bucket="iotpipe-fleet-state")  # no record, no lock left
