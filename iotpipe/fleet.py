@@ -29,6 +29,7 @@ Example fleet file::
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import threading
 import time
@@ -168,28 +169,45 @@ def run_fleet(
     """Run ``command`` on every env, at most ``fleet.concurrency`` at a time (each env's
     resources ``parallelism`` at a time, the engine's default when None).
 
-    ``processes`` runs each env in a forked worker process (the CLI does), where that is safe:
-    on Linux, and while this process has no thread but its main one (a fork copies the locks
-    other threads may hold, held). Otherwise, and always with ``build`` (its engines may talk
-    to an in-process emulator, whose state a forked copy would not share), envs are threads.
+    ``processes`` runs the envs in worker processes (the CLI does; see ``worker_start``).
+    Without it, and always with ``build`` (its engines may talk to an in-process emulator,
+    whose state a worker's copy would not share), the envs are threads of this process.
     """
     started = time.monotonic()
     job = Job(command, state_dir, lock_timeout, parallelism, build)
     workers = min(fleet.concurrency, len(fleet.envs))
-    if processes and build is None and can_fork():
+    start = worker_start() if processes and build is None else "threads"
+    if start == "threads":
+        outcomes = in_threads(fleet.envs, job, workers, on_done)
+    else:
         from iotpipe.fleet_workers import in_processes
 
-        outcomes = in_processes(fleet.envs, job, workers, on_done)
-    else:
-        outcomes = in_threads(fleet.envs, job, workers, on_done)
+        outcomes = in_processes(fleet.envs, job, workers, on_done, start)
     return FleetResult(command, str(fleet.path), outcomes, time.monotonic() - started)
 
 
-def can_fork() -> bool:
-    """Whether worker processes may be forked from here (see run_fleet). Not on macOS, where
-    a fork after the system's proxy lookup (urllib uses it) can crash the child."""
-    return (sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
-            and threading.active_count() == 1)
+WORKERS_VARIABLE = "IOTPIPE_FLEET_WORKERS"
+WORKER_STARTS = ("fork", "spawn", "threads")
+
+
+def worker_start() -> str:
+    """How the fleet's workers start: ``IOTPIPE_FLEET_WORKERS`` when set, else "fork" where
+    that is safe and "spawn" elsewhere.
+
+    A fork shares the parent's imports and parsed service models (a spawned worker loads its
+    own, a third of a second of CPU). It is safe on Linux while this process has no thread but
+    its main one (a fork copies the locks other threads hold, held); not on macOS, where a fork
+    after the system's proxy lookup (urllib uses it) can crash the child. "threads" runs the
+    envs in this process: no worker, and no Ctrl-C for the envs under way.
+    """
+    chosen = os.environ.get(WORKERS_VARIABLE, "").strip().lower()
+    if chosen:
+        if chosen not in WORKER_STARTS:
+            raise ConfigError(f"{WORKERS_VARIABLE}={chosen!r}: use one of {', '.join(WORKER_STARTS)}")
+        return chosen
+    forkable = (sys.platform == "linux" and "fork" in multiprocessing.get_all_start_methods()
+                and threading.active_count() == 1)
+    return "fork" if forkable else "spawn"
 
 
 class ContextPool:
@@ -250,6 +268,13 @@ class Job:
         # one run, so the envs that share an endpoint and region share the answers.
         self.capabilities: dict[tuple[str, str], dict[str, bool]] = {}
         self.contexts = ContextPool()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a spawned worker is sent: the command, not this process's contexts."""
+        return {k: v for k, v in self.__dict__.items() if k != "contexts"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, contexts=ContextPool())
 
     def run(self, env: FleetEnv) -> EnvOutcome:
         """One env's run; whatever it raises (but Ctrl-C) is its outcome, not the fleet's end."""

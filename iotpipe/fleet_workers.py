@@ -4,6 +4,8 @@ Why processes (see iotpipe.fleet): botocore's work per request is CPU, and envs 
 of one process queue for one core; Ctrl-C reaches every env's engine in its worker's main
 thread, where it stops at a safe point as a single env's run does. The parent hands out the
 envs over one pipe per worker and collects each outcome; a worker that dies fails its env only.
+Workers are forked where that is safe (they then share the parent's imports, models and AWS
+contexts) and spawned elsewhere (see fleet.worker_start).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ _stopped = False  # in a worker: Ctrl-C came; it starts no further env
 
 
 def in_processes(envs: list[FleetEnv], job: Job, workers: int,
-                 on_done: Callable[[EnvOutcome], None] | None) -> list[EnvOutcome]:
-    """Fork ``workers`` processes and hand each the next env as it finishes one.
+                 on_done: Callable[[EnvOutcome], None] | None, start: str = "fork") -> list[EnvOutcome]:
+    """Start ``workers`` processes (``start``: "fork" or "spawn", see fleet.worker_start) and
+    hand each the next env as it finishes one.
 
     The next env is one with the region and profile of an env the worker has run, where there
     is one: the worker has that env's AWS context, clients made (see ContextPool). Ctrl-C
@@ -34,13 +37,14 @@ def in_processes(envs: list[FleetEnv], job: Job, workers: int,
     """
     from multiprocessing.connection import wait
 
-    _preload()
-    job.contexts.prepare({(e.region, e.profile) for e in envs if e.region})
-    # Python's recipe for fork without exec: what the parent made stays out of the workers'
-    # collections, which would otherwise touch (and so copy) every page of it. It stays frozen
-    # in the parent too: the CLI's process ends with the fleet.
-    gc.freeze()
-    fork = multiprocessing.get_context("fork")
+    if start == "fork":  # what is made now, every worker has without making it
+        _preload()
+        job.contexts.prepare({(e.region, e.profile) for e in envs if e.region})
+        # Python's recipe for fork without exec: what the parent made stays out of the workers'
+        # collections, which would otherwise touch (and so copy) every page of it. It stays
+        # frozen in the parent too: the CLI's process ends with the fleet.
+        gc.freeze()
+    context = multiprocessing.get_context(start)
     outcomes: list[EnvOutcome | None] = [None] * len(envs)
     pending = list(range(len(envs)))
     busy: dict[Any, int] = {}  # a worker's end of its pipe -> the index of the env it runs
@@ -74,8 +78,8 @@ def in_processes(envs: list[FleetEnv], job: Job, workers: int,
 
     try:
         for _ in range(workers):
-            ours, theirs = fork.Pipe()
-            process = fork.Process(target=_worker, args=(theirs, envs, job), daemon=True)
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_worker, args=(theirs, envs, job), daemon=True)
             try:
                 process.start()
             except OSError:  # no more processes allowed: those started do the work

@@ -206,3 +206,25 @@ def test_a_worker_is_handed_an_env_it_has_a_context_for_first():
     assert next_env(envs, [0, 1, 2, 3], {("eu-west-1", None)}) == 1
     assert next_env(envs, [0, 2, 3], {("eu-west-1", "b")}) == 2
     assert next_env(envs, [0, 3], {("ap-south-1", None)}) == 0
+
+
+def test_workers_are_forked_only_where_a_fork_is_safe(monkeypatch):
+    import sys
+    import threading
+
+    from iotpipe.fleet import worker_start
+
+    monkeypatch.delenv("IOTPIPE_FLEET_WORKERS", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    assert worker_start() == "fork"
+    monkeypatch.setattr(threading, "active_count", lambda: 3)  # a fork would copy their held locks
+    assert worker_start() == "spawn"
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert worker_start() == "spawn"
+    monkeypatch.setenv("IOTPIPE_FLEET_WORKERS", " Threads ")
+    assert worker_start() == "threads"
+    monkeypatch.setenv("IOTPIPE_FLEET_WORKERS", "fibers")
+    with pytest.raises(ConfigError, match="use one of fork, spawn, threads"):
+        worker_start()

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import boto3
+import pytest
 
 from tests.awsbehaviour.proxy import BehaviourProxy
 
@@ -47,7 +48,8 @@ def _fleet_file(tmp_path: Path, region: str, names: list[str], concurrency: int)
     return path
 
 
-def test_ctrl_c_stops_every_running_env_at_a_safe_point_and_a_rerun_converges(server, iotpipe, tmp_path):
+@pytest.mark.parametrize("start", ["fork", "spawn"])  # Linux's default; macOS's and Windows'
+def test_ctrl_c_stops_every_running_env_at_a_safe_point_and_a_rerun_converges(server, iotpipe, tmp_path, start):
     """Ctrl-C on a terminal goes to the whole process group: each worker's engine gets it in
     its main thread and stops as a single run does; the env not yet begun is not begun. With
     envs as threads of one process, no engine ever saw Ctrl-C and every env ran to its end."""
@@ -56,7 +58,7 @@ def test_ctrl_c_stops_every_running_env_at_a_safe_point_and_a_rerun_converges(se
     _fleet_file(tmp_path, region, names, concurrency=2)
     env = {k: v for k, v in os.environ.items() if k not in ("IOTPIPE_STATE_DIR", "IOTPIPE_STATE")}
     with HoldCreateKey(server, region) as proxy:
-        env.update(AWS_ENDPOINT_URL=proxy.url, PYTHONPATH=str(REPO))
+        env.update(AWS_ENDPOINT_URL=proxy.url, PYTHONPATH=str(REPO), IOTPIPE_FLEET_WORKERS=start)
         run = subprocess.Popen([sys.executable, "-m", "iotpipe", "fleet", "up", "plants.toml"], cwd=tmp_path,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)  # its own process group, as a terminal's job
@@ -115,3 +117,11 @@ def test_a_fleet_in_two_regions_with_s3_state_is_converged_and_destroyed_by_work
     assert {e["result"] for e in json.loads(gone.stdout)["envs"]} == {"destroyed"}
     s3 = boto3.client("s3", endpoint_url=server, region_name="us-east-1")
     assert "Contents" not in s3.list_objects_v2(Bucket="iotpipe-fleet-state")  # no record, no lock left
+
+
+def test_the_workers_setting_is_checked_before_anything_runs(iotpipe, tmp_path):
+    _fleet_file(tmp_path, "us-east-1", ["plant-a"], concurrency=1)
+    bad = iotpipe("fleet", "status", "plants.toml", extra_env={"IOTPIPE_FLEET_WORKERS": "fibers"})
+    assert bad.returncode == 65 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "IOTPIPE_FLEET_WORKERS='fibers': use one of fork, spawn, threads" in bad.stderr
+    assert not (tmp_path / ".iotpipe").exists()  # nothing ran
