@@ -236,14 +236,20 @@ class ContextPool:
     def prepare(self, keys: set[tuple[str, str | None]]) -> None:
         """Make a context for each (region, profile), with its clients, before a fork: every
         worker starts with its own copy of each (no request has been made: no connection is
-        shared). A profile that cannot be used is left for its env's run to report."""
+        shared). The credentials and the account are resolved now too: a profile that assumes
+        a role would otherwise assume it (and prompt for its MFA code) once in every worker. A
+        profile that cannot be used is left for its env's run to report."""
         from iotpipe.aws import SERVICES, AwsContext
 
         for region, profile in sorted(keys, key=str):
             try:
                 aws = AwsContext(region, profile=profile)
+                credentials = aws.session.get_credentials()
+                if credentials is not None:
+                    credentials.get_frozen_credentials()
                 for service in SERVICES:
                     aws.client(service)
+                aws.account_id  # noqa: B018 - asked once here, not once per worker
             except Exception:  # noqa: BLE001 - reported by the env's own run
                 continue
             self.give(aws)

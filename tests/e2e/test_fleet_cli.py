@@ -125,3 +125,27 @@ def test_the_workers_setting_is_checked_before_anything_runs(iotpipe, tmp_path):
     assert bad.returncode == 65 and bad.stderr.count("\n") == 1, bad.stderr
     assert "IOTPIPE_FLEET_WORKERS='fibers': use one of fork, spawn, threads" in bad.stderr
     assert not (tmp_path / ".iotpipe").exists()  # nothing ran
+
+
+def test_an_assumed_role_profile_is_assumed_once_for_the_whole_fleet(server, tmp_path):
+    """A profile that assumes a role (MFA, say) is resolved in the fleet's process before the
+    workers are forked: one AssumeRole (one MFA prompt) for the fleet, not one per worker."""
+    (tmp_path / "aws-config").write_text(
+        "[profile plant]\nrole_arn = arn:aws:iam::123456789012:role/plant-operator\n"
+        "source_profile = base\nregion = us-east-1\n\n[profile base]\n"
+        "aws_access_key_id = testing\naws_secret_access_key = testing\n")
+    names = ["plant-a", "plant-b", "plant-c"]
+    path = _fleet_file(tmp_path, "us-east-1", names, concurrency=3)
+    path.write_text(path.read_text().replace('region = "us-east-1"', 'region = "us-east-1"\nprofile = "plant"'))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AWS_") and k not in ("IOTPIPE_STATE_DIR", "IOTPIPE_STATE")}
+    with BehaviourProxy(server, (), region="us-east-1") as proxy:
+        env.update(AWS_ENDPOINT_URL=proxy.url, PYTHONPATH=str(REPO), AWS_CONFIG_FILE=str(tmp_path / "aws-config"),
+                   AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), IOTPIPE_FLEET_WORKERS="fork")
+        done = subprocess.run([sys.executable, "-m", "iotpipe", "fleet", "plan", "plants.toml", "--json"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        calls = [(s.service, s.operation) for s in proxy.seen]
+    assert done.returncode == 2, done.stderr  # changes pending: nothing deployed
+    assert {e["result"] for e in json.loads(done.stdout)["envs"]} == {"changes pending"}
+    assert calls.count(("sts", "AssumeRole")) == 1, calls
+    assert calls.count(("sts", "GetCallerIdentity")) == 1, calls  # the account, asked once too
