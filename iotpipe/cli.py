@@ -912,7 +912,7 @@ def _fleet_command(command: str, doc: str) -> Any:
                     raise AbortedError("fleet destroy cancelled")
         result = run_fleet(plan, command, state_dir=state_dir, lock_timeout=extra.get("lock_timeout", 0.0),
                            parallelism=parallelism, on_done=None if json_mode else renderer.fleet_env_done,
-                           processes=True)
+                           on_activity=renderer.fleet_activity if renderer.live else None, processes=True)
         renderer.fleet_summary(result)
         if result.exit_code:
             raise SystemExit(result.exit_code)

@@ -28,6 +28,7 @@ Example fleet file::
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import sys
@@ -100,6 +101,49 @@ class FleetResult:
                 "elapsed_s": round(self.elapsed_s, 3), "envs": [o.as_dict() for o in self.outcomes]}
 
 
+@dataclass(frozen=True)
+class Activity:
+    """What one env's run is doing, for the fleet's live view: small, so that a worker can
+    send it to the parent at every step of the run."""
+
+    verb: str  # the engine's run under way: read, plan, status, up, destroy
+    done: int  # resources of that run finished
+    total: int
+    doing: tuple[tuple[str, str], ...] = ()  # (logical id, what it is doing) in flight
+
+
+class ActivityTracker:
+    """An engine's event sink that keeps an env's Activity and passes on every change."""
+
+    def __init__(self, send: Callable[[Activity], None]) -> None:
+        self._send = send
+        self._lock = threading.Lock()  # the engine reports from its worker threads
+        self._verb, self._done, self._total = "", 0, 0
+        self._doing: dict[str, str] = {}
+
+    def __call__(self, event: Any) -> None:
+        from iotpipe.render import aws_state
+
+        with self._lock:
+            if event.kind == "begin":
+                self._verb, self._done, self._total = event.verb, 0, len(set(event.order))
+                self._doing.clear()
+            elif event.kind == "start":
+                self._doing[event.logical_id] = event.verb
+            elif event.kind == "phase" and event.logical_id in self._doing:
+                self._doing[event.logical_id] = event.phase
+            elif event.kind == "progress" and event.logical_id in self._doing and event.progress is not None:
+                phase = self._doing[event.logical_id].split(",")[0]
+                self._doing[event.logical_id] = f"{phase}, {aws_state(event.progress)}"
+            elif event.kind == "done":
+                self._doing.pop(event.logical_id, None)
+                self._done += 1
+            else:
+                return
+            activity = Activity(self._verb, self._done, self._total, tuple(self._doing.items()))
+        self._send(activity)
+
+
 def load_fleet(path: Path) -> Fleet:
     """Read and check the whole file before any env runs: a typo stops the fleet, not one plant."""
     from iotpipe.config import validate_env
@@ -164,12 +208,15 @@ def run_fleet(
     parallelism: int | None = None,
     build: Builder | None = None,
     on_done: Callable[[EnvOutcome], None] | None = None,
+    on_activity: Callable[[FleetEnv, Activity], None] | None = None,
     processes: bool = False,
 ) -> FleetResult:
     """Run ``command`` on every env, at most ``fleet.concurrency`` at a time (each env's
     resources ``parallelism`` at a time, the engine's default when None).
 
-    ``processes`` runs the envs in worker processes (the CLI does; see ``worker_start``).
+    ``on_done`` hears of each env as it finishes; ``on_activity`` of what each env's run is
+    doing, as it goes. ``processes`` runs the envs in worker processes (the CLI does; see
+    ``worker_start``).
     Without it, and always with ``build`` (its engines may talk to an in-process emulator,
     whose state a worker's copy would not share), the envs are threads of this process.
     """
@@ -178,11 +225,11 @@ def run_fleet(
     workers = min(fleet.concurrency, len(fleet.envs))
     start = worker_start() if processes and build is None else "threads"
     if start == "threads":
-        outcomes = in_threads(fleet.envs, job, workers, on_done)
+        outcomes = in_threads(fleet.envs, job, workers, on_done, on_activity)
     else:
         from iotpipe.fleet_workers import in_processes
 
-        outcomes = in_processes(fleet.envs, job, workers, on_done, start)
+        outcomes = in_processes(fleet.envs, job, workers, on_done, on_activity, start)
     return FleetResult(command, str(fleet.path), outcomes, time.monotonic() - started)
 
 
@@ -282,15 +329,20 @@ class Job:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, contexts=ContextPool())
 
-    def run(self, env: FleetEnv) -> EnvOutcome:
+    def run(self, env: FleetEnv, on_activity: Callable[[Activity], None] | None = None) -> EnvOutcome:
         """One env's run; whatever it raises (but Ctrl-C) is its outcome, not the fleet's end."""
         begun = time.monotonic()
         try:
             if self.build is not None:
-                outcome = _outcome(self.command, env, getattr(self.build(env), self.command)())
+                engine = self.build(env)
+                if on_activity is not None:
+                    engine.on_event = ActivityTracker(on_activity)
+                outcome = _outcome(self.command, env, getattr(engine, self.command)())
             else:
                 engine = build_engine(env, self.state_dir, self.lock_timeout, self.capabilities,
                                       self.parallelism, self.contexts)
+                if on_activity is not None:
+                    engine.on_event = ActivityTracker(on_activity)
                 try:
                     outcome = _outcome(self.command, env, getattr(engine, self.command)())
                 finally:  # the run is over, its threads too: the next env may have the context
@@ -308,10 +360,10 @@ class Job:
         return outcome
 
 
-def in_threads(envs: list[FleetEnv], job: Job, workers: int,
-                on_done: Callable[[EnvOutcome], None] | None) -> list[EnvOutcome]:
+def in_threads(envs: list[FleetEnv], job: Job, workers: int, on_done: Callable[[EnvOutcome], None] | None,
+               on_activity: Callable[[FleetEnv, Activity], None] | None = None) -> list[EnvOutcome]:
     def one(env: FleetEnv) -> EnvOutcome:
-        outcome = job.run(env)
+        outcome = job.run(env, None if on_activity is None else functools.partial(on_activity, env))
         if on_done is not None:
             on_done(outcome)
         return outcome

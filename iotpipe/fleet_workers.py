@@ -11,22 +11,25 @@ contexts) and spawned elsewhere (see fleet.worker_start).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import multiprocessing
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from iotpipe.errors import ExitCode
-from iotpipe.fleet import EnvOutcome, FleetEnv, Job, in_threads, not_run
+from iotpipe.fleet import Activity, EnvOutcome, FleetEnv, Job, in_threads, not_run
 
 _running = False  # in a worker: an env is being run (Ctrl-C stops it) or not (Ctrl-C is noted)
 _stopped = False  # in a worker: Ctrl-C came; it starts no further env
 
 
-def in_processes(envs: list[FleetEnv], job: Job, workers: int,
-                 on_done: Callable[[EnvOutcome], None] | None, start: str = "fork") -> list[EnvOutcome]:
+def in_processes(envs: list[FleetEnv], job: Job, workers: int, on_done: Callable[[EnvOutcome], None] | None,
+                 on_activity: Callable[[FleetEnv, Activity], None] | None = None,
+                 start: str = "fork") -> list[EnvOutcome]:
     """Start ``workers`` processes (``start``: "fork" or "spawn", see fleet.worker_start) and
     hand each the next env as it finishes one.
 
@@ -66,20 +69,28 @@ def in_processes(envs: list[FleetEnv], job: Job, workers: int,
             return
         keys.add((envs[index].region, envs[index].profile))
 
-    def collect(conn: Any) -> None:
+    def collect(conn: Any) -> bool:
+        """Take the worker's next message; True once it has finished its env."""
         try:
-            outcome = conn.recv()
+            kind, index, payload = conn.recv()
         except (EOFError, OSError):
-            outcome = _died(envs[busy[conn]])
+            kind, index, payload = "done", busy[conn], _died(envs[busy[conn]])
             conn.close()
-        outcomes[busy.pop(conn)] = outcome
+        if kind == "activity":
+            if on_activity is not None:
+                on_activity(envs[index], payload)
+            return False
+        del busy[conn]
+        outcomes[index] = payload
         if on_done is not None:
-            on_done(outcome)
+            on_done(payload)
+        return True
 
     try:
         for _ in range(workers):
             ours, theirs = context.Pipe()
-            process = context.Process(target=_worker, args=(theirs, envs, job), daemon=True)
+            process = context.Process(target=_worker, args=(theirs, envs, job, on_activity is not None),
+                                      daemon=True)
             try:
                 process.start()
             except OSError:  # no more processes allowed: those started do the work
@@ -92,12 +103,11 @@ def in_processes(envs: list[FleetEnv], job: Job, workers: int,
     except KeyboardInterrupt:
         interrupted = True
     if not processes:
-        return in_threads(envs, job, workers, on_done)
+        return in_threads(envs, job, workers, on_done, on_activity)
     while busy:
         try:
             for conn in wait(list(busy)):
-                collect(conn)
-                if pending and not interrupted and not conn.closed:
+                if collect(conn) and pending and not interrupted and not conn.closed:
                     hand_out(conn)
         except KeyboardInterrupt:
             interrupted = True  # the workers had it too: collect what their envs end with
@@ -144,9 +154,17 @@ def _died(env: FleetEnv) -> EnvOutcome:
                       "command again")
 
 
-def _worker(conn: Any, envs: list[FleetEnv], job: Job) -> None:
-    """A worker process: run the env whose index comes, send its outcome, until None comes."""
+def _worker(conn: Any, envs: list[FleetEnv], job: Job, report: bool) -> None:
+    """A worker process: run the env whose index comes, until None comes. It sends
+    ("activity", index, Activity) as the run goes (when ``report``) and ("done", index,
+    EnvOutcome) at its end."""
     signal.signal(signal.SIGINT, _on_ctrl_c)
+    lock = threading.Lock()  # the engine's threads report while the main thread waits
+
+    def send(message: tuple[str, int, Any]) -> None:
+        with lock:
+            conn.send(message)
+
     while True:
         try:
             index = conn.recv()
@@ -154,7 +172,12 @@ def _worker(conn: Any, envs: list[FleetEnv], job: Job) -> None:
             return
         if index is None:
             return
-        conn.send(_run_in_worker(envs, job, index))
+        activity = functools.partial(_activity, send, index) if report else None
+        send(("done", index, _run_in_worker(envs, job, index, activity)))
+
+
+def _activity(send: Callable[[tuple[str, int, Any]], None], index: int, activity: Activity) -> None:
+    send(("activity", index, activity))
 
 
 def _on_ctrl_c(_signum: int, _frame: Any) -> None:
@@ -166,7 +189,8 @@ def _on_ctrl_c(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
 
-def _run_in_worker(envs: list[FleetEnv], job: Job, index: int) -> EnvOutcome:
+def _run_in_worker(envs: list[FleetEnv], job: Job, index: int,
+                   on_activity: Callable[[Activity], None] | None) -> EnvOutcome:
     global _running
     env = envs[index]
     if _stopped:
@@ -174,7 +198,7 @@ def _run_in_worker(envs: list[FleetEnv], job: Job, index: int) -> EnvOutcome:
     begun = time.monotonic()
     _running = True
     try:
-        return job.run(env)
+        return job.run(env, on_activity)
     except KeyboardInterrupt:
         return EnvOutcome(env.name, env.region or "", "interrupted", 0, time.monotonic() - begun,
                           int(ExitCode.INTERRUPTED), "stopped at a safe point: run the same command again")

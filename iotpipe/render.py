@@ -159,6 +159,10 @@ class Renderer:
         self._finished: dict[str, Event] = {}
         self._run_verb = ""
         self._view_state: tuple[tuple[_Flight, ...], str, int, int] = ((), "", 0, 0)
+        # Fleet commands: env name -> (region, what its run is doing, when it was first heard of)
+        self._fleet: dict[str, tuple[str, Any, float]] = {}
+        self._fleet_done = 0
+        self._fleet_state: tuple[tuple[str, str, Any, float], ...] = ()
 
     # -- where ---------------------------------------------------------------------------------
     def header(self, target: Target) -> None:
@@ -797,12 +801,68 @@ class Renderer:
         if "envs" in data:
             self.out.print(f"  envs with state under this prefix: {escape(', '.join(data['envs']) or 'none')}")
 
+    @property
+    def live(self) -> bool:
+        """Whether a live region is shown (a terminal, not --json): what feeds it is wasted otherwise."""
+        return not self.json_mode and self.out.is_terminal
+
+    def fleet_activity(self, env: Any, activity: Any) -> None:
+        """What a running env's run is doing (fleet commands): on a terminal, a live region with
+        a line per running env; nothing when piped (the line per finished env says enough).
+
+        Called from the engines' threads (envs as threads) or the fleet's main thread (workers).
+        """
+        if not self.live:
+            return
+        with self._lock:
+            first = self._fleet.get(env.name)
+            self._fleet[env.name] = (env.region or "", activity, first[2] if first else self.clock())
+            self._fleet_state = tuple((name, *row) for name, row in self._fleet.items())
+            if self._live is None:
+                from rich.live import Live
+
+                self._live = Live(console=self.out, transient=True, refresh_per_second=4,
+                                  get_renderable=self.fleet_view)
+                self._live.start()
+
+    def fleet_view(self) -> Group:
+        """The fleet's live region: a spinner with the counts, then per running env its
+        region, seconds running, the engine's run (read, up, ...) with its counts and the
+        first resource in flight. Built from a snapshot: rich's refresh thread calls it."""
+        rows, done = self._fleet_state, self._fleet_done
+        self._spinner.update(text=Text(f"fleet: {len(rows)} running, {done} done", no_wrap=True,
+                                       overflow="ellipsis"))
+        limit = max(1, min(LIVE_LINES, self.out.height - 3))
+        shown = rows if len(rows) <= limit else rows[: limit - 1]
+        now = self.clock()
+        lines: list[Any] = [self._spinner]
+        for name, region, activity, started in shown:
+            doing = f"{activity.verb}: {activity.done} of {activity.total} done"
+            if activity.doing:
+                lid, what = activity.doing[0]
+                doing += f" · {lid} {what}"
+                if len(activity.doing) > 1:
+                    doing += f" (+{len(activity.doing) - 1})"
+            seconds = f"{max(0.0, now - started):.0f} s"
+            lines.append(Text(f"  {name:<20} {region:<14} {seconds:>6}  {doing}", no_wrap=True, overflow="ellipsis"))
+        if len(shown) < len(rows):
+            lines.append(Text(f"  ... and {len(rows) - len(shown)} more", style="dim"))
+        return Group(*lines)
+
     def fleet_env_done(self, outcome: Any) -> None:
-        """One line per env as it finishes (stderr, so stdout stays the table or the JSON)."""
-        self.err.print(f"[dim]{escape(outcome.env)} ({escape(outcome.region)}): {escape(outcome.result)} "
-                       f"in {outcome.elapsed_s:.1f} s[/]")
+        """One line per env as it finishes (stderr, so stdout stays the table or the JSON; above
+        the live region on a terminal)."""
+        line = (f"[dim]{escape(outcome.env)} ({escape(outcome.region)}): {escape(outcome.result)} "
+                f"in {outcome.elapsed_s:.1f} s[/]")
+        with self._lock:
+            self._fleet.pop(outcome.env, None)
+            self._fleet_done += 1
+            self._fleet_state = tuple((name, *row) for name, row in self._fleet.items())
+            (self.out if self._live is not None else self.err).print(line)
 
     def fleet_summary(self, result: Any) -> None:
+        with self._lock:
+            self._stop_live()
         if self.json_mode:
             self.json(result.as_dict())
             return

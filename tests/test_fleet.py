@@ -158,26 +158,31 @@ def test_every_service_a_fleet_command_calls_is_preloaded(moto, tmp_path, monkey
 WORKERS_SCRIPT = """
 import os, sys
 from pathlib import Path
-from iotpipe.fleet import ContextPool, EnvOutcome, FleetEnv
+from iotpipe.fleet import Activity, ContextPool, EnvOutcome, FleetEnv
 from iotpipe.fleet_workers import in_processes
 
-class Job:  # an env "dies" kills its worker; the others answer with their worker's pid
+class Job:  # an env "dies" kills its worker; the others report and answer with their worker's pid
     contexts = ContextPool()
-    def run(self, env):
+    def run(self, env, on_activity=None):
         if env.name == "dies":
             os._exit(9)
+        on_activity(Activity("up", 1, 2, (("kms.key", "creating"),)))
         return EnvOutcome(env.name, "", "in sync", 0, 0.0, 0, str(os.getpid()))
 
+heard = []
 envs = [FleetEnv(name, None, None, None, None) for name in ("a", "dies", "b", "c", "d")]
-for o in in_processes(envs, Job(), 2, None):
+outcomes = in_processes(envs, Job(), 2, None, lambda env, activity: heard.append((env.name, activity)))
+for o in outcomes:
     print(o.env, o.result, o.exit_code, o.message, sep="|")
+print(sorted(name for name, _a in heard), {a for _n, a in heard})
 """
 
 
 def test_a_worker_that_dies_fails_its_env_and_the_others_still_run(tmp_path):
     """Each env in a worker process of its own (what the CLI does): one killed mid-run (out
-    of memory, say) is that env's failure; the others run in the workers left. In a process
-    of its own: a fork is only safe from a process with one thread."""
+    of memory, say) is that env's failure; the others run in the workers left, and what
+    they are doing reaches the parent as they go. In a process of its own: a fork is only
+    safe from a process with one thread."""
     import os
     import subprocess
     import sys
@@ -187,7 +192,10 @@ def test_a_worker_that_dies_fails_its_env_and_the_others_still_run(tmp_path):
     done = subprocess.run([sys.executable, "-c", WORKERS_SCRIPT], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(repo)}, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    rows = [line.split("|") for line in done.stdout.splitlines()]
+    *lines, heard = done.stdout.splitlines()
+    assert heard == ("['a', 'b', 'c', 'd'] {Activity(verb='up', done=1, total=2, "
+                     "doing=(('kms.key', 'creating'),))}")  # what each run was doing reached the parent
+    rows = [line.split("|") for line in lines]
     assert [(env, result, code) for env, result, code, _msg in rows] == [
         ("a", "in sync", "0"), ("dies", "failed", "1"), ("b", "in sync", "0"), ("c", "in sync", "0"),
         ("d", "in sync", "0")], done.stdout

@@ -388,3 +388,47 @@ def test_the_live_region_is_ascii_on_an_ascii_terminal():
     assert "- up: 1 in flight, 0 of 1 done" in text  # the "line" spinner's first frame
     assert "storage.metrics_table           0 s  up, waiting: Table.T...\r" in text  # cut to 60 columns
     assert "+ created   storage.metrics_table" in text
+
+
+def test_a_fleet_shows_each_running_env_and_what_its_run_is_doing(capsys):
+    """`fleet up` on a terminal: a line per running env, fed by each engine's events through
+    an ActivityTracker (in a worker process, over its pipe); a finished env leaves the region
+    for its result line; piped or --json, nothing of it."""
+    from iotpipe.fleet import Activity, ActivityTracker, EnvOutcome, FleetEnv
+
+    clock = Clock()
+    con = console(140, True)
+    renderer = Renderer(console=con, clock=clock)
+    plant_a, plant_b = FleetEnv("plant-a", "eu-west-1", None, None, None), FleetEnv("plant-b", None, None, None, None)
+    track_a = ActivityTracker(lambda activity: renderer.fleet_activity(plant_a, activity))
+    track_b = ActivityTracker(lambda activity: renderer.fleet_activity(plant_b, activity))
+    track_a(Event("begin", "", verb="up", order=("kms.key", "storage.metrics_table", "stream.sensor_stream")))
+    track_b(Event("begin", "", verb="read", order=("kms.key", "kms.alias")))
+    track_a(Event("start", "kms.key", verb="up"))
+    track_a(Event("done", "kms.key", verb="up", result=created("kms.key")))
+    for lid in ("storage.metrics_table", "stream.sensor_stream"):
+        track_a(Event("start", lid, verb="up"))
+        track_a(Event("phase", lid, verb="up", phase="creating"))
+    track_a(Event("progress", "storage.metrics_table", verb="up", progress=Progress(
+        "waiter", "waiting", {"state": "Table.TableStatus = CREATING"})))
+    clock.now += 7
+    track_b(Event("start", "kms.alias", verb="read"))
+    view = Console(file=io.StringIO(), width=140, color_system=None, record=True)
+    view.print(renderer.fleet_view())
+    region = view.export_text()
+    assert "fleet: 2 running, 0 done" in region
+    assert re.search(r"^\s+plant-a\s+eu-west-1\s+7 s  up: 1 of 3 done · storage\.metrics_table creating, "
+                     r"waiting: Table\.TableStatus = CREATING \(\+1\)$", region, re.M), region
+    assert re.search(r"^\s+plant-b\s+7 s  read: 0 of 2 done · kms\.alias read$", region, re.M), region
+    renderer.fleet_env_done(EnvOutcome("plant-a", "eu-west-1", "changed", 12, 7.0, 0))
+    view = Console(file=io.StringIO(), width=140, color_system=None, record=True)
+    view.print(renderer.fleet_view())
+    region = view.export_text()
+    assert "plant-a" not in region and "fleet: 1 running, 1 done" in region
+    assert "plant-a (eu-west-1): changed in 7.0 s" in output(con)  # above the region, on the terminal
+    assert capsys.readouterr().err == ""
+
+    piped = Renderer(console=console(140, False), clock=clock)
+    assert not piped.live and not Renderer(console=console(140, True), json_mode=True).live
+    piped.fleet_activity(plant_a, Activity("up", 0, 3))
+    assert piped._live is None and output(piped.out) == ""
