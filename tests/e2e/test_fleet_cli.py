@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -15,27 +14,10 @@ import boto3
 import pytest
 
 from tests.awsbehaviour.proxy import BehaviourProxy
+from tests.e2e.gate import GateProxy
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "[storage]\nenforce_tls = false\n\n[trail]\nenabled = false\n"
-
-
-class HoldCreateKey(BehaviourProxy):
-    """No AWS rules; every KMS CreateKey waits until ``gate`` opens (``held`` counts them)."""
-
-    def __init__(self, upstream: str, region: str) -> None:
-        super().__init__(upstream, (), region=region)
-        self.gate = threading.Event()
-        self.held = 0
-        self._count = threading.Lock()
-
-    def handle(self, method, path, headers, body):
-        named = None if self.gate.is_set() else self.catalogue.identify(method, path, headers, body)
-        if named is not None and (named[0].name, named[1]) == ("kms", "CreateKey"):
-            with self._count:
-                self.held += 1
-            self.gate.wait(60)
-        return super().handle(method, path, headers, body)
 
 
 def _fleet_file(tmp_path: Path, region: str, names: list[str], concurrency: int) -> Path:
@@ -57,7 +39,7 @@ def test_ctrl_c_stops_every_running_env_at_a_safe_point_and_a_rerun_converges(se
     names = ["plant-a", "plant-b", "plant-c"]
     _fleet_file(tmp_path, region, names, concurrency=2)
     env = {k: v for k, v in os.environ.items() if k not in ("IOTPIPE_STATE_DIR", "IOTPIPE_STATE")}
-    with HoldCreateKey(server, region) as proxy:
+    with GateProxy(server, region) as proxy:
         env.update(AWS_ENDPOINT_URL=proxy.url, PYTHONPATH=str(REPO), IOTPIPE_FLEET_WORKERS=start)
         run = subprocess.Popen([sys.executable, "-m", "iotpipe", "fleet", "up", "plants.toml"], cwd=tmp_path,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

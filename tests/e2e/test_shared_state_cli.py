@@ -12,32 +12,15 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import boto3
 
-from tests.awsbehaviour.proxy import BehaviourProxy
+from tests.e2e.gate import GateProxy
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = "s3://iotpipe-team-state/plants"
-
-
-class GateProxy(BehaviourProxy):
-    """No AWS rules; the first CreateKey waits until ``gate`` opens."""
-
-    def __init__(self, upstream: str, region: str) -> None:
-        super().__init__(upstream, (), region=region)
-        self.gate = threading.Event()
-        self.held = threading.Event()
-
-    def handle(self, method, path, headers, body):
-        named = None if self.gate.is_set() else self.catalogue.identify(method, path, headers, body)
-        if named is not None and (named[0].name, named[1]) == ("kms", "CreateKey"):
-            self.held.set()
-            self.gate.wait(60)
-        return super().handle(method, path, headers, body)
 
 
 def _env(url: str) -> dict[str, str]:
@@ -67,10 +50,10 @@ def test_two_machines_race_up_on_one_env_and_exactly_one_proceeds(server, tmp_pa
         assert first is not None, "neither run finished"
         loser_err = first.stderr.read()
         winner = runs[1] if first is runs[0] else runs[0]
-        assert proxy.held.wait(60)  # the winner reaches its first create, still holding the lock
+        assert proxy.reached.wait(60)  # the winner reaches its first create, still holding the lock
         proxy.gate.set()
         winner_out, winner_err = winner.communicate(timeout=180)
-        assert proxy.held.is_set()  # the winner was inside the lock
+        assert proxy.reached.is_set()  # the winner was inside the lock
     assert first.returncode == 75, loser_err
     assert f"pid {winner.pid}" in loser_err and "operation up" in loser_err, loser_err
     assert "locked by" in loser_err and loser_err.count("\n") == 1  # one line, no traceback
