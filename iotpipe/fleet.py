@@ -269,12 +269,15 @@ class ContextPool:
 
     def __init__(self) -> None:
         self._free: dict[tuple[str, str | None], list[Any]] = {}
+        self._failed: dict[tuple[str, str | None], Exception] = {}  # by prepare: said, not tried again
         self._lock = threading.Lock()
 
     def lend(self, region: str, profile: str | None) -> Any:
         from iotpipe.aws import AwsContext
 
         with self._lock:
+            if (region, profile) in self._failed:
+                raise self._failed[(region, profile)]
             free = self._free.get((region, profile))
             if free:
                 return free.pop()
@@ -284,8 +287,9 @@ class ContextPool:
         """Make a context for each (region, profile), with its clients, before a fork: every
         worker starts with its own copy of each (no request has been made: no connection is
         shared). The credentials and the account are resolved now too: a profile that assumes
-        a role would otherwise assume it (and prompt for its MFA code) once in every worker. A
-        profile that cannot be used is left for its env's run to report."""
+        a role would otherwise assume it (and prompt for its MFA code) once in every worker.
+        What fails here (no such profile, an endpoint that does not answer) is kept, and each
+        env of that region and profile reports it, instead of waiting for it once more."""
         from iotpipe.aws import SERVICES, AwsContext
 
         for region, profile in sorted(keys, key=str):
@@ -297,7 +301,8 @@ class ContextPool:
                 for service in SERVICES:
                     aws.client(service)
                 aws.account_id  # noqa: B018 - asked once here, not once per worker
-            except Exception:  # noqa: BLE001 - reported by the env's own run
+            except Exception as err:  # noqa: BLE001 - reported by each env's own run
+                self._failed[(region, profile)] = err
                 continue
             self.give(aws)
 

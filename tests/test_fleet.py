@@ -8,7 +8,7 @@ import pytest
 from iotpipe.aws import AwsContext
 from iotpipe.config import load_config
 from iotpipe.engine import make_engine
-from iotpipe.errors import ConfigError, ExitCode, OwnershipError
+from iotpipe.errors import ConfigError, CredentialsError, ExitCode, OwnershipError
 from iotpipe.fleet import EnvOutcome, load_fleet, run_fleet
 from iotpipe.s3state import parse_location
 from iotpipe.statecmd import bootstrap
@@ -131,6 +131,15 @@ def test_a_context_is_lent_to_one_env_at_a_time_and_kept_for_the_next(moto, tmp_
     assert sorted(a.region for a in made) == ["eu-west-1", "us-east-1"]  # one per region, not per env
     for aws in made:  # given back as made: no engine's sleep wrapper or listener left on it
         assert aws.sleep is time.sleep and aws.on_progress is ignore
+
+    # Made before a fork: what fails then is each env's answer, not tried again per worker.
+    made.clear()
+    pool.prepare({("us-east-1", None), ("us-east-1", "no-such-profile")})
+    assert [(a.region, a.profile, a.account_id) for a in made] == [("us-east-1", None, "123456789012")]
+    assert pool.lend("us-east-1", None) is made[0]
+    with pytest.raises(CredentialsError, match="no-such-profile"):
+        pool.lend("us-east-1", "no-such-profile")
+    assert len(made) == 1
 
 
 def test_every_service_a_fleet_command_calls_is_preloaded(moto, tmp_path, monkeypatch):
