@@ -346,6 +346,10 @@ class Engine:
         self._check_owned(res, current)
         self.ctx.refs[res.logical_id] = current.ids
         changes = res.diff(current.spec, desired)
+        refused = sorted({c.field for c in changes} & res.replaced_only)
+        if refused:
+            note = "; ".join(filter(None, [f"`up` will refuse this: {', '.join(refused)} cannot change in "
+                                           "place (it says how to replace it)", note]))
         return self._result(res, "update" if changes else "unchanged", changes=changes, ids=current.ids,
                             message=note)
 

@@ -185,6 +185,11 @@ class Resource(ABC):
     # does, so `plan` on a new env must not promise a creation `up` will never report.
     makes_nothing: ClassVar[bool] = False
 
+    # Fields AWS cannot change in place. ``update`` refuses a difference there (replacing the
+    # resource would lose what it holds: a table's items, a thing type's things) and `plan`
+    # says so beforehand, so that nobody learns it from a failed `up`.
+    replaced_only: ClassVar[frozenset[str]] = frozenset()
+
     # Set (to the reason) on a resource iotpipe no longer makes: `plan` shows it as to be
     # deleted, `status` as unwanted, `up` deletes one of its own (once ``retire_blocker``
     # allows), `destroy` removes it like any other. Absent, it is not shown at all.

@@ -166,6 +166,7 @@ class ThingType(Resource):
 
     logical_id = "iot.thing_type"
     resource_type = "AWS::IoT::ThingType"
+    replaced_only = frozenset({"description", "searchable_attributes"})
 
     name_field = "thing_type"
 
@@ -210,7 +211,7 @@ class ThingType(Resource):
 
     def update(self, ctx: StepContext, current: Current, desired: Spec, changes: list[Change]) -> None:
         fields = changed_fields(changes)
-        immutable = sorted(fields - {"deprecated"})
+        immutable = sorted(fields & self.replaced_only)
         if immutable:
             name = self.name(ctx)
             raise ThingTypeImmutableError(

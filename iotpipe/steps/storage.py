@@ -416,6 +416,7 @@ class MetricsTable(Resource):
 
     logical_id = "storage.metrics_table"
     resource_type = "AWS::DynamoDB::Table"
+    replaced_only = frozenset({"key_schema"})  # UpdateTable has no KeySchema
     depends_on = ("kms.key",)  # encrypted with it (its ARN is read)
     read_needs = ("kms.key",)  # the key its encryption names is told by the key's ARN
     name_field = "metrics_table"
@@ -501,7 +502,7 @@ class MetricsTable(Resource):
         ddb = ctx.client("dynamodb")
         name = ctx.names.metrics_table
         fields = changed_fields(changes)
-        if "key_schema" in fields:  # refuse before changing anything else
+        if fields & self.replaced_only:  # refuse before changing anything else
             raise ReplacementRequired(
                 f"DynamoDB table {name!r} has key schema {current.spec.get('key_schema')} but iotpipe "
                 f"needs {desired['key_schema']}; a table's key cannot change in place and iotpipe will "

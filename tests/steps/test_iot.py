@@ -239,6 +239,9 @@ def test_changed_thing_type_attributes_are_reported_not_silently_replaced(engine
     status = by_id(engine.status(), "iot.thing_type")
     assert status.health == "drifted"
     assert {c.field for c in status.changes} == {"searchable_attributes"}
+    planned = by_id(engine.plan(), "iot.thing_type")
+    assert planned.action == "update" and planned.message.startswith(
+        "`up` will refuse this: searchable_attributes cannot change in place")
     log.clear()
     with pytest.raises(iot.ThingTypeImmutableError, match="cannot change a thing type in place"):
         engine.up()

@@ -281,6 +281,7 @@ def test_a_changed_key_schema_is_refused_not_replaced(make):
         Tags=[{"Key": "iotpipe:env", "Value": "dev"}, {"Key": "managed-by", "Value": "iotpipe"}])
     planned = by_id(engine.plan())[TABLE_ID]
     assert "key_schema" in [c.field for c in planned.changes]
+    assert planned.message.startswith("`up` will refuse this: key_schema cannot change in place")
     log.clear()
     with pytest.raises(ReplacementRequired, match="cannot change in place"):
         engine.up()
