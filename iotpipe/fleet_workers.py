@@ -17,6 +17,7 @@ import multiprocessing
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,11 @@ def in_processes(envs: list[FleetEnv], job: Job, workers: int, on_done: Callable
 
     if start == "fork":  # what is made now, every worker has without making it
         _preload()
-        job.contexts.prepare({(e.region, e.profile) for e in envs if e.region})
+        # A context only one env uses is made as well by its worker, beside the others' (the
+        # parent would make them one after another: with a profile per plant account, each
+        # with its AssumeRole, that is seconds before any env starts).
+        shared = Counter((e.region, e.profile) for e in envs if e.region)
+        job.contexts.prepare({key for key, count in shared.items() if count > 1})
         # Python's recipe for fork without exec: what the parent made stays out of the workers'
         # collections, which would otherwise touch (and so copy) every page of it. It stays
         # frozen in the parent too: the CLI's process ends with the fleet.
