@@ -111,3 +111,30 @@ def test_up_reads_again_only_what_lies_downstream_of_a_write(make):
     assert by_id(result, "lambda.function").action == "unchanged"
     assert _reads(log, "lambda.GetFunction") == 2  # prefetched, then again after the log group's write
     assert _reads(log, "kinesis.DescribeStreamSummary") == 1
+
+
+def test_a_read_that_failed_in_the_prefetch_is_made_again_in_its_own_turn(make):
+    """The key's read fails once in `status`'s prefetch (throttled past botocore's retries,
+    say), on an env whose state was lost, so that no id is known but what reads find. The
+    key is read again in its own turn, and it and everything that reads with its ARN
+    (``read_needs``) come out in sync: one failed read is not a failed status."""
+    from tests.support import fail_with
+
+    first = make()
+    first.up()
+    first.store.path.unlink()  # the state is lost: no recorded ids either; every id comes from a read
+    log = CallLog()
+    engine = make(log=log)
+    failed: list[str] = []
+    throttled = fail_with("ThrottlingException", "Rate exceeded")
+
+    def once(model, **kwargs):
+        if model.name == "DescribeKey" and not failed:
+            failed.append(model.name)
+            throttled(model, **kwargs)
+
+    engine.ctx.aws.events.register("before-call.kms.DescribeKey", once)
+    result = engine.status()
+    assert failed == ["DescribeKey"]
+    drifted = {r.logical_id: [c.field for c in r.changes] for r in result.resources if r.health != "ok"}
+    assert result.in_sync, drifted
