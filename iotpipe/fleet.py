@@ -106,10 +106,11 @@ class Activity:
     """What one env's run is doing, for the fleet's live view: small, so that a worker can
     send it to the parent at every step of the run."""
 
-    verb: str  # the engine's run under way: read, plan, status, up, destroy
+    verb: str  # the engine's run under way: read, plan, status, up, destroy ("" before one)
     done: int  # resources of that run finished
     total: int
     doing: tuple[tuple[str, str], ...] = ()  # (logical id, what it is doing) in flight
+    note: str = ""  # the latest wait of no resource: another run's lock, say
 
 
 class ActivityTracker:
@@ -118,7 +119,7 @@ class ActivityTracker:
     def __init__(self, send: Callable[[Activity], None]) -> None:
         self._send = send
         self._lock = threading.Lock()  # the engine reports from its worker threads
-        self._verb, self._done, self._total = "", 0, 0
+        self._verb, self._done, self._total, self._note = "", 0, 0, ""
         self._doing: dict[str, str] = {}
 
     def __call__(self, event: Any) -> None:
@@ -126,21 +127,24 @@ class ActivityTracker:
 
         with self._lock:
             if event.kind == "begin":
-                self._verb, self._done, self._total = event.verb, 0, len(set(event.order))
+                self._verb, self._done, self._total, self._note = event.verb, 0, len(set(event.order)), ""
                 self._doing.clear()
             elif event.kind == "start":
                 self._doing[event.logical_id] = event.verb
             elif event.kind == "phase" and event.logical_id in self._doing:
                 self._doing[event.logical_id] = event.phase
-            elif event.kind == "progress" and event.logical_id in self._doing and event.progress is not None:
-                phase = self._doing[event.logical_id].split(",")[0]
-                self._doing[event.logical_id] = f"{phase}, {aws_state(event.progress)}"
+            elif event.kind == "progress" and event.progress is not None:
+                if event.logical_id in self._doing:
+                    phase = self._doing[event.logical_id].split(",")[0]
+                    self._doing[event.logical_id] = f"{phase}, {aws_state(event.progress)}"
+                else:
+                    self._note = event.progress.message
             elif event.kind == "done":
                 self._doing.pop(event.logical_id, None)
                 self._done += 1
             else:
                 return
-            activity = Activity(self._verb, self._done, self._total, tuple(self._doing.items()))
+            activity = Activity(self._verb, self._done, self._total, tuple(self._doing.items()), self._note)
         self._send(activity)
 
 

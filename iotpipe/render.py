@@ -837,12 +837,14 @@ class Renderer:
         now = self.clock()
         lines: list[Any] = [self._spinner]
         for name, region, activity, started in shown:
-            doing = f"{activity.verb}: {activity.done} of {activity.total} done"
+            parts = [f"{activity.verb}: {activity.done} of {activity.total} done"] if activity.verb else []
             if activity.doing:
                 lid, what = activity.doing[0]
-                doing += f" · {lid} {what}"
-                if len(activity.doing) > 1:
-                    doing += f" (+{len(activity.doing) - 1})"
+                more = f" (+{len(activity.doing) - 1})" if len(activity.doing) > 1 else ""
+                parts.append(f"{lid} {what}{more}")
+            if activity.note:
+                parts.append(activity.note)
+            doing = " · ".join(parts) or "starting"
             seconds = f"{max(0.0, now - started):.0f} s"
             lines.append(Text(f"  {name:<20} {region:<14} {seconds:>6}  {doing}", no_wrap=True, overflow="ellipsis"))
         if len(shown) < len(rows):

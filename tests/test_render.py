@@ -413,10 +413,16 @@ def test_a_fleet_shows_each_running_env_and_what_its_run_is_doing(capsys):
         "waiter", "waiting", {"state": "Table.TableStatus = CREATING"})))
     clock.now += 7
     track_b(Event("start", "kms.alias", verb="read"))
+    plant_c = FleetEnv("plant-c", "us-east-1", None, None, None)
+    ActivityTracker(lambda activity: renderer.fleet_activity(plant_c, activity))(Event(
+        "progress", "", verb="up", progress=Progress("lock-wait", "locked by ops@host2 (pid 4242, up) since 12:00; "
+                                                                  "waited 3 s of 60 s")))
     view = Console(file=io.StringIO(), width=140, color_system=None, record=True)
     view.print(renderer.fleet_view())
     region = view.export_text()
-    assert "fleet: 2 running, 0 done" in region
+    assert "fleet: 3 running, 0 done" in region
+    assert re.search(r"^\s+plant-c\s+us-east-1\s+0 s  locked by ops@host2 \(pid 4242, up\) since 12:00; "
+                     r"waited 3 s of 60 s$", region, re.M), region  # waiting for another run's lock
     assert re.search(r"^\s+plant-a\s+eu-west-1\s+7 s  up: 1 of 3 done · storage\.metrics_table creating, "
                      r"waiting: Table\.TableStatus = CREATING \(\+1\)$", region, re.M), region
     assert re.search(r"^\s+plant-b\s+7 s  read: 0 of 2 done · kms\.alias read$", region, re.M), region
@@ -424,7 +430,7 @@ def test_a_fleet_shows_each_running_env_and_what_its_run_is_doing(capsys):
     view = Console(file=io.StringIO(), width=140, color_system=None, record=True)
     view.print(renderer.fleet_view())
     region = view.export_text()
-    assert "plant-a" not in region and "fleet: 1 running, 1 done" in region
+    assert "plant-a" not in region and "fleet: 2 running, 1 done" in region
     assert "plant-a (eu-west-1): changed in 7.0 s" in output(con)  # above the region, on the terminal
     assert capsys.readouterr().err == ""
 
