@@ -203,7 +203,7 @@ def test_a_worker_that_dies_fails_its_env_and_the_others_still_run(tmp_path):
     assert done.returncode == 0, done.stderr
     *lines, heard = done.stdout.splitlines()
     assert heard == ("['a', 'b', 'c', 'd'] {Activity(verb='up', done=1, total=2, "
-                     "doing=(('kms.key', 'creating'),))}")  # what each run was doing reached the parent
+                     "doing=(('kms.key', 'creating'),), note='')}")  # what each run was doing reached the parent
     rows = [line.split("|") for line in lines]
     assert [(env, result, code) for env, result, code, _msg in rows] == [
         ("a", "in sync", "0"), ("dies", "failed", "1"), ("b", "in sync", "0"), ("c", "in sync", "0"),
