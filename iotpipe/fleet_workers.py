@@ -107,8 +107,9 @@ def in_processes(envs: list[FleetEnv], job: Job, workers: int, on_done: Callable
             hand_out(ours)
     except KeyboardInterrupt:
         interrupted = True
-    if not processes:
-        return in_threads(envs, job, workers, on_done, on_activity)
+    if not processes:  # Ctrl-C before the first started; or none could be
+        return [not_run(env) for env in envs] if interrupted else in_threads(envs, job, workers, on_done,
+                                                                             on_activity)
     while busy:
         try:
             for conn in wait(list(busy)):
