@@ -123,7 +123,7 @@ class ActivityTracker:
         self._doing: dict[str, str] = {}
 
     def __call__(self, event: Any) -> None:
-        from iotpipe.render import aws_state
+        from iotpipe.progress import aws_state
 
         with self._lock:
             if event.kind == "begin":
@@ -342,19 +342,15 @@ class Job:
         """One env's run; whatever it raises (but Ctrl-C) is its outcome, not the fleet's end."""
         begun = time.monotonic()
         try:
-            if self.build is not None:
-                engine = self.build(env)
-                if on_activity is not None:
-                    engine.on_event = ActivityTracker(on_activity)
+            pooled = self.build is None
+            engine = build_engine(env, self.state_dir, self.lock_timeout, self.capabilities, self.parallelism,
+                                  self.contexts) if pooled else self.build(env)
+            if on_activity is not None:
+                engine.on_event = ActivityTracker(on_activity)
+            try:
                 outcome = _outcome(self.command, env, getattr(engine, self.command)())
-            else:
-                engine = build_engine(env, self.state_dir, self.lock_timeout, self.capabilities,
-                                      self.parallelism, self.contexts)
-                if on_activity is not None:
-                    engine.on_event = ActivityTracker(on_activity)
-                try:
-                    outcome = _outcome(self.command, env, getattr(engine, self.command)())
-                finally:  # the run is over, its threads too: the next env may have the context
+            finally:  # the run is over, its threads too: the next env may have the context
+                if pooled:
                     self.contexts.give(engine.ctx.aws)
         except IotpipeError as err:
             outcome = EnvOutcome(env.name, env.region or "", "failed", 0, 0.0, int(err.exit_code), str(err))

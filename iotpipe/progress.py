@@ -25,3 +25,18 @@ ProgressSink = Callable[[Progress], None]
 
 def ignore(_progress: Progress) -> None:
     """The listener when nobody listens."""
+
+
+def aws_state(progress: Progress) -> str:
+    """The short state a wait reports, for the resource's line in the live region: the
+    waiter's "Table.TableStatus = CREATING", the transient a retry waits out, a count."""
+    data = progress.data
+    if progress.kind == "waiter" and data.get("state"):
+        return f"waiting: {data['state']}"
+    if progress.kind in ("role-propagation", "retry") and data.get("transient"):
+        return f"retrying: {data['transient']} ({data.get('waited', 0):.0f} s)"
+    if progress.kind == "endpoint-retry":
+        return f"retrying {data.get('operation', '')}: {data.get('reason', '')}"
+    if progress.kind == "emptying" and "deleted" in data:
+        return f"emptying: {data['deleted']} object version(s) deleted"
+    return progress.message

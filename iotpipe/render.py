@@ -24,7 +24,7 @@ from rich.text import Text
 
 from iotpipe.diffview import explain
 from iotpipe.engine import Event, ResourceResult, RunResult
-from iotpipe.progress import Progress
+from iotpipe.progress import Progress, aws_state
 
 ACTION_STYLE = {
     "create": ("+", "green", "created"),
@@ -108,21 +108,6 @@ class _Flight:
     phase: str  # reading, creating, updating, deleting ("" until the engine says)
     state: str  # what AWS last reported while it waits (see aws_state)
     started: float  # the renderer's clock when it started
-
-
-def aws_state(progress: Progress) -> str:
-    """The short state a wait reports, for the resource's line in the live region: the
-    waiter's "Table.TableStatus = CREATING", the transient a retry waits out, a count."""
-    data = progress.data
-    if progress.kind == "waiter" and data.get("state"):
-        return f"waiting: {data['state']}"
-    if progress.kind in ("role-propagation", "retry") and data.get("transient"):
-        return f"retrying: {data['transient']} ({data.get('waited', 0):.0f} s)"
-    if progress.kind == "endpoint-retry":
-        return f"retrying {data.get('operation', '')}: {data.get('reason', '')}"
-    if progress.kind == "emptying" and "deleted" in data:
-        return f"emptying: {data['deleted']} object version(s) deleted"
-    return progress.message
 
 
 DEMO_STAGES = {"publish": "published to Kinesis", "deliver": "handled by the Lambda handler"}
